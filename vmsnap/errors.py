@@ -1,0 +1,55 @@
+"""One exception hierarchy; each class carries the exit code the CLI returns for it.
+
+The codes are documented in man/vmsnap.1 (EXIT STATUS). Scripts rely on them, so
+never renumber an existing code.
+"""
+
+from __future__ import annotations
+
+
+class VmsnapError(Exception):
+    """Base class: any error vmsnap reports as one line on stderr."""
+
+    exit_code = 1
+
+
+class UsageError(VmsnapError):
+    """Options that cannot work together, or a value out of range."""
+
+    exit_code = 2
+
+
+class InputError(VmsnapError):
+    """An input file is missing, unreadable, or not what its format says it is."""
+
+    exit_code = 3
+
+
+class FormatError(VmsnapError):
+    """A file is not a vmsnap snapshot, or its structure is malformed."""
+
+    exit_code = 4
+
+
+class UnsupportedVersionError(FormatError):
+    """A snapshot written by a newer format version than this vmsnap reads."""
+
+    exit_code = 5
+
+
+class OutputError(VmsnapError):
+    """An output could not be written (disk full, permission, closed pipe)."""
+
+    exit_code = 6
+
+
+class IntegrityError(VmsnapError):
+    """A digest did not match, or the file is truncated: the data cannot be trusted."""
+
+    exit_code = 90
+
+
+class Interrupted(VmsnapError):
+    """Ctrl-C: work stopped, no output was left under the target name."""
+
+    exit_code = 130

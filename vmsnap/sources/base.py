@@ -1,0 +1,75 @@
+"""The stream every input reader yields: named guest-physical regions of bytes.
+
+A reader never needs to know page sizes or the snapshot format. It yields each
+region once, in order, as an iterator of byte chunks of any length; the consumer
+(the snapshot writer, an analysis) re-chunks them into pages.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from ..errors import InputError
+
+READ_CHUNK = 4 << 20  # bytes per read(); large enough to amortise syscalls and numpy setup
+
+
+@dataclass(frozen=True)
+class Region:
+    """One contiguous range of guest memory."""
+
+    name: str
+    base: int  # guest-physical address of the first byte
+    size: int | None  # bytes; None when the reader cannot know before reading (a pipe)
+
+
+class Source(abc.ABC):
+    """An opened input. Use as a context manager; iterate regions exactly once."""
+
+    #: short format name, e.g. "raw", "elf", "qemu", "lime"
+    format_name: str = "?"
+
+    def __init__(self, description: str):
+        self.description = description
+
+    @abc.abstractmethod
+    def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
+        """Yield (region, chunks) pairs; consume each chunk iterator before the next pair."""
+
+    @property
+    def size_hint(self) -> int | None:
+        """Total bytes the regions will yield, if known (for progress bars)."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_exact_chunks(fh: BinaryIO, length: int | None, what: str) -> Iterator[bytes]:
+    """Yield `length` bytes from fh in READ_CHUNK pieces (all of it when length is None).
+
+    A short read before `length` is an InputError naming `what`: a truncated input
+    must never turn into a silently shorter region.
+    """
+    remaining = length
+    while remaining is None or remaining > 0:
+        want = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
+        try:
+            buf = fh.read(want)
+        except OSError as exc:
+            raise InputError(f"{what}: read failed: {exc.strerror or exc}") from exc
+        if not buf:
+            if remaining is None:
+                return
+            raise InputError(f"{what}: truncated, {remaining} bytes missing")
+        if remaining is not None:
+            remaining -= len(buf)
+        yield buf

@@ -1,0 +1,76 @@
+"""Raw memory files: a QEMU memory-backend-file, a Firecracker mem_file, a VMware .vmem.
+
+The whole file is one region at guest-physical address 0. Any size is accepted;
+a tail shorter than a page is kept byte-exact by the consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import BinaryIO, Iterator
+
+from ..errors import InputError
+from .base import Region, Source, read_exact_chunks
+
+
+class RawSource(Source):
+    format_name = "raw"
+
+    def __init__(self, path: str, fh: BinaryIO | None = None, region_name: str = "ram"):
+        self.path = path
+        self.region_name = region_name
+        self._own = fh is None
+        if fh is None:
+            fh = open_input(path)
+        self._fh = fh
+        self._size = _regular_file_size(fh)
+        name = "stdin" if path == "-" else os.path.basename(path)
+        super().__init__(f"raw:{name}")
+
+    @property
+    def size_hint(self) -> int | None:
+        return self._size
+
+    def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
+        region = Region(self.region_name, 0, self._size)
+        # A regular file is read to its size at open time: if it shrinks under us,
+        # that is a truncated input, not a smaller memory image.
+        yield region, read_exact_chunks(self._fh, self._size, self.path)
+
+    def close(self) -> None:
+        if self._own:
+            self._fh.close()
+
+
+def open_input(path: str) -> BinaryIO:
+    """Open a file (or '-' for stdin) for binary reading, mapping OS errors to InputError."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    return fh
+
+
+def _regular_file_size(fh: BinaryIO) -> int | None:
+    try:
+        st = os.fstat(fh.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    import stat
+
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size - fh.tell()
+    if stat.S_ISBLK(st.st_mode):
+        size = os.lseek(fh.fileno(), 0, os.SEEK_END)
+        os.lseek(fh.fileno(), 0, os.SEEK_SET)
+        return size
+    return None
