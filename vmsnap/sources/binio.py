@@ -1,0 +1,208 @@
+"""Sequential binary input with absolute offsets, shared by the container-format readers.
+
+Every error names the input and the byte offset where the problem is, so a
+user can look at it with `xxd -s OFFSET`. Truncation (the file ends inside a
+structure) is an InputError, like `read_exact_chunks`; a structure that is
+present but wrong (bad magic, unknown flag, impossible length) is a FormatError.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from typing import BinaryIO
+
+from ..errors import FormatError, InputError
+from .base import READ_CHUNK
+
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+
+
+class Cursor:
+    """Read a file front to back in large chunks; know the file offset of every byte.
+
+    `read(n)` returns a memoryview into an internal buffer: valid until the
+    caller keeps it (the buffer is an immutable bytes object, never mutated).
+    """
+
+    def __init__(self, fh: BinaryIO, name: str, chunk: int = READ_CHUNK, start: int = 0):
+        self.fh = fh
+        self.name = name
+        self.chunk = chunk
+        self._buf = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0  # index of the next unread byte in _buf
+        self._base = start  # file offset of _buf[0]
+        self._eof = False
+        try:
+            self._seekable = fh.seekable()
+        except (AttributeError, ValueError, OSError):
+            self._seekable = False
+
+    @property
+    def offset(self) -> int:
+        """File offset of the next byte read() would return."""
+        return self._base + self._pos
+
+    def _fill(self, n: int) -> bool:
+        """Make at least n unread bytes available; False if the file ends first."""
+        have = len(self._buf) - self._pos
+        if have >= n:
+            return True
+        if self._eof:
+            return False
+        parts = [self._buf[self._pos :]]
+        while have < n:
+            try:
+                data = self.fh.read(max(self.chunk, n - have))
+            except OSError as exc:
+                raise InputError(
+                    f"{self.name}: read failed at offset {self.offset + have}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            if not data:
+                self._eof = True
+                break
+            parts.append(data)
+            have += len(data)
+        self._base += self._pos
+        self._buf = b"".join(parts)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        return have >= n
+
+    def truncated(self, what: str, need: int) -> InputError:
+        have = len(self._buf) - self._pos
+        return InputError(
+            f"{self.name}: truncated at offset {self.offset}: {what} needs {need} bytes, "
+            f"{have} left in the file"
+        )
+
+    def read(self, n: int, what: str) -> memoryview:
+        """Exactly n bytes, or InputError naming `what` and the offset."""
+        if len(self._buf) - self._pos < n and not self._fill(n):
+            raise self.truncated(what, n)
+        pos = self._pos
+        self._pos = pos + n
+        return self._view[pos : pos + n]
+
+    def u8(self, what: str) -> int:
+        return self.read(1, what)[0]
+
+    def be16(self, what: str) -> int:
+        return _BE16.unpack(self.read(2, what))[0]
+
+    def be32(self, what: str) -> int:
+        return _BE32.unpack(self.read(4, what))[0]
+
+    def be64(self, what: str) -> int:
+        return _BE64.unpack(self.read(8, what))[0]
+
+    def peek_u8(self) -> int | None:
+        """The next byte without consuming it; None at end of file."""
+        if not self._fill(1):
+            return None
+        return self._buf[self._pos]
+
+    def at_eof(self) -> bool:
+        return not self._fill(1)
+
+    def skip_to(self, offset: int, what: str) -> None:
+        """Move forward to `offset` (seeking when possible); backwards needs a seekable file."""
+        if offset < self.offset:
+            if not self._seekable:
+                raise InputError(
+                    f"{self.name}: {what} at offset {offset} is behind the read position "
+                    f"{self.offset}; this input must be a seekable file, not a pipe"
+                )
+            self._seek(offset)
+            return
+        ahead = offset - self.offset
+        if ahead <= len(self._buf) - self._pos:
+            self._pos += ahead
+            return
+        if self._seekable:
+            self._seek(offset)
+            return
+        while self.offset < offset:
+            step = min(self.chunk, offset - self.offset)
+            self.read(step, what)
+
+    def _seek(self, offset: int) -> None:
+        try:
+            self.fh.seek(offset)
+        except OSError as exc:
+            raise InputError(f"{self.name}: cannot seek to {offset}: {exc}") from exc
+        self._buf = b""
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._base = offset
+        self._eof = False
+
+    def chunks(self, length: int, what: str):
+        """Yield the next `length` bytes as bytes chunks (read-ahead first, then the file).
+
+        Large reads bypass the cursor's buffer, so bulk data is not copied twice.
+        A file that ends early raises InputError naming `what`.
+        """
+        remaining = length
+        have = len(self._buf) - self._pos
+        if have and remaining:
+            take = min(have, remaining)
+            pos = self._pos
+            self._pos = pos + take
+            remaining -= take
+            yield self._buf[pos : pos + take]
+        if remaining:
+            self._base += len(self._buf)  # buffer fully consumed: continue at the file position
+            self._buf = b""
+            self._view = memoryview(self._buf)
+            self._pos = 0
+            while remaining:
+                try:
+                    chunk = self.fh.read(min(self.chunk, remaining))
+                except OSError as exc:
+                    raise InputError(
+                        f"{self.name}: read failed at offset {self.offset}: {exc.strerror or exc}"
+                    ) from exc
+                if not chunk:
+                    self._eof = True
+                    raise InputError(
+                        f"{self.name}: truncated at offset {self.offset}: {what} "
+                        f"needs {remaining} more bytes"
+                    )
+                self._base += len(chunk)
+                remaining -= len(chunk)
+                yield chunk
+
+
+def file_size(fh: BinaryIO) -> int | None:
+    """Size of a regular file, else None (pipes, terminals, sockets)."""
+    import stat
+
+    try:
+        st = os.fstat(fh.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def parse_struct(st, data, what: str, name: str, offset: int):
+    """construct's parse, with any ConstructError turned into a FormatError at `offset`."""
+    import construct
+
+    try:
+        return st.parse(bytes(data))
+    except construct.ConstructError as exc:
+        msg = str(exc).splitlines()[-1] if str(exc) else type(exc).__name__
+        raise FormatError(f"{name}: bad {what} at offset {offset}: {msg}") from None
+
+
+def read_struct(cur: Cursor, st, what: str):
+    """Read sizeof(st) bytes at the cursor and parse them."""
+    offset = cur.offset
+    data = cur.read(st.sizeof(), what)
+    return parse_struct(st, data, what, cur.name, offset)

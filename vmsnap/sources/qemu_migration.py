@@ -1,0 +1,502 @@
+"""QEMU migration streams (`migrate "exec:cat > FILE"`, `savevm` state): the RAM blocks.
+
+Reads the file header, the configuration section and the "ram" live section
+(record layout in qemu_migration_structs.py), and yields one region per RAM
+block, in the order of the stream's block list (QEMU sorts it largest first):
+`pc.ram`, `/rom@etc/acpi/tables`, `pc.bios`, `pc.rom`, ...
+
+Region bases. The stream carries no guest-physical addresses, only offsets
+inside each RAM block. vmsnap lays the blocks out in one address space of its
+own: the first block at 0, each next block at the first 1 MiB boundary after
+the end of the previous one. The first block is normally the main RAM
+(`pc.ram`), so its region offsets equal the offsets in the guest's
+memory-backend file, and on x86 machines with less RAM than the low-memory
+limit (2 GiB on q35, 3 GiB on pc) they equal guest-physical addresses.
+
+Page records arrive in any order and a page may be sent more than once (a later
+copy wins; an XBZRLE record is a delta over the page's previous content), so
+the RAM is first assembled into an unnamed sparse temporary file (in TMPDIR or
+`tmpdir`, deleted on close) and then yielded block by block. Memory use is a
+few MiB of buffers plus one byte per page of bookkeeping, independent of RAM
+size; the temporary file needs as much disk as the non-zero part of the RAM
+(keep TMPDIR off tmpfs for big guests).
+
+Pages the stream never sends read as zero: that is what a fresh QEMU destination
+has (QEMU skips pages the guest reported free through virtio-balloon free-page
+hinting, and discarded virtio-mem ranges). `unsent_pages` counts them per block.
+With the x-ignore-shared capability a shared (file-backed) block is not sent at
+all; such a block is a FormatError, since its memory is in the shared file.
+
+Reading stops after the RAM section's SECTION_END (and footer). The device
+state that follows (SECTION_FULL records of each device, then EOF and the JSON
+VM description) is not parsed: `device_state_offset` says where it starts.
+Anything vmsnap cannot read exactly is a FormatError naming the offset, never
+a guess: other live sections (block migration, dirty bitmaps), device sections
+before the end of RAM, postcopy / COLO commands, RDMA hooks, multifd streams
+(pages on other channels), the mapped-ram file layout, unknown flags.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from ..errors import FormatError
+from . import qemu_migration_structs as Q
+from .base import READ_CHUNK, Region, Source
+from .binio import Cursor, parse_struct, read_struct
+from .raw import open_input
+
+BLOCK_ALIGN = 1 << 20  # region base of each RAM block after the first
+RUN_MAX_BYTES = 4 << 20  # coalesce consecutive page writes up to this size
+RUN_MAX_PARTS = 1024  # IOV_MAX on Linux
+
+# received[] states per page
+_UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
+
+_BE64 = struct.Struct(">Q")
+
+
+@dataclass
+class RamBlock:
+    name: str
+    length: int
+    base: int  # region base, also the offset of the block in the temporary file
+    received: bytearray = field(repr=False, default_factory=bytearray)
+
+
+class XbzrleError(ValueError):
+    pass
+
+
+def xbzrle_decode(src: bytes, page: bytearray) -> None:
+    """Apply an XBZRLE delta to `page` in place, exactly as QEMU's xbzrle_decode_buffer.
+
+    The encoding is a sequence of (zero run, literal run) pairs, each length a
+    ULEB128 of at most 2 bytes: a zero run keeps that many bytes of the old
+    page, a literal run replaces that many bytes with the bytes that follow.
+    """
+    i, d, slen, dlen = 0, 0, len(src), len(page)
+    while i < slen:
+        for literal in (False, True):
+            if slen - i < 2:
+                raise XbzrleError(f"run length cut short at delta byte {i}")
+            start = i
+            b0 = src[i]
+            if b0 & 0x80:
+                b1 = src[i + 1]
+                if b1 & 0x80:
+                    raise XbzrleError(f"run length longer than 14 bits at delta byte {i}")
+                count = (b0 & 0x7F) | (b1 << 7)
+                i += 2
+            else:
+                count = b0
+                i += 1
+            if not literal:
+                if start and not count:  # only a zero run at the very start may be empty
+                    raise XbzrleError(f"empty zero run at delta byte {start}")
+                d += count
+                if d > dlen:
+                    raise XbzrleError(f"zero run goes past the end of the page at delta byte {i}")
+            else:
+                if not count:
+                    raise XbzrleError(f"empty literal run at delta byte {i}")
+                if d + count > dlen or i + count > slen:
+                    raise XbzrleError(f"literal run of {count} overflows at delta byte {i}")
+                page[d : d + count] = src[i : i + count]
+                d += count
+                i += count
+
+
+class QemuMigrationSource(Source):
+    format_name = "qemu"
+
+    def __init__(self, path: str, fh: BinaryIO | None = None, tmpdir: str | None = None):
+        self.path = path
+        self._own = fh is None
+        self._fh = open_input(path) if fh is None else fh
+        self._tmpdir = tmpdir
+        self._tmp = None
+        self.machine: str | None = None
+        self.capabilities: list[str] = []
+        self.uuid: bytes | None = None
+        self.page_size = 1 << Q.DEFAULT_TARGET_PAGE_BITS
+        self.blocks: list[RamBlock] = []
+        self._by_name: dict[str, RamBlock] = {}
+        self._ram_id: int | None = None
+        self._ram_done = False
+        self._last: RamBlock | None = None
+        self._run_parts: list = []
+        self._run_start = 0
+        self._run_len = 0
+        self.records = {"page": 0, "zero": 0, "xbzrle": 0, "compressed": 0}
+        self.unsent_pages: dict[str, int] = {}
+        self.device_state_offset: int | None = None
+        self._started = False
+        try:
+            self._cur = Cursor(self._fh, path)
+            self._header()
+            while self._ram_id is None or not self.blocks:
+                self._record()  # up to and including the RAM block list
+        except BaseException:
+            self.close()
+            raise
+        name = "stdin" if path == "-" else os.path.basename(path)
+        super().__init__(f"qemu:{name}")
+
+    # ------------------------------------------------------------ errors
+
+    def _err(self, offset: int, msg: str) -> FormatError:
+        return FormatError(f"{self.path}: {msg} at offset {offset}")
+
+    # ------------------------------------------------------------ header
+
+    def _header(self) -> None:
+        cur = self._cur
+        hdr = read_struct(cur, Q.FileHeader, "migration stream header")
+        if hdr.version != Q.QEMU_VM_FILE_VERSION:
+            raise self._err(4, f"unsupported migration stream version {hdr.version} (vmsnap reads 3)")
+        if cur.peek_u8() == Q.QEMU_VM_CONFIGURATION:
+            cur.u8("configuration marker")
+            self._configuration()
+
+    def _configuration(self) -> None:
+        cur = self._cur
+        off = cur.offset
+        n = cur.be32("machine name length")
+        if n > 256:
+            raise self._err(off, f"implausible machine name length {n}")
+        self.machine = bytes(cur.read(n, "machine name")).decode("latin-1")
+        while cur.peek_u8() == Q.QEMU_VM_SUBSECTION:
+            sub_off = cur.offset
+            cur.u8("subsection marker")
+            idstr = self._pascal("subsection name")
+            version = cur.be32("subsection version")
+            if version != 1:
+                raise self._err(sub_off, f"configuration subsection {idstr!r} version {version}")
+            if idstr == Q.CONFIG_SUBSECTION_PAGE_BITS:
+                bits_off = cur.offset
+                bits = cur.be32("target page bits")
+                if not 10 <= bits <= 16:
+                    raise self._err(bits_off, f"unsupported target page bits {bits}")
+                self.page_size = 1 << bits
+            elif idstr == Q.CONFIG_SUBSECTION_CAPS:
+                count = cur.be32("capability count")
+                for _ in range(count):
+                    cap_off = cur.offset
+                    cap = self._pascal("capability name")
+                    if cap == Q.CAP_MAPPED_RAM:
+                        raise self._err(
+                            cap_off, "mapped-ram streams (a different file layout) are not supported"
+                        )
+                    if cap != Q.CAP_X_IGNORE_SHARED:
+                        raise self._err(cap_off, f"unknown migration capability {cap!r}")
+                    self.capabilities.append(cap)
+            elif idstr == Q.CONFIG_SUBSECTION_UUID:
+                self.uuid = bytes(cur.read(16, "VM UUID"))
+            else:
+                raise self._err(sub_off, f"unknown configuration subsection {idstr!r}")
+
+    def _pascal(self, what: str) -> str:
+        n = self._cur.u8(f"{what} length")
+        return bytes(self._cur.read(n, what)).decode("latin-1")
+
+    # ------------------------------------------------------------ records
+
+    def _record(self) -> None:
+        cur = self._cur
+        off = cur.offset
+        kind = cur.u8("section type")
+        if kind in (Q.QEMU_VM_SECTION_START, Q.QEMU_VM_SECTION_FULL):
+            sid = cur.be32("section id")
+            n = cur.u8("section name length")
+            tail = bytes([n]) + bytes(cur.read(n + 8, "section header"))
+            hdr = parse_struct(Q.SectionStartTail, tail, "section header", self.path, off + 5)
+            if kind == Q.QEMU_VM_SECTION_FULL:
+                raise self._err(
+                    off,
+                    f"device section {hdr.idstr!r} (SECTION_FULL) comes before the end of the "
+                    "RAM section; device state has no length in the stream, so vmsnap cannot "
+                    "skip it",
+                )
+            if hdr.idstr != "ram":
+                raise self._err(
+                    off,
+                    f"unsupported live section {hdr.idstr!r} (only 'ram' is read: block "
+                    "migration and dirty-bitmap streams are not supported)",
+                )
+            if self._ram_id is not None:
+                raise self._err(off, "a second SECTION_START for 'ram'")
+            if hdr.version_id != Q.RAM_SECTION_VERSION:
+                raise self._err(off, f"'ram' section version {hdr.version_id} (vmsnap reads 4)")
+            self._ram_id = sid
+            self._ram_records()
+            self._footer(sid)
+        elif kind in (Q.QEMU_VM_SECTION_PART, Q.QEMU_VM_SECTION_END):
+            sid = cur.be32("section id")
+            if self._ram_id is None or sid != self._ram_id:
+                raise self._err(
+                    off,
+                    f"{Q.SECTION_NAMES[kind]} for section {sid}, which is not the 'ram' "
+                    f"section{'' if self._ram_id is None else f' ({self._ram_id})'}",
+                )
+            self._ram_records()
+            self._footer(sid)
+            if kind == Q.QEMU_VM_SECTION_END:
+                self._ram_done = True
+                self.device_state_offset = cur.offset
+        elif kind == Q.QEMU_VM_COMMAND:
+            cmd = cur.be16("command")
+            length = cur.be16("command length")
+            cur.read(length, "command data")
+            if cmd not in Q.HARMLESS_COMMANDS:
+                name = Q.MIG_CMD_NAMES.get(cmd, f"#{cmd}")
+                raise self._err(
+                    off, f"unsupported command {name} (postcopy, COLO and packaged streams are not read)"
+                )
+        elif kind == Q.QEMU_VM_EOF:
+            what = "the RAM section ended" if self._ram_id is not None else "any RAM section"
+            raise self._err(off, f"stream ends (QEMU_VM_EOF) before {what}")
+        elif kind in Q.SECTION_NAMES:
+            raise self._err(off, f"unexpected {Q.SECTION_NAMES[kind]} record")
+        else:
+            raise self._err(off, f"unknown section type 0x{kind:02x}")
+
+    def _footer(self, sid: int) -> None:
+        # Footers are sent by every machine type since QEMU 2.4; older ones have none.
+        if self._cur.peek_u8() == Q.QEMU_VM_SECTION_FOOTER:
+            off = self._cur.offset
+            foot = read_struct(self._cur, Q.SectionFooter, "section footer")
+            if foot.section_id != sid:
+                raise self._err(
+                    off, f"section footer for section {foot.section_id}, expected {sid}"
+                )
+
+    def _ram_records(self) -> None:
+        """Page records of one 'ram' section, up to and including EOS."""
+        cur = self._cur
+        page_size = self.page_size
+        mask = page_size - 1
+        read, be64 = cur.read, _BE64.unpack
+        records = self.records
+        while True:
+            off = cur.offset
+            word = be64(read(8, "RAM record header"))[0]
+            flags = word & mask
+            addr = word & ~mask
+            kind = flags & ~Q.RAM_SAVE_FLAG_CONTINUE
+            if kind == Q.RAM_SAVE_FLAG_PAGE:
+                block = self._block(flags, off)
+                idx = self._page_index(block, addr, off)
+                self._queue(block.base + addr, read(page_size, "page data"))
+                block.received[idx] = _DATA_IN_FILE
+                records["page"] += 1
+            elif kind == Q.RAM_SAVE_FLAG_ZERO:
+                block = self._block(flags, off)
+                idx = self._page_index(block, addr, off)
+                fill = cur.u8("zero page fill byte")
+                if fill or block.received[idx] == _DATA_IN_FILE:
+                    self._flush()
+                    self._pwrite(block.base + addr, bytes([fill]) * page_size)
+                block.received[idx] = _DATA_IN_FILE if fill else _ZERO_IN_FILE
+                records["zero"] += 1
+            elif kind == Q.RAM_SAVE_FLAG_EOS:
+                return
+            elif kind == Q.RAM_SAVE_FLAG_XBZRLE:
+                block = self._block(flags, off)
+                idx = self._page_index(block, addr, off)
+                enc_off = cur.offset
+                enc = cur.u8("XBZRLE encoding flag")
+                if enc != Q.ENCODING_FLAG_XBZRLE:
+                    raise self._err(enc_off, f"unknown XBZRLE encoding flag 0x{enc:02x}")
+                n = cur.be16("XBZRLE length")
+                if n > page_size:
+                    raise self._err(enc_off, f"XBZRLE delta of {n} bytes is longer than a page")
+                delta = read(n, "XBZRLE delta")
+                self._flush()
+                page = bytearray(self._pread(block.base + addr, page_size))
+                try:
+                    xbzrle_decode(delta, page)
+                except XbzrleError as exc:
+                    raise self._err(enc_off + 3, f"bad XBZRLE delta: {exc}") from None
+                self._pwrite(block.base + addr, page)
+                block.received[idx] = _DATA_IN_FILE
+                records["xbzrle"] += 1
+            elif kind == Q.RAM_SAVE_FLAG_COMPRESS_PAGE:
+                block = self._block(flags, off)
+                idx = self._page_index(block, addr, off)
+                len_off = cur.offset
+                n = cur.be32("compressed page length")
+                bound = page_size + (page_size >> 12) + (page_size >> 14) + (page_size >> 25) + 13
+                if not 0 < n <= bound:
+                    raise self._err(len_off, f"compressed page length {n} out of range")
+                data = bytes(read(n, "compressed page"))
+                try:
+                    d = zlib.decompressobj()
+                    page = d.decompress(data, page_size + 1)
+                    ok = len(page) == page_size and d.eof
+                except zlib.error:
+                    ok = False
+                if not ok:
+                    raise self._err(len_off + 4, "compressed page does not inflate to one page")
+                self._queue(block.base + addr, page)
+                block.received[idx] = _DATA_IN_FILE
+                records["compressed"] += 1
+            elif kind == Q.RAM_SAVE_FLAG_MEM_SIZE:
+                self._mem_size(addr, off)
+            else:
+                hint = {
+                    Q.RAM_SAVE_FLAG_MULTIFD_FLUSH: " (a multifd stream: its pages travel on "
+                    "other channels and are not in this file)",
+                    Q.RAM_SAVE_FLAG_HOOK: " (an RDMA stream)",
+                    Q.RAM_SAVE_FLAG_FULL: " (obsolete since 2009)",
+                }.get(kind, "")
+                raise self._err(off, f"unsupported RAM record flags {Q.flag_names(flags)}{hint}")
+
+    def _block(self, flags: int, off: int) -> RamBlock:
+        if flags & Q.RAM_SAVE_FLAG_CONTINUE:
+            if self._last is None:
+                raise self._err(off, "CONTINUE page record with no previous block")
+            return self._last
+        name = self._pascal("RAM block name")
+        block = self._by_name.get(name)
+        if block is None:
+            if not self.blocks:
+                raise self._err(off, "page record before the RAM block list (MEM_SIZE)")
+            raise self._err(off, f"page record for unknown RAM block {name!r}")
+        self._last = block
+        return block
+
+    def _page_index(self, block: RamBlock, addr: int, off: int) -> int:
+        if addr >= block.length:
+            raise self._err(
+                off, f"page offset 0x{addr:x} beyond RAM block {block.name!r} (0x{block.length:x} bytes)"
+            )
+        return addr // self.page_size
+
+    def _mem_size(self, total: int, off: int) -> None:
+        if self.blocks:
+            raise self._err(off, "a second RAM block list (MEM_SIZE)")
+        cur = self._cur
+        ignore_shared = Q.CAP_X_IGNORE_SHARED in self.capabilities
+        remaining = total
+        end = 0
+        while remaining:
+            boff = cur.offset
+            name = self._pascal("RAM block name")
+            length = cur.be64("RAM block length")
+            if ignore_shared:
+                cur.be64("RAM block address")
+            if name in self._by_name:
+                raise self._err(boff, f"RAM block {name!r} listed twice")
+            if length % self.page_size or length > remaining:
+                raise self._err(
+                    boff,
+                    f"RAM block {name!r} length 0x{length:x} is not a whole number of pages "
+                    f"or exceeds the 0x{remaining:x} bytes left of the MEM_SIZE total",
+                )
+            base = 0 if not self.blocks else -(-end // BLOCK_ALIGN) * BLOCK_ALIGN
+            block = RamBlock(name, length, base, bytearray(length // self.page_size))
+            self.blocks.append(block)
+            self._by_name[name] = block
+            end = base + length
+            remaining -= length
+        if not self.blocks:
+            raise self._err(off, "empty RAM block list")
+        self._tmp = tempfile.TemporaryFile(prefix="vmsnap-qemu-", dir=self._tmpdir)
+        os.ftruncate(self._tmp.fileno(), end)
+
+    # ------------------------------------------------------------ temp file
+
+    def _queue(self, pos: int, data) -> None:
+        if (
+            self._run_parts
+            and pos == self._run_start + self._run_len
+            and self._run_len < RUN_MAX_BYTES
+            and len(self._run_parts) < RUN_MAX_PARTS
+        ):
+            self._run_parts.append(data)
+            self._run_len += len(data)
+            return
+        self._flush()
+        self._run_parts = [data]
+        self._run_start = pos
+        self._run_len = len(data)
+
+    def _flush(self) -> None:
+        if not self._run_parts:
+            return
+        fd = self._tmp.fileno()
+        pos = self._run_start
+        parts = self._run_parts
+        self._run_parts = []
+        self._run_len = 0
+        while parts:
+            written = os.pwritev(fd, parts, pos)
+            pos += written
+            # a short write: drop what was written and go on with the rest
+            while parts and written >= len(parts[0]):
+                written -= len(parts[0])
+                parts.pop(0)
+            if parts and written:
+                parts[0] = memoryview(parts[0])[written:]
+
+    def _pwrite(self, pos: int, data) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._tmp.fileno(), view, pos)
+            view = view[n:]
+            pos += n
+
+    def _pread(self, pos: int, n: int) -> bytes:
+        return os.pread(self._tmp.fileno(), n, pos)
+
+    # ------------------------------------------------------------ Source API
+
+    @property
+    def size_hint(self) -> int:
+        return sum(b.length for b in self.blocks)
+
+    def load(self) -> None:
+        """Read the rest of the RAM section into the temporary file (regions() calls it)."""
+        while not self._ram_done:
+            self._record()
+        self._flush()
+        ignore_shared = Q.CAP_X_IGNORE_SHARED in self.capabilities
+        for block in self.blocks:
+            unsent = block.received.count(_UNSENT)
+            if unsent and ignore_shared and unsent == len(block.received):
+                raise FormatError(
+                    f"{self.path}: RAM block {block.name!r} is not in the stream: it was "
+                    "migrated with x-ignore-shared, its memory is in the shared memory file"
+                )
+            self.unsent_pages[block.name] = unsent
+
+    def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
+        if self._started:
+            raise RuntimeError("QemuMigrationSource.regions() can be iterated only once")
+        self._started = True
+        self.load()
+        for block in self.blocks:
+            yield Region(block.name, block.base, block.length), self._chunks(block)
+
+    def _chunks(self, block: RamBlock) -> Iterator[bytes]:
+        pos, end = block.base, block.base + block.length
+        while pos < end:
+            data = self._pread(pos, min(READ_CHUNK, end - pos))
+            if not data:
+                raise FormatError(f"{self.path}: temporary file shrank while reading")
+            pos += len(data)
+            yield data
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.close()
+            self._tmp = None
+        if self._own and self._fh is not None:
+            self._fh.close()
+        self._fh = None
