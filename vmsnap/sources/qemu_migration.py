@@ -19,7 +19,8 @@ the RAM is first assembled into an unnamed sparse temporary file (in TMPDIR or
 `tmpdir`, deleted on close) and then yielded block by block. Memory use is a
 few MiB of buffers plus one byte per page of bookkeeping, independent of RAM
 size; the temporary file needs as much disk as the non-zero part of the RAM
-(keep TMPDIR off tmpfs for big guests).
+(keep TMPDIR off tmpfs for big guests). The file is never extended past the
+highest page written; reads beyond its end are zeros.
 
 Pages the stream never sends read as zero: that is what a fresh QEMU destination
 has (QEMU skips pages the guest reported free through virtio-balloon free-page
@@ -45,7 +46,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from ..errors import FormatError
+from ..errors import FormatError, OutputError
 from . import qemu_migration_structs as Q
 from .base import READ_CHUNK, Region, Source
 from .binio import Cursor, parse_struct, read_struct
@@ -54,6 +55,7 @@ from .raw import open_input
 BLOCK_ALIGN = 1 << 20  # region base of each RAM block after the first
 RUN_MAX_BYTES = 4 << 20  # coalesce consecutive page writes up to this size
 RUN_MAX_PARTS = 1024  # IOV_MAX on Linux
+MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not a guest
 
 # received[] states per page
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
@@ -61,12 +63,41 @@ _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
 _BE64 = struct.Struct(">Q")
 
 
+class PageStates:
+    """One state byte per page, allocated 64 Ki pages at a time as pages arrive.
+
+    A corrupt block length therefore costs nothing until pages really come.
+    """
+
+    CHUNK_BITS = 16
+
+    def __init__(self, npages: int):
+        self.npages = npages
+        self._chunks: dict[int, bytearray] = {}
+
+    def get(self, i: int) -> int:
+        c = self._chunks.get(i >> self.CHUNK_BITS)
+        return 0 if c is None else c[i & ((1 << self.CHUNK_BITS) - 1)]
+
+    def set(self, i: int, state: int) -> None:
+        key = i >> self.CHUNK_BITS
+        c = self._chunks.get(key)
+        if c is None:
+            c = self._chunks[key] = bytearray(
+                min(1 << self.CHUNK_BITS, self.npages - (key << self.CHUNK_BITS))
+            )
+        c[i & ((1 << self.CHUNK_BITS) - 1)] = state
+
+    def count_unsent(self) -> int:
+        return self.npages - sum(len(c) - c.count(_UNSENT) for c in self._chunks.values())
+
+
 @dataclass
 class RamBlock:
     name: str
     length: int
     base: int  # region base, also the offset of the block in the temporary file
-    received: bytearray = field(repr=False, default_factory=bytearray)
+    received: PageStates = field(repr=False)
 
 
 class XbzrleError(ValueError):
@@ -90,7 +121,7 @@ def xbzrle_decode(src: bytes, page: bytearray) -> None:
             if b0 & 0x80:
                 b1 = src[i + 1]
                 if b1 & 0x80:
-                    raise XbzrleError(f"run length longer than 14 bits at delta byte {i}")
+                    raise XbzrleError(f"run length longer than 14 bits at delta byte {start}")
                 count = (b0 & 0x7F) | (b1 << 7)
                 i += 2
             else:
@@ -101,12 +132,12 @@ def xbzrle_decode(src: bytes, page: bytearray) -> None:
                     raise XbzrleError(f"empty zero run at delta byte {start}")
                 d += count
                 if d > dlen:
-                    raise XbzrleError(f"zero run goes past the end of the page at delta byte {i}")
+                    raise XbzrleError(f"zero run goes past the end of the page at delta byte {start}")
             else:
                 if not count:
-                    raise XbzrleError(f"empty literal run at delta byte {i}")
+                    raise XbzrleError(f"empty literal run at delta byte {start}")
                 if d + count > dlen or i + count > slen:
-                    raise XbzrleError(f"literal run of {count} overflows at delta byte {i}")
+                    raise XbzrleError(f"literal run of {count} overflows at delta byte {start}")
                 page[d : d + count] = src[i : i + count]
                 d += count
                 i += count
@@ -129,6 +160,7 @@ class QemuMigrationSource(Source):
         self._by_name: dict[str, RamBlock] = {}
         self._ram_id: int | None = None
         self._ram_done = False
+        self._footers: bool | None = None  # does this stream send section footers?
         self._last: RamBlock | None = None
         self._run_parts: list = []
         self._run_start = 0
@@ -267,10 +299,25 @@ class QemuMigrationSource(Source):
             raise self._err(off, f"unknown section type 0x{kind:02x}")
 
     def _footer(self, sid: int) -> None:
-        # Footers are sent by every machine type since QEMU 2.4; older ones have none.
-        if self._cur.peek_u8() == Q.QEMU_VM_SECTION_FOOTER:
-            off = self._cur.offset
-            foot = read_struct(self._cur, Q.SectionFooter, "section footer")
+        # Footers are sent by every machine type since QEMU 2.4; older ones send none.
+        # The first section decides; after that every section must agree.
+        cur = self._cur
+        nxt = cur.peek_u8()
+        present = nxt == Q.QEMU_VM_SECTION_FOOTER
+        if self._footers is None:
+            if nxt is None:
+                raise cur.truncated("section footer or next section", 1)
+            self._footers = present
+        elif present != self._footers:
+            if nxt is None:
+                raise cur.truncated("section footer", 5)
+            raise self._err(
+                cur.offset,
+                "missing section footer" if self._footers else "unexpected section footer",
+            )
+        if present:
+            off = cur.offset
+            foot = read_struct(cur, Q.SectionFooter, "section footer")
             if foot.section_id != sid:
                 raise self._err(
                     off, f"section footer for section {foot.section_id}, expected {sid}"
@@ -293,16 +340,16 @@ class QemuMigrationSource(Source):
                 block = self._block(flags, off)
                 idx = self._page_index(block, addr, off)
                 self._queue(block.base + addr, read(page_size, "page data"))
-                block.received[idx] = _DATA_IN_FILE
+                block.received.set(idx, _DATA_IN_FILE)
                 records["page"] += 1
             elif kind == Q.RAM_SAVE_FLAG_ZERO:
                 block = self._block(flags, off)
                 idx = self._page_index(block, addr, off)
                 fill = cur.u8("zero page fill byte")
-                if fill or block.received[idx] == _DATA_IN_FILE:
+                if fill or block.received.get(idx) == _DATA_IN_FILE:
                     self._flush()
                     self._pwrite(block.base + addr, bytes([fill]) * page_size)
-                block.received[idx] = _DATA_IN_FILE if fill else _ZERO_IN_FILE
+                block.received.set(idx, _DATA_IN_FILE if fill else _ZERO_IN_FILE)
                 records["zero"] += 1
             elif kind == Q.RAM_SAVE_FLAG_EOS:
                 return
@@ -324,7 +371,7 @@ class QemuMigrationSource(Source):
                 except XbzrleError as exc:
                     raise self._err(enc_off + 3, f"bad XBZRLE delta: {exc}") from None
                 self._pwrite(block.base + addr, page)
-                block.received[idx] = _DATA_IN_FILE
+                block.received.set(idx, _DATA_IN_FILE)
                 records["xbzrle"] += 1
             elif kind == Q.RAM_SAVE_FLAG_COMPRESS_PAGE:
                 block = self._block(flags, off)
@@ -344,7 +391,7 @@ class QemuMigrationSource(Source):
                 if not ok:
                     raise self._err(len_off + 4, "compressed page does not inflate to one page")
                 self._queue(block.base + addr, page)
-                block.received[idx] = _DATA_IN_FILE
+                block.received.set(idx, _DATA_IN_FILE)
                 records["compressed"] += 1
             elif kind == Q.RAM_SAVE_FLAG_MEM_SIZE:
                 self._mem_size(addr, off)
@@ -393,22 +440,26 @@ class QemuMigrationSource(Source):
                 cur.be64("RAM block address")
             if name in self._by_name:
                 raise self._err(boff, f"RAM block {name!r} listed twice")
-            if length % self.page_size or length > remaining:
+            if length % self.page_size or length > remaining or length > MAX_BLOCK_BYTES:
                 raise self._err(
                     boff,
                     f"RAM block {name!r} length 0x{length:x} is not a whole number of pages "
                     f"or exceeds the 0x{remaining:x} bytes left of the MEM_SIZE total",
                 )
             base = 0 if not self.blocks else -(-end // BLOCK_ALIGN) * BLOCK_ALIGN
-            block = RamBlock(name, length, base, bytearray(length // self.page_size))
+            block = RamBlock(name, length, base, PageStates(length // self.page_size))
             self.blocks.append(block)
             self._by_name[name] = block
             end = base + length
             remaining -= length
         if not self.blocks:
             raise self._err(off, "empty RAM block list")
-        self._tmp = tempfile.TemporaryFile(prefix="vmsnap-qemu-", dir=self._tmpdir)
-        os.ftruncate(self._tmp.fileno(), end)
+        try:
+            self._tmp = tempfile.TemporaryFile(prefix="vmsnap-qemu-", dir=self._tmpdir)
+        except OSError as exc:
+            raise OutputError(f"cannot create a temporary file for {self.path}: {exc}") from exc
+        # No ftruncate: the file stays as short as the highest page written, and
+        # reads past its end are zeros (see _chunks).
 
     # ------------------------------------------------------------ temp file
 
@@ -436,7 +487,10 @@ class QemuMigrationSource(Source):
         self._run_parts = []
         self._run_len = 0
         while parts:
-            written = os.pwritev(fd, parts, pos)
+            try:
+                written = os.pwritev(fd, parts, pos)
+            except OSError as exc:
+                raise self._tmp_error(exc) from exc
             pos += written
             # a short write: drop what was written and go on with the rest
             while parts and written >= len(parts[0]):
@@ -448,12 +502,23 @@ class QemuMigrationSource(Source):
     def _pwrite(self, pos: int, data) -> None:
         view = memoryview(data)
         while view:
-            n = os.pwrite(self._tmp.fileno(), view, pos)
+            try:
+                n = os.pwrite(self._tmp.fileno(), view, pos)
+            except OSError as exc:
+                raise self._tmp_error(exc) from exc
             view = view[n:]
             pos += n
 
     def _pread(self, pos: int, n: int) -> bytes:
-        return os.pread(self._tmp.fileno(), n, pos)
+        """n bytes at pos; past the end of the (sparse, unextended) file they are zeros."""
+        data = os.pread(self._tmp.fileno(), n, pos)
+        return data if len(data) == n else data + bytes(n - len(data))
+
+    def _tmp_error(self, exc: OSError) -> OutputError:
+        return OutputError(
+            f"temporary file for {self.path}: write failed: {exc.strerror or exc} "
+            "(set TMPDIR to a directory with more space)"
+        )
 
     # ------------------------------------------------------------ Source API
 
@@ -468,8 +533,8 @@ class QemuMigrationSource(Source):
         self._flush()
         ignore_shared = Q.CAP_X_IGNORE_SHARED in self.capabilities
         for block in self.blocks:
-            unsent = block.received.count(_UNSENT)
-            if unsent and ignore_shared and unsent == len(block.received):
+            unsent = block.received.count_unsent()
+            if unsent and ignore_shared and unsent == block.received.npages:
                 raise FormatError(
                     f"{self.path}: RAM block {block.name!r} is not in the stream: it was "
                     "migrated with x-ignore-shared, its memory is in the shared memory file"
@@ -488,8 +553,6 @@ class QemuMigrationSource(Source):
         pos, end = block.base, block.base + block.length
         while pos < end:
             data = self._pread(pos, min(READ_CHUNK, end - pos))
-            if not data:
-                raise FormatError(f"{self.path}: temporary file shrank while reading")
             pos += len(data)
             yield data
 
