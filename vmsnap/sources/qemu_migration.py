@@ -39,6 +39,7 @@ before the end of RAM, postcopy / COLO commands, RDMA hooks, multifd streams
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import tempfile
@@ -61,6 +62,17 @@ MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
 
 _BE64 = struct.Struct(">Q")
+_ZERO_CHUNK = bytes(READ_CHUNK)
+
+
+def _next_data(fd: int, pos: int) -> int:
+    """Offset of the first data byte at or after pos in a sparse file (SEEK_DATA)."""
+    try:
+        return os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only a hole (or end of file) from pos on
+            return 1 << 62
+        return pos  # SEEK_DATA unsupported here: read everything
 
 
 class PageStates:
@@ -78,6 +90,19 @@ class PageStates:
     def get(self, i: int) -> int:
         c = self._chunks.get(i >> self.CHUNK_BITS)
         return 0 if c is None else c[i & ((1 << self.CHUNK_BITS) - 1)]
+
+    def swap(self, i: int, state: int) -> int:
+        """Set page i's state; return the previous one."""
+        key = i >> self.CHUNK_BITS
+        c = self._chunks.get(key)
+        if c is None:
+            c = self._chunks[key] = bytearray(
+                min(1 << self.CHUNK_BITS, self.npages - (key << self.CHUNK_BITS))
+            )
+        j = i & ((1 << self.CHUNK_BITS) - 1)
+        old = c[j]
+        c[j] = state
+        return old
 
     def set(self, i: int, state: int) -> None:
         key = i >> self.CHUNK_BITS
@@ -325,84 +350,107 @@ class QemuMigrationSource(Source):
 
     def _ram_records(self) -> None:
         """Page records of one 'ram' section, up to and including EOS."""
+        # The hot path (PAGE and ZERO records, one per guest page) is written out
+        # inline; the rarer records go through the helpers.
         cur = self._cur
         page_size = self.page_size
+        page_bits = page_size.bit_length() - 1
         mask = page_size - 1
         read, be64 = cur.read, _BE64.unpack
         records = self.records
-        while True:
-            off = cur.offset
-            word = be64(read(8, "RAM record header"))[0]
-            flags = word & mask
-            addr = word & ~mask
-            kind = flags & ~Q.RAM_SAVE_FLAG_CONTINUE
-            if kind == Q.RAM_SAVE_FLAG_PAGE:
-                block = self._block(flags, off)
-                idx = self._page_index(block, addr, off)
-                self._queue(block.base + addr, read(page_size, "page data"))
-                block.received.set(idx, _DATA_IN_FILE)
-                records["page"] += 1
-            elif kind == Q.RAM_SAVE_FLAG_ZERO:
-                block = self._block(flags, off)
-                idx = self._page_index(block, addr, off)
-                fill = cur.u8("zero page fill byte")
-                if fill or block.received.get(idx) == _DATA_IN_FILE:
-                    self._flush()
-                    self._pwrite(block.base + addr, bytes([fill]) * page_size)
-                block.received.set(idx, _DATA_IN_FILE if fill else _ZERO_IN_FILE)
-                records["zero"] += 1
-            elif kind == Q.RAM_SAVE_FLAG_EOS:
-                return
-            elif kind == Q.RAM_SAVE_FLAG_XBZRLE:
-                block = self._block(flags, off)
-                idx = self._page_index(block, addr, off)
-                enc_off = cur.offset
-                enc = cur.u8("XBZRLE encoding flag")
-                if enc != Q.ENCODING_FLAG_XBZRLE:
-                    raise self._err(enc_off, f"unknown XBZRLE encoding flag 0x{enc:02x}")
-                n = cur.be16("XBZRLE length")
-                if n > page_size:
-                    raise self._err(enc_off, f"XBZRLE delta of {n} bytes is longer than a page")
-                delta = read(n, "XBZRLE delta")
-                self._flush()
-                page = bytearray(self._pread(block.base + addr, page_size))
-                try:
-                    xbzrle_decode(delta, page)
-                except XbzrleError as exc:
-                    raise self._err(enc_off + 3, f"bad XBZRLE delta: {exc}") from None
-                self._pwrite(block.base + addr, page)
-                block.received.set(idx, _DATA_IN_FILE)
-                records["xbzrle"] += 1
-            elif kind == Q.RAM_SAVE_FLAG_COMPRESS_PAGE:
-                block = self._block(flags, off)
-                idx = self._page_index(block, addr, off)
-                len_off = cur.offset
-                n = cur.be32("compressed page length")
-                bound = page_size + (page_size >> 12) + (page_size >> 14) + (page_size >> 25) + 13
-                if not 0 < n <= bound:
-                    raise self._err(len_off, f"compressed page length {n} out of range")
-                data = bytes(read(n, "compressed page"))
-                try:
-                    d = zlib.decompressobj()
-                    page = d.decompress(data, page_size + 1)
-                    ok = len(page) == page_size and d.eof
-                except zlib.error:
-                    ok = False
-                if not ok:
-                    raise self._err(len_off + 4, "compressed page does not inflate to one page")
-                self._queue(block.base + addr, page)
-                block.received.set(idx, _DATA_IN_FILE)
-                records["compressed"] += 1
-            elif kind == Q.RAM_SAVE_FLAG_MEM_SIZE:
-                self._mem_size(addr, off)
-            else:
-                hint = {
-                    Q.RAM_SAVE_FLAG_MULTIFD_FLUSH: " (a multifd stream: its pages travel on "
-                    "other channels and are not in this file)",
-                    Q.RAM_SAVE_FLAG_HOOK: " (an RDMA stream)",
-                    Q.RAM_SAVE_FLAG_FULL: " (obsolete since 2009)",
-                }.get(kind, "")
-                raise self._err(off, f"unsupported RAM record flags {Q.flag_names(flags)}{hint}")
+        n_page = n_zero = 0
+        CONT, PAGE, ZERO = Q.RAM_SAVE_FLAG_CONTINUE, Q.RAM_SAVE_FLAG_PAGE, Q.RAM_SAVE_FLAG_ZERO
+        try:
+            while True:
+                off = cur._base + cur._pos
+                word = be64(read(8, "RAM record header"))[0]
+                flags = word & mask
+                addr = word & ~mask
+                kind = flags & ~CONT
+                if kind == PAGE or kind == ZERO:
+                    block = self._last if flags & CONT else None
+                    if block is None:
+                        block = self._block(flags, off)
+                    if addr >= block.length:
+                        self._page_index(block, addr, off)  # raises
+                    idx = addr >> page_bits
+                    if kind == PAGE:
+                        self._queue(block.base + addr, read(page_size, "page data"))
+                        block.received.set(idx, _DATA_IN_FILE)
+                        n_page += 1
+                    else:
+                        fill = read(1, "zero page fill byte")[0]
+                        state = _DATA_IN_FILE if fill else _ZERO_IN_FILE
+                        if block.received.swap(idx, state) == _DATA_IN_FILE or fill:
+                            self._flush()
+                            self._pwrite(block.base + addr, bytes([fill]) * page_size)
+                        n_zero += 1
+                    continue
+                self._rare_record(kind, flags, addr, off)
+                if kind == Q.RAM_SAVE_FLAG_EOS:
+                    return
+        finally:
+            records["page"] += n_page
+            records["zero"] += n_zero
+
+    def _rare_record(self, kind: int, flags: int, addr: int, off: int) -> None:
+        """Every RAM record other than PAGE and ZERO."""
+        cur = self._cur
+        page_size = self.page_size
+        read = cur.read
+        records = self.records
+        if kind == Q.RAM_SAVE_FLAG_EOS:
+            return
+        if kind == Q.RAM_SAVE_FLAG_XBZRLE:
+            block = self._block(flags, off)
+            idx = self._page_index(block, addr, off)
+            enc_off = cur.offset
+            enc = cur.u8("XBZRLE encoding flag")
+            if enc != Q.ENCODING_FLAG_XBZRLE:
+                raise self._err(enc_off, f"unknown XBZRLE encoding flag 0x{enc:02x}")
+            n = cur.be16("XBZRLE length")
+            if n > page_size:
+                raise self._err(enc_off, f"XBZRLE delta of {n} bytes is longer than a page")
+            delta = read(n, "XBZRLE delta")
+            self._flush()
+            page = bytearray(self._pread(block.base + addr, page_size))
+            try:
+                xbzrle_decode(delta, page)
+            except XbzrleError as exc:
+                raise self._err(enc_off + 3, f"bad XBZRLE delta: {exc}") from None
+            self._pwrite(block.base + addr, page)
+            block.received.set(idx, _DATA_IN_FILE)
+            records["xbzrle"] += 1
+        elif kind == Q.RAM_SAVE_FLAG_COMPRESS_PAGE:
+            block = self._block(flags, off)
+            idx = self._page_index(block, addr, off)
+            len_off = cur.offset
+            n = cur.be32("compressed page length")
+            bound = page_size + (page_size >> 12) + (page_size >> 14) + (page_size >> 25) + 13
+            if not 0 < n <= bound:
+                raise self._err(len_off, f"compressed page length {n} out of range")
+            data = bytes(read(n, "compressed page"))
+            try:
+                d = zlib.decompressobj()
+                page = d.decompress(data, page_size + 1)
+                ok = len(page) == page_size and d.eof
+            except zlib.error:
+                ok = False
+            if not ok:
+                raise self._err(len_off + 4, "compressed page does not inflate to one page")
+            self._queue(block.base + addr, page)
+            block.received.set(idx, _DATA_IN_FILE)
+            records["compressed"] += 1
+        elif kind == Q.RAM_SAVE_FLAG_MEM_SIZE:
+            self._mem_size(addr, off)
+        else:
+            hint = {
+                Q.RAM_SAVE_FLAG_MULTIFD_FLUSH: " (a multifd stream: its pages travel on "
+                "other channels and are not in this file)",
+                Q.RAM_SAVE_FLAG_HOOK: " (an RDMA stream)",
+                Q.RAM_SAVE_FLAG_FULL: " (obsolete since 2009)",
+            }.get(kind, "")
+            raise self._err(off, f"unsupported RAM record flags {Q.flag_names(flags)}{hint}")
 
     def _block(self, flags: int, off: int) -> RamBlock:
         if flags & Q.RAM_SAVE_FLAG_CONTINUE:
@@ -550,11 +598,20 @@ class QemuMigrationSource(Source):
             yield Region(block.name, block.base, block.length), self._chunks(block)
 
     def _chunks(self, block: RamBlock) -> Iterator[bytes]:
+        """The block's bytes; a chunk that is all hole in the temporary file is served
+        from one shared zero buffer instead of being read (most of a guest is zero)."""
+        fd = self._tmp.fileno()
         pos, end = block.base, block.base + block.length
+        data_at = -1  # next data offset at or after pos, as far as we know
         while pos < end:
-            data = self._pread(pos, min(READ_CHUNK, end - pos))
-            pos += len(data)
-            yield data
+            n = min(READ_CHUNK, end - pos)
+            if data_at < pos:
+                data_at = _next_data(fd, pos)
+            if data_at >= pos + n:
+                yield _ZERO_CHUNK if n == READ_CHUNK else bytes(n)
+            else:
+                yield self._pread(pos, n)
+            pos += n
 
     def close(self) -> None:
         if self._tmp is not None:
