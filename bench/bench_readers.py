@@ -109,7 +109,7 @@ def main() -> int:
         for label, fmt, path in (("raw", "raw", p["raw"]), ("elf", "elf", p["elf"]),
                                  ("migration", "qemu", p["migration"])):
             nbytes = consume(fmt, path)
-            times = time_it(lambda: consume(fmt, path), args.repeat)
+            times = time_it(lambda fmt=fmt, path=path: consume(fmt, path), args.repeat)
             result[label] = (nbytes, os.path.getsize(path), times)
             print(f"{mem} MiB {label}: median {statistics.median(times):.3f}s", file=sys.stderr)
         save_times = maybe_time_save(p["raw"], args.repeat)

@@ -120,7 +120,7 @@ class _Pipe(io.RawIOBase):
 
 def test_truncated_at_every_structure_boundary(tmp_path):
     data, marks, _ = build_elf([(0, b"\x01" * 300, None), (0x3000, b"\x02" * 200, None)], gap=b"g")
-    cuts = sorted(set(marks + [m + 1 for m in marks] + [len(data) - 1])) 
+    cuts = sorted(set(marks + [m + 1 for m in marks] + [len(data) - 1]))
     for cut in cuts:
         if cut >= len(data):
             continue

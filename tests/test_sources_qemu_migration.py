@@ -11,8 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from source_builders import (
-    COMPRESS_PAGE,
-    CONTINUE,
     FULL_FLAG,
     HOOK,
     MULTIFD_FLUSH,
@@ -473,7 +471,7 @@ def test_property_stream_gives_the_memory_qemu_would_load(tmp_path, ops, footers
     got, src = read_blocks(src)
     assert {n: v[2] for n, v in got.items()} == expected(pages)
     touched = {(blk, off) for _, blk, off, _ in pages}
-    assert sum(src.unsent_pages.values()) == sum(l // PS for _, l in BLOCKS) - len(touched)
+    assert sum(src.unsent_pages.values()) == sum(size // PS for _, size in BLOCKS) - len(touched)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

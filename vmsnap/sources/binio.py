@@ -38,9 +38,9 @@ class Cursor:
         self._base = start  # file offset of _buf[0]
         self._eof = False
         try:
-            self._seekable = fh.seekable()
+            self.seekable = fh.seekable()
         except (AttributeError, ValueError, OSError):
-            self._seekable = False
+            self.seekable = False
 
     @property
     def offset(self) -> int:
@@ -113,7 +113,7 @@ class Cursor:
     def skip_to(self, offset: int, what: str) -> None:
         """Move forward to `offset` (seeking when possible); backwards needs a seekable file."""
         if offset < self.offset:
-            if not self._seekable:
+            if not self.seekable:
                 raise InputError(
                     f"{self.name}: {what} at offset {offset} is behind the read position "
                     f"{self.offset}; this input must be a seekable file, not a pipe"
@@ -124,7 +124,7 @@ class Cursor:
         if ahead <= len(self._buf) - self._pos:
             self._pos += ahead
             return
-        if self._seekable:
+        if self.seekable:
             self._seek(offset)
             return
         while self.offset < offset:

@@ -130,8 +130,9 @@ class ElfSource(Source):
         for seg in self.segments:
             what = f"PT_LOAD {seg.index} (data at offset {seg.offset})"
             self._cur.skip_to(seg.offset, what)
-            yield Region(f"load{seg.index}", seg.paddr, seg.filesz), self._cur.chunks(
-                seg.filesz, what
+            yield (
+                Region(f"load{seg.index}", seg.paddr, seg.filesz),
+                self._cur.chunks(seg.filesz, what),
             )
 
     def close(self) -> None:

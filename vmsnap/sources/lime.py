@@ -38,7 +38,7 @@ class LimeSource(Source):
             self._cur = Cursor(self._fh, path)
             self._size = file_size(self._fh)
             self.ranges: list[Range] | None = None
-            if self._size is not None and self._cur._seekable:
+            if self._size is not None and self._cur.seekable:
                 self.ranges = list(self._scan())
                 if not self.ranges:
                     raise FormatError(f"{path}: empty file: a LiME dump has at least one range")
@@ -96,11 +96,14 @@ class LimeSource(Source):
                 cur.skip_to(self.ranges[index].header_offset, f"range {index} header")
             elif cur.at_eof():
                 if index == 0:
-                    raise FormatError(f"{self.path}: empty input: a LiME dump has at least one range")
+                    raise FormatError(
+                        f"{self.path}: empty input: a LiME dump has at least one range"
+                    )
                 return
             rng = self._header(index)
-            yield Region(f"range{index}", rng.start, rng.size), cur.chunks(
-                rng.size, f"range {index} data (header at offset {rng.header_offset})"
+            yield (
+                Region(f"range{index}", rng.start, rng.size),
+                cur.chunks(rng.size, f"range {index} data (header at offset {rng.header_offset})"),
             )
             index += 1
 

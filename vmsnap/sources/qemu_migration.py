@@ -157,7 +157,9 @@ def xbzrle_decode(src: bytes, page: bytearray) -> None:
                     raise XbzrleError(f"empty zero run at delta byte {start}")
                 d += count
                 if d > dlen:
-                    raise XbzrleError(f"zero run goes past the end of the page at delta byte {start}")
+                    raise XbzrleError(
+                        f"zero run goes past the end of the page at delta byte {start}"
+                    )
             else:
                 if not count:
                     raise XbzrleError(f"empty literal run at delta byte {start}")
@@ -216,7 +218,9 @@ class QemuMigrationSource(Source):
         cur = self._cur
         hdr = read_struct(cur, Q.FileHeader, "migration stream header")
         if hdr.version != Q.QEMU_VM_FILE_VERSION:
-            raise self._err(4, f"unsupported migration stream version {hdr.version} (vmsnap reads 3)")
+            raise self._err(
+                4, f"unsupported migration stream version {hdr.version} (vmsnap reads 3)"
+            )
         if cur.peek_u8() == Q.QEMU_VM_CONFIGURATION:
             cur.u8("configuration marker")
             self._configuration()
@@ -248,7 +252,8 @@ class QemuMigrationSource(Source):
                     cap = self._pascal("capability name")
                     if cap == Q.CAP_MAPPED_RAM:
                         raise self._err(
-                            cap_off, "mapped-ram streams (a different file layout) are not supported"
+                            cap_off,
+                            "mapped-ram streams (a different file layout) are not supported",
                         )
                     if cap != Q.CAP_X_IGNORE_SHARED:
                         raise self._err(cap_off, f"unknown migration capability {cap!r}")
@@ -313,7 +318,8 @@ class QemuMigrationSource(Source):
             if cmd not in Q.HARMLESS_COMMANDS:
                 name = Q.MIG_CMD_NAMES.get(cmd, f"#{cmd}")
                 raise self._err(
-                    off, f"unsupported command {name} (postcopy, COLO and packaged streams are not read)"
+                    off,
+                    f"unsupported command {name} (postcopy, COLO and packaged streams are not read)",
                 )
         elif kind == Q.QEMU_VM_EOF:
             what = "the RAM section ended" if self._ram_id is not None else "any RAM section"
@@ -469,7 +475,8 @@ class QemuMigrationSource(Source):
     def _page_index(self, block: RamBlock, addr: int, off: int) -> int:
         if addr >= block.length:
             raise self._err(
-                off, f"page offset 0x{addr:x} beyond RAM block {block.name!r} (0x{block.length:x} bytes)"
+                off,
+                f"page offset 0x{addr:x} beyond RAM block {block.name!r} (0x{block.length:x} bytes)",
             )
         return addr // self.page_size
 
