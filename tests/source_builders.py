@@ -8,8 +8,25 @@ each structure starts, for truncation tests at every boundary.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+
+
+class Pipe(io.RawIOBase):
+    """A non-seekable byte stream, like stdin from a pipe."""
+
+    def __init__(self, data: bytes):
+        self._b = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def readinto(self, b):
+        return self._b.readinto(b)
 
 # ---------------------------------------------------------------- ELF
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from source_builders import build_elf
+from source_builders import Pipe, build_elf
 from vmsnap.errors import FormatError, InputError, VmsnapError
 from vmsnap.sources import open_source
 from vmsnap.sources.elf import ElfSource
@@ -70,7 +69,7 @@ def test_pn_xnum_count_from_section_header(tmp_path):
 def test_pipe_reads_segments_in_file_order():
     segs = [(0x1000, b"one" * 1000, None), (0x5000, b"two" * 5, None)]
     data, _, _ = build_elf(segs, gap=b"..")
-    fh = _Pipe(data)
+    fh = Pipe(data)
     with ElfSource("-", fh=fh) as src:
         got = read_all(src)
     assert [d for _, d in got] == [d for _, d, _ in segs]
@@ -79,7 +78,7 @@ def test_pipe_reads_segments_in_file_order():
 def test_pipe_with_segments_out_of_order_is_a_clear_error():
     segs = [(0x1000, b"one" * 10, None), (0x5000, b"two" * 5, None)]
     data, _, _ = build_elf(segs, reverse_data=True)
-    with ElfSource("-", fh=_Pipe(data)) as src:
+    with ElfSource("-", fh=Pipe(data)) as src:
         with pytest.raises(InputError, match="seekable"):
             read_all(src)
 
@@ -96,23 +95,6 @@ def test_detected_by_magic(tmp_path):
     data, _, _ = build_elf([(0, b"z" * 8, None)])
     with open_source(write(tmp_path, data)) as src:
         assert src.format_name == "elf"
-
-
-class _Pipe(io.RawIOBase):
-    """A non-seekable byte stream, like stdin from a pipe."""
-
-    def __init__(self, data):
-        self._b = io.BytesIO(data)
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return False
-
-    def readinto(self, b):
-        n = self._b.readinto(b)
-        return n
 
 
 # ---------------------------------------------------------------- malformed
@@ -133,7 +115,7 @@ def test_truncated_at_every_structure_boundary(tmp_path):
 
 def test_truncated_pipe_fails_while_reading():
     data, _, _ = build_elf([(0, b"\x01" * 300, None)])
-    with ElfSource("-", fh=_Pipe(data[:-10])) as src:
+    with ElfSource("-", fh=Pipe(data[:-10])) as src:
         with pytest.raises(InputError, match=r"truncated at offset \d+: PT_LOAD 0"):
             read_all(src)
 

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from source_builders import build_lime
-from test_sources_elf import _Pipe
+from source_builders import Pipe, build_lime
 from vmsnap.errors import FormatError, InputError, VmsnapError
 from vmsnap.sources import open_source
 from vmsnap.sources.lime import LimeSource
@@ -41,7 +40,7 @@ def test_ranges_become_regions(tmp_path):
 
 def test_pipe(tmp_path):
     data, _ = build_lime(RANGES)
-    with LimeSource("-", fh=_Pipe(data)) as src:
+    with LimeSource("-", fh=Pipe(data)) as src:
         assert src.size_hint is None
         got = read_all(src)
     assert [(r.base, d) for r, d in got] == RANGES
@@ -75,7 +74,7 @@ def test_truncated_at_a_range_boundary_is_a_shorter_dump(tmp_path):
 
 def test_truncated_pipe(tmp_path):
     data, _ = build_lime(RANGES)
-    with LimeSource("-", fh=_Pipe(data[:-5])) as src:
+    with LimeSource("-", fh=Pipe(data[:-5])) as src:
         with pytest.raises(InputError, match=r"truncated at offset \d+: range 2 data"):
             read_all(src)
 
@@ -83,7 +82,7 @@ def test_truncated_pipe(tmp_path):
 def test_empty_file(tmp_path):
     with pytest.raises(FormatError, match="empty"):
         LimeSource(write(tmp_path, b""))
-    with LimeSource("-", fh=_Pipe(b"")) as src:
+    with LimeSource("-", fh=Pipe(b"")) as src:
         with pytest.raises(FormatError, match="empty"):
             read_all(src)
 
@@ -115,7 +114,7 @@ def test_end_below_start(tmp_path):
        pipe=st.booleans())
 def test_property_round_trip(tmp_path, ranges, pipe):
     data, _ = build_lime(ranges)
-    src = LimeSource("-", fh=_Pipe(data)) if pipe else LimeSource(write(tmp_path, data, "p.lime"))
+    src = LimeSource("-", fh=Pipe(data)) if pipe else LimeSource(write(tmp_path, data, "p.lime"))
     with src:
         got = read_all(src)
     assert [(r.name, r.base, d) for r, d in got] == [

@@ -15,11 +15,11 @@ from source_builders import (
     HOOK,
     MULTIFD_FLUSH,
     PAGE,
+    Pipe,
     StreamBuilder,
     simple_stream,
     xbzrle_encode,
 )
-from test_sources_elf import _Pipe
 from vmsnap.errors import FormatError, InputError, VmsnapError
 from vmsnap.sources import open_source
 from vmsnap.sources.qemu_migration import QemuMigrationSource, XbzrleError, xbzrle_decode
@@ -169,7 +169,7 @@ def test_harmless_commands_are_skipped(tmp_path):
 def test_pipe_input_and_detection(tmp_path):
     pages = [("page", "pc.ram", PS, page(1))]
     b, _ = simple_stream(BLOCKS, pages)
-    got, _ = read_blocks(QemuMigrationSource("-", fh=_Pipe(b.bytes())))
+    got, _ = read_blocks(QemuMigrationSource("-", fh=Pipe(b.bytes())))
     assert {n: v[2] for n, v in got.items()} == expected(pages)
     with open_source(write(tmp_path, b.bytes())) as src:
         assert src.format_name == "qemu"
@@ -466,7 +466,7 @@ def test_property_stream_gives_the_memory_qemu_would_load(tmp_path, ops, footers
         pages.append((kind, block, off, payload))
         model = {k: bytearray(v) for k, v in expected(pages).items()}
     b, _ = simple_stream(BLOCKS, pages, footers=footers)
-    src = (QemuMigrationSource("-", fh=_Pipe(b.bytes())) if pipe
+    src = (QemuMigrationSource("-", fh=Pipe(b.bytes())) if pipe
            else QemuMigrationSource(write(tmp_path, b.bytes(), "p.mig")))
     got, src = read_blocks(src)
     assert {n: v[2] for n, v in got.items()} == expected(pages)
