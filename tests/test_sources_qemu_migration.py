@@ -22,7 +22,12 @@ from source_builders import (
 )
 from vmsnap.errors import FormatError, InputError, VmsnapError
 from vmsnap.sources import open_source
-from vmsnap.sources.qemu_migration import QemuMigrationSource, XbzrleError, xbzrle_decode
+from vmsnap.sources.qemu_migration import (
+    PageStates,
+    QemuMigrationSource,
+    XbzrleError,
+    xbzrle_decode,
+)
 
 PS = 4096
 BLOCKS = [("pc.ram", 4 * PS), ("pc.bios", 2 * PS), ("/rom@etc/acpi/rsdp", PS)]
@@ -492,3 +497,16 @@ def test_property_damage_gives_data_or_a_vmsnap_error(tmp_path, pos, byte, cut):
                 assert len(b"".join(chunks)) == region.size
     except VmsnapError as exc:
         assert "d.mig" in str(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(npages=st.integers(1, 600_000),
+       ops=st.lists(st.tuples(st.integers(0, 2**32), st.sampled_from([1, 2])), max_size=60))
+def test_property_page_states_behave_like_a_dict(npages, ops):
+    states, model = PageStates(npages), {}
+    for i, state in ops:
+        i %= npages
+        assert states.get(i) == model.get(i, 0)
+        assert states.swap(i, state) == model.get(i, 0)
+        model[i] = state
+    assert states.count_unsent() == npages - len(model)

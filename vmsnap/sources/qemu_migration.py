@@ -17,8 +17,8 @@ Page records arrive in any order and a page may be sent more than once (a later
 copy wins; an XBZRLE record is a delta over the page's previous content), so
 the RAM is first assembled into an unnamed sparse temporary file (in TMPDIR or
 `tmpdir`, deleted on close) and then yielded block by block. Memory use is a
-few MiB of buffers plus one byte per page of bookkeeping, independent of RAM
-size; the temporary file needs as much disk as the non-zero part of the RAM
+few MiB of buffers, whatever the RAM size, plus two bits of bookkeeping per
+page (64 KiB per GiB of RAM); the temporary file needs as much disk as the non-zero part of the RAM
 (keep TMPDIR off tmpfs for big guests). The file is never extended past the
 highest page written; reads beyond its end are zeros.
 
@@ -76,45 +76,58 @@ def _next_data(fd: int, pos: int) -> int:
 
 
 class PageStates:
-    """One state byte per page, allocated 64 Ki pages at a time as pages arrive.
+    """Two bits per page (received, holds non-zero data in the temporary file).
 
-    A corrupt block length therefore costs nothing until pages really come.
+    Allocated 256 Ki pages (1 GiB of 4 KiB pages, 64 KiB of bits) at a time as
+    pages arrive, so a corrupt block length costs nothing until pages really
+    come, and a 1 TiB guest needs 64 MiB of bookkeeping.
     """
 
-    CHUNK_BITS = 16
+    CHUNK_BITS = 18
+    _MASK = (1 << CHUNK_BITS) - 1
 
     def __init__(self, npages: int):
         self.npages = npages
-        self._chunks: dict[int, bytearray] = {}
+        self._chunks: dict[int, tuple[bytearray, bytearray]] = {}
 
-    def get(self, i: int) -> int:
-        c = self._chunks.get(i >> self.CHUNK_BITS)
-        return 0 if c is None else c[i & ((1 << self.CHUNK_BITS) - 1)]
+    def _chunk(self, key: int) -> tuple[bytearray, bytearray]:
+        c = self._chunks.get(key)
+        if c is None:
+            n = min(1 << self.CHUNK_BITS, self.npages - (key << self.CHUNK_BITS))
+            c = self._chunks[key] = (bytearray((n + 7) >> 3), bytearray((n + 7) >> 3))
+        return c
 
     def swap(self, i: int, state: int) -> int:
         """Set page i's state; return the previous one."""
-        key = i >> self.CHUNK_BITS
-        c = self._chunks.get(key)
-        if c is None:
-            c = self._chunks[key] = bytearray(
-                min(1 << self.CHUNK_BITS, self.npages - (key << self.CHUNK_BITS))
-            )
-        j = i & ((1 << self.CHUNK_BITS) - 1)
-        old = c[j]
-        c[j] = state
+        recv, data = self._chunk(i >> self.CHUNK_BITS)
+        j = i & self._MASK
+        byte, bit = j >> 3, 1 << (j & 7)
+        if not recv[byte] & bit:
+            old = _UNSENT
+            recv[byte] |= bit
+        else:
+            old = _DATA_IN_FILE if data[byte] & bit else _ZERO_IN_FILE
+        if state == _DATA_IN_FILE:
+            data[byte] |= bit
+        elif old == _DATA_IN_FILE:
+            data[byte] &= ~bit & 0xFF
         return old
 
-    def set(self, i: int, state: int) -> None:
-        key = i >> self.CHUNK_BITS
-        c = self._chunks.get(key)
+    set = swap
+
+    def get(self, i: int) -> int:
+        c = self._chunks.get(i >> self.CHUNK_BITS)
         if c is None:
-            c = self._chunks[key] = bytearray(
-                min(1 << self.CHUNK_BITS, self.npages - (key << self.CHUNK_BITS))
-            )
-        c[i & ((1 << self.CHUNK_BITS) - 1)] = state
+            return _UNSENT
+        j = i & self._MASK
+        byte, bit = j >> 3, 1 << (j & 7)
+        if not c[0][byte] & bit:
+            return _UNSENT
+        return _DATA_IN_FILE if c[1][byte] & bit else _ZERO_IN_FILE
 
     def count_unsent(self) -> int:
-        return self.npages - sum(len(c) - c.count(_UNSENT) for c in self._chunks.values())
+        received = sum(int.from_bytes(recv, "little").bit_count() for recv, _ in self._chunks.values())
+        return self.npages - received
 
 
 @dataclass
