@@ -92,6 +92,12 @@ class ElfSource(Source):
             phnum = read_struct(cur, S.Shdr, "section header 0").sh_info
         if phnum == 0:
             raise FormatError(f"{name}: ELF core has no program headers")
+        table_end = ehdr.e_phoff + phnum * phentsize
+        if self._size is not None and table_end > self._size:
+            raise InputError(
+                f"{name}: truncated: {phnum} program headers at offset {ehdr.e_phoff} need "
+                f"bytes up to offset {table_end}, the file has {self._size}"
+            )
         cur.skip_to(ehdr.e_phoff, "program header table")
         segments: list[Segment] = []
         uncaptured: list[tuple[int, int]] = []
