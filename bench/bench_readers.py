@@ -134,7 +134,8 @@ def main() -> int:
             f"- capture: {meta['mem_mib']} MiB guest, {meta['versions']['qemu']}, "
             f"{meta['accel']}, kernel {meta['kernel_package']}; "
             f"raw {meta['sizes']['mem.raw']:,} B, ELF core {meta['sizes']['core.elf']:,} B, "
-            f"migration stream {meta['sizes']['stream.mig']:,} B"
+            f"migration stream {meta['sizes']['stream.mig']:,} B; capture times (s): "
+            + ", ".join(f"{k} {v}" for k, v in meta["timings"].items())
         )
     lines += [
         "- each run iterates every region and touches every page of every chunk;",
