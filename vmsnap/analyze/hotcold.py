@@ -384,9 +384,10 @@ def render_classes(res: HotColdResult, path: str) -> None:
     x = np.arange(res.n_periods)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     order = list(range(len(names) - 1, -1, -1))  # hot at the bottom
-    cmap = plt.get_cmap("coolwarm_r", len(names))
-    ax.stackplot(x, counts[order], labels=[names[i] for i in order],
-                 colors=["#dddddd" if i == 0 else cmap(i) for i in order], step="post")
+    cmap = plt.get_cmap("RdYlBu_r")  # cold blue .. hot red
+    top = len(names) - 1
+    colors = ["#dddddd" if i == 0 else cmap(0.1 + 0.85 * (i - 1) / max(1, top - 1)) for i in order]
+    ax.stackplot(x, counts[order], labels=[names[i] for i in order], colors=colors, step="post")
     ax.plot(x, np.array(res.accessed) * res.page_size / 2**20, color="black", lw=1.5,
             drawstyle="steps-post", label="working set")
     ax.set_xlabel("scan period")
