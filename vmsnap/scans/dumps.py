@@ -14,6 +14,7 @@ working set (the scan-based formats see reads too).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 from ..errors import InputError, UsageError
@@ -21,6 +22,10 @@ from .base import Period, ScanSeries, Segment
 
 DEFAULT_PAGE_SIZE = 4096
 BLOCK = 4 << 20  # bytes compared per dump per step (the raw reader's chunk size)
+
+
+def _next_or_none(it):
+    return next(it, None)
 
 
 def _blocks(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
@@ -72,7 +77,7 @@ class DumpScans(ScanSeries):
 
     def __init__(self, paths: Sequence[str], page_size: int = DEFAULT_PAGE_SIZE,
                  source_format: str = "auto",
-                 progress: Callable[[int], None] | None = None):
+                 progress: Callable[[int], None] | None = None, threads: int = 2):
         if len(paths) < 2:
             raise UsageError("a dump series needs at least two dumps (N dumps give N-1 periods)")
         if "-" in paths:
@@ -81,6 +86,7 @@ class DumpScans(ScanSeries):
             raise UsageError(f"page size {page_size} is not a power of two >= 64")
         super().__init__(paths, page_size)
         self.source_format = source_format
+        self.threads = max(1, threads)  # reader threads; blocks of the next step are read ahead
         self.progress = progress
         self._matrix = None  # (n_periods, n_pages) bool, filled by _compute
         self._segments: list[Segment] = []
@@ -105,6 +111,7 @@ class DumpScans(ScanSeries):
         block = max(BLOCK - BLOCK % ps, ps)
         compare = _Comparer(ps, block)
         sources = []
+        pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="vmsnap-dump-read")
         try:
             for p in self.inputs:
                 sources.append(open_source(p, self.source_format))
@@ -132,8 +139,14 @@ class DumpScans(ScanSeries):
                 streams = [_blocks(chunks, block) for _, chunks in heads]
                 parts = []
                 offset = 0
+                pending = pool.map(_next_or_none, streams)
                 while True:
-                    bufs = [next(s, None) for s in streams]
+                    bufs = list(pending)
+                    if any(b is not None for b in bufs):
+                        # read the next blocks while this one is compared (reads release the GIL)
+                        pending = pool.map(_next_or_none, streams)
+                    else:
+                        pending = iter(())
                     if all(b is None for b in bufs):
                         break
                     lens = {len(b) if b is not None else 0 for b in bufs}
@@ -155,6 +168,7 @@ class DumpScans(ScanSeries):
                 if parts:
                     parts_by_region.append(np.concatenate(parts, axis=1))
         finally:
+            pool.shutdown(wait=True)
             for s in sources:
                 s.close()
         if first_page == 0:
