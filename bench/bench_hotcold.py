@@ -7,6 +7,7 @@ last period, cool: until the last two, cold: only in the first, the rest never),
 then times, in the same run:
 
   * `cat` of all dumps to /dev/null: the read ceiling of this machine;
+  * `cmp -l` of each consecutive pair: the shell way to find changed bytes (peer);
   * `vmsnap analyze hotcold DUMPS... --json --out L` (whole CLI, new process);
   * the same with the dumps evicted from the page cache first
     (posix_fadvise DONTNEED on these files only), i.e. read from disk.
@@ -104,6 +105,10 @@ def main() -> int:
 
     subprocess.run(["cat", *paths], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     cat_t = min(timed(["sh", "-c", 'cat "$@" > /dev/null', "cat", *paths])[0] for _ in range(args.repeat))
+    # the shell way to see what changed between consecutive dumps: cmp -l (one line per differing byte)
+    pairs = " ".join(f'"{a}" "{b}"' for a, b in zip(paths, paths[1:]))
+    cmp_script = f'set -- {pairs}; while [ $# -ge 2 ]; do cmp -l "$1" "$2" | wc -l >/dev/null; shift 2; done'
+    cmp_t = min(timed(["sh", "-c", cmp_script])[0] for _ in range(max(1, args.repeat - 1)))
     warm = []
     doc = None
     for _ in range(args.repeat):
@@ -135,6 +140,8 @@ def main() -> int:
     print(f"| cat > /dev/null, page cache (best of {args.repeat}) | {cat_t:.2f} | {gib / cat_t:.2f} | 1.00 |")
     print(f"| vmsnap analyze hotcold, page cache (best of {args.repeat}; all: "
           f"{', '.join(f'{x:.2f}' for x in warm)}) | {best:.2f} | {gib / best:.2f} | {best / cat_t:.2f} |")
+    print(f"| cmp -l of each consecutive pair, page cache (peer; reads interior dumps twice) | {cmp_t:.2f} | "
+          f"{gib / cmp_t:.2f} | {cmp_t / cat_t:.2f} |")
     print(f"| cat > /dev/null, evicted from cache | {cold_cat:.2f} | {gib / cold_cat:.2f} | 1.00 |")
     print(f"| vmsnap analyze hotcold, evicted from cache | {cold:.2f} | {gib / cold:.2f} | {cold / cold_cat:.2f} |")
     print(f"\ntarget >= 1 GiB/s (page cache): {'met' if gib / best >= 1 else 'MISSED'}; "

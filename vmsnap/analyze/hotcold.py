@@ -325,6 +325,10 @@ def read_levels(path: str) -> LevelsFile:
                              f"its header describes {expect}")
     if blake3.blake3(data[: -H.DIGEST_SIZE]).digest(H.DIGEST_SIZE) != data[-H.DIGEST_SIZE:]:
         raise IntegrityError(f"{path}: offset {len(data) - H.DIGEST_SIZE}: digest mismatch")
+    if hdr.flags or hdr.reserved:
+        raise FormatError(f"{path}: offset 36: unknown flags or reserved bits set")
+    if not 2 <= hdr.levels <= H.MAX_LEVELS:
+        raise FormatError(f"{path}: offset 10: {hdr.levels} levels, expected 2..{H.MAX_LEVELS}")
     segs = []
     off = H.HEADER_SIZE
     for i in range(hdr.n_segments):
