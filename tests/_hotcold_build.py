@@ -110,3 +110,39 @@ def damon_snapshots(acc: np.ndarray, base: int = 0x7F0000000000, page_size: int 
                 for p in range(acc.shape[1])]
         snaps.append((t * 100_000_000, (t + 1) * 100_000_000, regs))
     return snaps
+
+
+class TwoRegionSource:
+    """A stand-in for a multi-region reader (ELF, QEMU): a raw file split into two regions,
+    the second at 4 GiB, yielded in odd-sized chunks. Registered in tests via vmsnap.sources.FORMATS."""
+
+    format_name = "tworegion"
+    SPLIT_PAGES = 3
+
+    def __init__(self, path):
+        self.path = path
+        self.description = f"tworegion:{path}"
+
+    def regions(self):
+        from vmsnap.sources.base import Region
+
+        data = open(self.path, "rb").read()
+        cut = self.SPLIT_PAGES * PS
+
+        def chunks(buf, step=1000):
+            for i in range(0, len(buf), step):
+                yield buf[i : i + step]
+
+        yield Region("low", 0, cut), chunks(data[:cut])
+        yield Region("high", 1 << 32, len(data) - cut), chunks(data[cut:], 777)
+
+    size_hint = None
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass

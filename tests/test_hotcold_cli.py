@@ -133,3 +133,15 @@ def test_help_lists_options():
     for opt in ("--format", "--levels", "--demote-after", "--promote-by", "--json", "--csv",
                 "--out", "--heatmap", "--plot", "--save-series"):
         assert opt in r.output
+
+
+def test_progress_bar_goes_to_stderr(dumps, capsys):
+    """progress=True draws a tqdm bar on stderr; stdout stays clean for --json."""
+    from vmsnap.analyze import hotcold as hc
+
+    paths, _, _ = dumps
+    res = hc.hotcold(paths, progress=True)
+    err = capsys.readouterr()
+    assert err.out == ""
+    assert "dumps" in err.err and "B" in err.err
+    assert res.n_periods == 5

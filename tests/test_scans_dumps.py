@@ -108,3 +108,18 @@ def test_blocks_recut_exactly(chunks, size):
     assert b"".join(out) == b"".join(chunks)
     assert all(len(b) == size for b in out[:-1])
     assert not out or 0 < len(out[-1]) <= size
+
+
+def test_multi_region_reader_with_odd_chunks(tmp_path, monkeypatch):
+    """Any source reader plugs in: regions become segments, odd chunk sizes are re-cut."""
+    from vmsnap import sources
+
+    monkeypatch.setitem(sources.FORMATS, "tworegion", ("_hotcold_build", "TwoRegionSource"))
+    rng = np.random.default_rng(9)
+    acc = rng.random((3, 8)) < 0.5
+    paths = write_dumps(tmp_path, acc)
+    with open_scans(paths, "dumps", source_format="tworegion") as s:
+        got = np.stack([p.accessed.copy() for p in s.periods()])
+        segs = [(g.name, g.base, g.first_page, g.n_pages) for g in s.segments]
+    np.testing.assert_array_equal(got, acc)
+    assert segs == [("low", 0, 0, 3), ("high", 1 << 32, 3, 5)]

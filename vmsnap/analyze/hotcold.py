@@ -426,30 +426,31 @@ def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = Hot
         require_matplotlib()  # fail before a long run, not after it
     if progress is None:
         progress = sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    with contextlib.ExitStack() as stack:
+        series = stack.enter_context(open_scans(
+            paths, fmt, page_size=page_size, damon_target=damon_target,
+            damon_min_accesses=damon_min_accesses))
+        on_period = None
+        if progress:
+            from tqdm import tqdm
 
-        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, leave=False)
-    try:
-        cb = bar.update if bar is not None else None
-        with open_scans(paths, fmt, page_size=page_size, damon_target=damon_target,
-                        damon_min_accesses=damon_min_accesses, progress=cb) as series:
-            if bar is not None and series.format_name != "dumps":
-                bar.unit, bar.unit_scale, bar.total = "period", False, series.n_periods
-            on_period = None if bar is None or series.format_name == "dumps" else (lambda i: bar.update(1))
-            with contextlib.ExitStack() as stack:
-                source: ScanSeries = series
-                if series_out:
-                    from ..scans.series import SeriesWriter
+            if series.format_name == "dumps":  # the work is reading: count bytes
+                bar = stack.enter_context(tqdm(total=series.size_hint, unit="B", unit_scale=True,
+                                               unit_divisor=1024, file=sys.stderr, leave=False,
+                                               desc="dumps"))
+                series.progress = bar.update
+            else:
+                bar = stack.enter_context(tqdm(total=series.n_periods, unit="period",
+                                               file=sys.stderr, leave=False, desc="scans"))
+                on_period = lambda i: bar.update(1)  # noqa: E731
+        source: ScanSeries = series
+        if series_out:
+            from ..scans.series import SeriesWriter
 
-                    writer = stack.enter_context(SeriesWriter(
-                        series_out, series.page_size, series.n_pages, series.segments[0].base))
-                    source = _TeeSeries(series, writer)
-                res = analyze(source, params, heatmap_bins if heatmap else None, on_period)
-    finally:
-        if bar is not None:
-            bar.close()
+            writer = stack.enter_context(SeriesWriter(
+                series_out, series.page_size, series.n_pages, series.segments[0].base))
+            source = _TeeSeries(series, writer)
+        res = analyze(source, params, heatmap_bins if heatmap else None, on_period)
     if levels_out:
         write_levels(levels_out, res)
     if heatmap:
