@@ -123,3 +123,10 @@ def test_multi_region_reader_with_odd_chunks(tmp_path, monkeypatch):
         segs = [(g.name, g.base, g.first_page, g.n_pages) for g in s.segments]
     np.testing.assert_array_equal(got, acc)
     assert segs == [("low", 0, 0, 3), ("high", 1 << 32, 3, 5)]
+
+
+def test_empty_dumps(tmp_path):
+    (tmp_path / "a").write_bytes(b"")
+    (tmp_path / "b").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        _accessed([str(tmp_path / "a"), str(tmp_path / "b")])

@@ -184,3 +184,16 @@ def test_open_scans_detects_series_and_checks_page_size(small_series):
         assert sum(1 for _ in s.periods()) == len(bitmaps)
     with pytest.raises(UsageError, match="4096-byte pages"):
         open_scans([str(path)], page_size=2 << 20)
+
+
+def test_forged_page_count_is_not_an_allocation(tmp_path):
+    """A header claiming 2**60 pages (with a valid digest) fails on size, before any read."""
+    import blake3
+
+    raw = bytearray(S.Header.build(dict(version=1, flags=0, page_size=4096, n_pages=2**60, base=0,
+                                        header_digest=b"\0" * 8)))
+    raw[32:40] = blake3.blake3(bytes(raw[:32])).digest(8)
+    path = tmp_path / "huge.vmscan"
+    path.write_bytes(bytes(raw) + b"PRD\0" + b"\0" * 100)
+    with pytest.raises(IntegrityError, match="offset 144: truncated in period 0 bitmap"):
+        _read(path)

@@ -65,12 +65,21 @@ class SeriesScans(ScanSeries):
         self._header = raw
         self._n_pages = hdr.n_pages
         self.base = hdr.base
+        self._size = self._file_size()
         self._n_periods = self._count_periods()
 
-    def _count_periods(self) -> int | None:
+    def _file_size(self) -> int | None:
+        import stat
+
         try:
-            size = os.fstat(self._fh.fileno()).st_size
+            st = os.fstat(self._fh.fileno())
         except (OSError, ValueError, AttributeError):
+            return None
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def _count_periods(self) -> int | None:
+        size = self._size
+        if size is None:
             return None
         body = size - S.HEADER_SIZE - S.TRAILER_SIZE
         per = S.period_size(self._n_pages)
@@ -89,6 +98,12 @@ class SeriesScans(ScanSeries):
         return [Segment("pages", self.base, 0, self._n_pages)]
 
     def _read(self, n: int, offset: int, what: str) -> bytes:
+        if self._size is not None and offset + n > self._size:
+            # check before read(): a forged n_pages must not become a huge allocation
+            raise IntegrityError(
+                f"{self.path}: offset {self._size}: truncated in {what} "
+                f"({offset + n - self._size} bytes missing)"
+            )
         try:
             buf = self._fh.read(n)
         except OSError as exc:
