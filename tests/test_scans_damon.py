@@ -123,3 +123,46 @@ def test_not_utf8(tmp_path):
     path.write_bytes(b"[\xff\xfe]")
     with pytest.raises(InputError, match="offset 1: not UTF-8"):
         open_scans([str(path)], "damon")
+
+
+@pytest.mark.parametrize("file_type", ["json", "json_compressed"])
+def test_reads_files_written_by_damo_itself(tmp_path, file_type):
+    """Interop: records built with damo's own classes and written by damo's own writer
+    (the code path `damo record` uses to save), in both of its JSON output types."""
+    import damo.damo  # noqa: F401  (puts damo's flat modules on sys.path)
+    import _damo_records
+    import _damon
+
+    rng = np.random.default_rng(4)
+    acc = rng.random((4, 12)) < 0.5
+    base = 0x7F00_0000_0000
+    rec = _damo_records.DamonRecord(0, 0, _damon.DamonIntervals(5000, 100000, 1000000), None, 0, [])
+    for t in range(acc.shape[0]):
+        regions = []
+        p = 0
+        while p < acc.shape[1]:  # runs of equal state become one region, as DAMON merges them
+            q = p
+            while q < acc.shape[1] and acc[t, q] == acc[t, p]:
+                q += 1
+            regions.append(_damon.DamonRegion(base + p * PS, base + q * PS, 7 if acc[t, p] else 0,
+                                              _damon.unit_samples, t, _damon.unit_aggr_intervals))
+            p = q
+        rec.snapshots.append(_damo_records.DamonSnapshot(t * 10**8, (t + 1) * 10**8, regions, None))
+    path = tmp_path / "damon.data"
+    assert _damo_records.write_damon_records([rec], str(path), file_type) is None
+    with open_scans([str(path)]) as s:
+        assert s.format_name == "damon"
+        assert [(g.base, g.n_pages) for g in s.segments] == [(base, 12)]
+        got = [(p.timestamp_ns, p.accessed.copy()) for p in s.periods()]
+    assert [g[0] for g in got] == [(t + 1) * 10**8 for t in range(4)]
+    np.testing.assert_array_equal(np.stack([g[1] for g in got]), acc)
+
+
+def test_record_list_wrapper(tmp_path):
+    doc = {"kdamonds": [], "record_list": [{"target_id": 0, "snapshots": [
+        {"start_time": 0, "end_time": 5, "regions": [{"start": 0, "end": 2 * PS, "nr_accesses": 1}]}]}]}
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(doc))
+    with open_scans([str(path)]) as s:
+        (p,) = list(s.periods())
+    assert p.accessed.tolist() == [True, True]

@@ -132,8 +132,8 @@ class DamonScans(ScanSeries):
         if min_accesses < 1:
             raise UsageError("--damon-min-accesses must be at least 1")
         doc = load_damo_json(path)
-        if isinstance(doc, dict) and "records" in doc:
-            doc = doc["records"]
+        if isinstance(doc, dict):  # {"kdamonds": ..., "record_list": [...]} (damo's DamonRecords)
+            doc = doc.get("record_list", doc.get("records", doc))
         if not isinstance(doc, list):
             raise InputError(f"{path}: top level: expected a list of damo records, found {type(doc).__name__}")
         if not doc:
