@@ -197,3 +197,19 @@ def test_forged_page_count_is_not_an_allocation(tmp_path):
     path.write_bytes(bytes(raw) + b"PRD\0" + b"\0" * 100)
     with pytest.raises(IntegrityError, match="offset 144: truncated in period 0 bitmap"):
         _read(path)
+
+
+def test_write_series_converts_any_reader(tmp_path):
+    from _hotcold_build import classic_workload, write_idle_dir
+
+    from vmsnap.scans.series import write_series
+
+    acc, _ = classic_workload(n_pages=64, periods=3)
+    d = write_idle_dir(tmp_path / "idle", acc)
+    out = tmp_path / "conv.vmscan"
+    with open_scans([d]) as s:
+        assert write_series(str(out), s) == 3
+    s2, got = _read(out)
+    assert s2.n_pages == 64
+    np.testing.assert_array_equal(np.stack([g[2] for g in got]), acc)
+    assert all(g[1] is not None for g in got)  # idle file mtimes carried over
