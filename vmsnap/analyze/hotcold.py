@@ -385,16 +385,20 @@ def render_classes(res: HotColdResult, path: str) -> None:
     plt = require_matplotlib()
     names = res.names
     counts = np.array(res.class_counts, dtype=np.float64).T * res.page_size / 2**20
-    x = np.arange(res.n_periods)
+    # period i spans [i, i+1): repeat the last column so the last period has a width too
+    counts = np.concatenate([counts, counts[:, -1:]], axis=1)
+    wss = np.array(res.accessed + res.accessed[-1:], dtype=np.float64) * res.page_size / 2**20
+    x = np.arange(res.n_periods + 1)
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     order = list(range(len(names) - 1, -1, -1))  # hot at the bottom
     cmap = plt.get_cmap("RdYlBu_r")  # cold blue .. hot red
     top = len(names) - 1
     colors = ["#dddddd" if i == 0 else cmap(0.1 + 0.85 * (i - 1) / max(1, top - 1)) for i in order]
     ax.stackplot(x, counts[order], labels=[names[i] for i in order], colors=colors, step="post")
-    ax.plot(x, np.array(res.accessed) * res.page_size / 2**20, color="black", lw=1.5,
+    ax.plot(x, wss, color="black", lw=1.5,
             drawstyle="steps-post", label="working set")
     ax.set_xlabel("scan period")
+    ax.set_xlim(0, res.n_periods)
     ax.set_ylabel("MiB")
     ax.set_title("hot/cold classes over time")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
