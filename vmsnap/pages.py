@@ -70,41 +70,32 @@ def classify(pages: np.ndarray, max_period: int = MAX_PERIOD,
 def _minimal_periods(pages: np.ndarray, rows: np.ndarray, max_period: int):
     """Find rows whose page has a period <= max_period; return (rows, minimal periods).
 
-    Cheap probe first: for each candidate period p, does bytes[p:p+8] equal
-    bytes[0:8]? Only the pages that pass are compared in full, smallest p first.
+    If a page has a period p0 <= max_period, its first 2*max_period bytes (the
+    head) have p0 as a period too, so the head's minimal period p divides p0
+    (Fine and Wilf) and the page is the head's first p bytes repeated. Hence one
+    full-page comparison, at p, decides each page. The head's period is found on
+    8-byte words; a two-byte filter first drops almost every non-pattern page.
     """
-    width = max_period + _PROBE
+    width = 2 * max_period + _PROBE
     head = pages[rows, :width]  # small copy: width bytes per page
-    # Two-byte filter: a period p needs head[p:p+2] == head[0:2]. Rejects ~all random pages.
     pair = (head[:, 1:max_period + 1] == head[:, :1]) & (head[:, 2:max_period + 2] == head[:, 1:2])
     keep = np.flatnonzero(pair.any(axis=1))
     rows, head = rows[keep], head[keep]
-    # Eight-byte probe at every offset: load overlapping 8-byte windows as uint64.
-    windows = np.ascontiguousarray(sliding_window_view(head, _PROBE, axis=1)).view(np.uint64)[..., 0]
-    probe = windows[:, 1:] == windows[:, :1]  # (rows, max_period)
-    cand_rows = np.flatnonzero(probe.any(axis=1))
-    found_rows: list[np.ndarray] = []
-    found_p: list[np.ndarray] = []
-    probe = probe[cand_rows]
-    rows = rows[cand_rows]
-    # Each round tests every remaining page at its smallest untested candidate period.
-    while rows.size:
-        p_now = probe.argmax(axis=1) + 1
-        ok = np.zeros(rows.size, dtype=bool)
-        for p in np.unique(p_now):
-            sel = np.flatnonzero(p_now == p)
-            sub = pages[rows[sel]]
-            ok[sel] = (sub[:, p:] == sub[:, :-p]).all(axis=1)
-        found_rows.append(rows[ok])
-        found_p.append(p_now[ok])
-        keep = ~ok
-        rows, probe, p_now = rows[keep], probe[keep], p_now[keep]
-        probe[np.arange(rows.size), p_now - 1] = False
-        more = probe.any(axis=1)
-        rows, probe = rows[more], probe[more]
-    if not found_rows:
-        return np.empty(0, dtype=np.intp), np.empty(0, dtype=np.uint16)
-    return np.concatenate(found_rows), np.concatenate(found_p).astype(np.uint16)
+    if rows.size == 0:
+        return rows, np.empty(0, dtype=np.uint16)
+    # words[:, o] = the 8 bytes at offset o, as one uint64
+    words = np.ascontiguousarray(sliding_window_view(head, _PROBE, axis=1)).view(np.uint64)[..., 0]
+    periodic = np.ones((rows.size, max_period), dtype=bool)  # column p-1: head has period p
+    for o in range(0, max_period, _PROBE):
+        periodic &= words[:, o + 1:o + 1 + max_period] == words[:, o:o + 1]
+    has = periodic.any(axis=1)
+    rows, p = rows[has], periodic[has].argmax(axis=1) + 1
+    ok = np.zeros(rows.size, dtype=bool)
+    for q in np.unique(p):
+        sel = np.flatnonzero(p == q)
+        sub = pages[rows[sel]]
+        ok[sel] = (sub[:, q:] == sub[:, :-q]).all(axis=1)
+    return rows[ok], p[ok].astype(np.uint16)
 
 
 def render_pattern(unit: bytes, page_size: int) -> bytes:

@@ -123,8 +123,14 @@ class Snapshot:
             raise IntegrityError(f"{self.path}: index failed its digest (offset {trailer.index_offset})")
         try:
             body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=trailer.index_raw_size)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{self.path}: malformed index: {exc}") from None
+        if len(body) != trailer.index_raw_size:
+            raise IntegrityError(f"{self.path}: corrupted trailer: index holds {len(body)} bytes, "
+                                 f"trailer says {trailer.index_raw_size}")
+        try:
             index = S.IndexBody.parse(body)
-        except (zstandard.ZstdError, ConstructError) as exc:
+        except ConstructError as exc:
             raise FormatError(f"{self.path}: malformed index: {exc}") from None
         self.index_offset = trailer.index_offset
         self.index_size = trailer.index_size
