@@ -280,8 +280,9 @@ class Snapshot:
             skip = max(0, start_page - page)
             page += count
             count -= skip
-            stride_arg = arg + skip
-            for piece in self._run(kind, count, stride_arg, canonical):
+            if kind in (S.REC_SPARSE, S.REC_DATA, S.REC_REF):  # runs whose arg advances per page
+                arg += skip
+            for piece in self._run(kind, count, arg, canonical):
                 n = piece if isinstance(piece, int) else len(piece)
                 if n > remaining:
                     piece = remaining if isinstance(piece, int) else memoryview(piece)[:remaining]
