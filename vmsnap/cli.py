@@ -51,6 +51,149 @@ def main() -> None:
     """Save, restore and analyse virtual-machine memory snapshots."""
 
 
+class Size(click.ParamType):
+    """A byte count: 4096, 0x1000, 4K, 32M, 2G (binary multiples)."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in self._UNITS and text[-1:] else ""
+        number = text[:-1] if unit else text
+        try:
+            n = int(number, 0) * self._UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 4096, 0x1000, 4K, 32M)", param, ctx)
+        if n < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return n
+
+
+SIZE = Size()
+
+
+def _jobs_option(f):
+    return click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+                        help="Worker threads for compression, hashing and decoding [default: CPUs].")(f)
+
+
+def _quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(f)
+
+
+def _report(result: dict, as_json: bool, quiet: bool, text: str, to_stdout: bool = True) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    elif not quiet:
+        click.echo(text, err=not to_stdout)
+
+
+def _progress(quiet: bool):
+    return False if quiet else None  # None: a bar only when stderr is a terminal
+
+
+@main.command()
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", required=True, metavar="OUT.vms", help="Snapshot to write ('-' for stdout).")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto detects by magic).")
+@click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level of data frames.")
+@click.option("--frame-size", type=SIZE, default="32M", show_default=True,
+              help="Stored page data per zstd frame (larger finds more redundancy; cat decodes one frame).")
+@click.option("--description", default=None, help="Source description stored in the header.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def save(input, output, fmt, page_size, level, frame_size, description, jobs, quiet, as_json):
+    """Save the memory image INPUT ('-' for stdin) as a .vms snapshot."""
+    from .api import save as save_snapshot
+
+    result = save_snapshot(input, output, format=fmt, page_size=page_size, level=level, frame_size=frame_size,
+                           jobs=jobs, description=description, progress=_progress(quiet))
+    ratio = result["bytes_in"] / result["bytes_out"] if result["bytes_out"] else 0.0
+    _report(result, as_json, quiet, f"saved {result['bytes_in']} bytes in {result['bytes_out']} bytes "
+            f"({ratio:.1f}x) to {output}", to_stdout=output != "-")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@click.option("-o", "--output", required=True, metavar="OUT", help="Image to write ('-' for stdout).")
+@click.option("--region", default=None, help="Write only this region, from offset 0.")
+@click.option("--sparse/--no-sparse", default=True, show_default=True,
+              help="Leave zero runs as holes in a regular output file.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def restore(snapshot, output, region, sparse, jobs, quiet, as_json):
+    """Restore SNAP to OUT byte for byte; every digest is checked."""
+    from .api import restore as restore_snapshot
+
+    result = restore_snapshot(snapshot, output, region=region, sparse=sparse, jobs=jobs, progress=_progress(quiet))
+    _report(result, as_json and output != "-", quiet, f"restored {result['bytes']} bytes to {output}",
+            to_stdout=output != "-")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@_json_option
+def info(snapshot, as_json):
+    """Show what SNAP holds: pages per class, bytes per class, regions, digests."""
+    from .api import info as snapshot_info
+    from .report import format_info
+
+    result = snapshot_info(snapshot)
+    _report(result, as_json, False, format_info(result))
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@_jobs_option
+@_quiet_option
+@_json_option
+def verify(snapshot, jobs, quiet, as_json):
+    """Check every digest in SNAP without writing anything."""
+    from .api import verify as verify_snapshot
+
+    result = verify_snapshot(snapshot, jobs=jobs, progress=_progress(quiet))
+    _report(result, as_json, quiet, f"{snapshot}: OK, {result['image_bytes']} bytes, "
+            f"image digest {result['image_digest']}")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@click.option("--offset", type=SIZE, required=True, help="Guest-physical address (or offset in --region).")
+@click.option("--length", type=SIZE, required=True, help="Bytes to extract.")
+@click.option("--region", default=None, help="Address within this region instead of guest-physical.")
+@click.option("-o", "--output", default="-", show_default=True, help="Where to write the bytes.")
+def cat(snapshot, offset, length, region, output):
+    """Extract a byte range from SNAP without restoring the rest."""
+    from .api import cat as cat_range
+    from .atomic import atomic_output
+
+    data = cat_range(snapshot, offset, length, region)
+    with atomic_output(output) as out:
+        out.write(data)
+
+
+@main.command()
+@click.option("--workdir", default=None, help="Where to write the demo files [default: a temporary directory].")
+@click.option("--keep", is_flag=True, help="Keep the demo files.")
+def demo(workdir, keep):
+    """Save, inspect, restore and verify the shipped sample memory image."""
+    from .demo import run_demo
+
+    run_demo(workdir, keep, echo=click.echo)
+
+
 @main.group(cls=VmsnapGroup)
 def analyze() -> None:
     """Offline analyses of memory dumps and access traces."""
