@@ -199,24 +199,12 @@ def analyze() -> None:
     """Offline analyses of memory dumps and access traces."""
 
 
-def _page_size(ctx, param, value):
-    if value is None:
-        return None
-    units = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20}
-    txt = value.strip().lower()
-    num = txt.rstrip("kmib")
-    unit = txt[len(num):]
-    if not num.isdigit() or unit not in units:
-        raise click.BadParameter(f"{value!r} is not a size like 4096, 4K or 2M")
-    return int(num) * units[unit]
-
-
 @analyze.command("hotcold")
 @click.argument("scans", nargs=-1, required=True)
 @click.option("-f", "--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "series", "idle", "damon", "dumps"]),
               help="Scan input format (auto: directory = idle, one file by magic, several = dumps).")
-@click.option("--page-size", callback=_page_size, metavar="SIZE",
+@click.option("--page-size", type=SIZE, default=None,
               help="Page size for idle, damon and dumps input (default 4K; series files carry theirs).")
 @click.option("--levels", "n_levels", default=4, show_default=True, type=int,
               help="Number of activity levels, hottest to coldest (2..250).")
@@ -237,9 +225,10 @@ def _page_size(ctx, param, value):
 @click.option("--plot", metavar="PNG", help="Write a class-over-time plot (needs matplotlib).")
 @click.option("--save-series", metavar="FILE",
               help="Also write the input's accessed bitmaps as a vmsnap scan series file.")
+@_quiet_option
 def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon_target,
                 damon_min_accesses, as_json, as_csv, levels_out, heatmap, heatmap_bins, plot,
-                save_series):
+                save_series, quiet):
     """Hot/cold page classes from a scan series (bitmaps, DAMON records or dumps)."""
     from .analyze import hotcold as hc
     from .errors import UsageError
@@ -250,7 +239,7 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
         list(scans), fmt, hc.HotColdParams(n_levels, demote_after, promote_by),
         page_size=page_size, damon_target=damon_target, damon_min_accesses=damon_min_accesses,
         levels_out=levels_out, heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins,
-        series_out=save_series,
+        series_out=save_series, progress=_progress(quiet),
     )
     if as_json:
         import json
@@ -258,7 +247,7 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
         click.echo(json.dumps(hc.summary(res), indent=2))
     elif as_csv:
         click.echo(hc.csv_text(res), nl=False)
-    else:
+    elif not quiet:
         click.echo(hc.text_report(res), nl=False)
 
 

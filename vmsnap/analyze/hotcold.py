@@ -282,7 +282,7 @@ def write_levels(path: str, res: HotColdResult) -> None:
     """Write the levels file atomically (layout in hotcold_structs.py)."""
     import blake3
 
-    from ..scans._atomic import atomic_output
+    from ..atomic import atomic_output
 
     head = H.LevelsHeader.build(dict(
         version=H.VERSION, levels=res.params.levels, promote_by=res.params.promote_by,
@@ -360,7 +360,7 @@ def require_matplotlib():
 
 def render_heatmap(res: HotColdResult, path: str) -> None:
     """Address x time heatmap (damo's `time address frequency`): share of pages accessed per bin."""
-    from ..scans._atomic import atomic_output
+    from ..atomic import atomic_output
 
     plt = require_matplotlib()
     if res.heatmap is None:
@@ -380,7 +380,7 @@ def render_classes(res: HotColdResult, path: str) -> None:
     """Class sizes (bytes) over periods as stacked areas, with the working set as a line."""
     import numpy as np
 
-    from ..scans._atomic import atomic_output
+    from ..atomic import atomic_output
 
     plt = require_matplotlib()
     names = res.names

@@ -217,7 +217,7 @@ def write_damo_json(path: str, snapshots, target_id: int = 0, compressed: bool =
     `snapshots` is a list of (start_ns, end_ns, [(start, end, nr_accesses), ...]).
     Numbers are written the way ``damo record`` writes them (raw strings).
     """
-    from ._atomic import atomic_output
+    from ..atomic import atomic_output
 
     rec = {
         "kdamond_idx": 0, "context_idx": 0,

@@ -112,7 +112,7 @@ def write_idle_bitmap(path: str, accessed) -> None:
     """
     import numpy as np
 
-    from ._atomic import atomic_output
+    from ..atomic import atomic_output
 
     accessed = np.asarray(accessed, dtype=bool)
     words = (accessed.size + 63) // 64

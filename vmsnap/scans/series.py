@@ -191,7 +191,7 @@ class SeriesWriter:
     """
 
     def __init__(self, path: str, page_size: int, n_pages: int, base: int = 0):
-        from ._atomic import atomic_output
+        from ..atomic import atomic_output
 
         _check_geometry(page_size, n_pages, path)
         self.path = path
