@@ -16,15 +16,23 @@ from vmsnap.scans import open_scans
 from vmsnap.scans.dumps import _blocks
 
 
+@pytest.fixture(autouse=True, params=["mmap", "read"])
+def dump_path(request, monkeypatch):
+    """Run every test on both the raw-file mmap path and the generic read() path."""
+    monkeypatch.setattr(dumps_mod, "USE_MMAP", request.param == "mmap")
+    return request.param
+
+
 def _accessed(paths, **kw):
     with open_scans(paths, **kw) as s:
         return s, np.stack([p.accessed.copy() for p in s.periods()])
 
 
-def test_changed_pages_are_accessed(tmp_path):
+def test_changed_pages_are_accessed(tmp_path, dump_path):
     acc, _ = classic_workload(n_pages=50, periods=5)
     paths = write_dumps(tmp_path, acc)
     s, got = _accessed(paths)
+    assert s.read_path == dump_path
     assert s.format_name == "dumps" and s.n_pages == 50 and s.n_periods == 5
     np.testing.assert_array_equal(got, acc)
     assert s.bytes_read == 6 * 50 * PS  # every dump read exactly once
@@ -120,6 +128,7 @@ def test_multi_region_reader_with_odd_chunks(tmp_path, monkeypatch):
     paths = write_dumps(tmp_path, acc)
     with open_scans(paths, "dumps", source_format="tworegion") as s:
         got = np.stack([p.accessed.copy() for p in s.periods()])
+        assert s.read_path == "read"  # only raw files are mapped
         segs = [(g.name, g.base, g.first_page, g.n_pages) for g in s.segments]
     np.testing.assert_array_equal(got, acc)
     assert segs == [("low", 0, 0, 3), ("high", 1 << 32, 3, 5)]

@@ -22,6 +22,7 @@ from .base import Period, ScanSeries, Segment
 
 DEFAULT_PAGE_SIZE = 4096
 BLOCK = 4 << 20  # bytes compared per dump per step (the raw reader's chunk size)
+USE_MMAP = True  # raw regular files are compared in place, without read() copies
 
 
 def _next_or_none(it):
@@ -68,7 +69,7 @@ class _Comparer:
             # 8 bools = one uint64: a page differs when any of its ps/64 words is non-zero
             out[:full] = ne.view(np.uint64).reshape(full, ps // 64).any(axis=1)
         if n % ps:
-            out[full] = a[full * ps :] != b[full * ps :]
+            out[full] = bytes(a[full * ps :]) != bytes(b[full * ps :])
         return out
 
 
@@ -77,7 +78,8 @@ class DumpScans(ScanSeries):
 
     def __init__(self, paths: Sequence[str], page_size: int = DEFAULT_PAGE_SIZE,
                  source_format: str = "auto",
-                 progress: Callable[[int], None] | None = None, threads: int = 2):
+                 progress: Callable[[int], None] | None = None, threads: int = 2,
+                 use_mmap: bool | None = None):
         if len(paths) < 2:
             raise UsageError("a dump series needs at least two dumps (N dumps give N-1 periods)")
         if "-" in paths:
@@ -86,11 +88,14 @@ class DumpScans(ScanSeries):
             raise UsageError(f"page size {page_size} is not a power of two >= 64")
         super().__init__(paths, page_size)
         self.source_format = source_format
-        self.threads = max(1, threads)  # reader threads; blocks of the next step are read ahead
+        self.threads = max(1, threads)  # reader threads of the generic path (read-ahead)
+        # raw regular files: compare in place via mmap (None: the module default)
+        self.use_mmap = USE_MMAP if use_mmap is None else use_mmap
         self.progress = progress
         self._matrix = None  # (n_periods, n_pages) bool, filled by _compute
         self._segments: list[Segment] = []
         self.bytes_read = 0
+        self.read_path = "read"  # "mmap" when the raw-file fast path ran
 
     @property
     def size_hint(self) -> int | None:
@@ -115,6 +120,8 @@ class DumpScans(ScanSeries):
         try:
             for p in self.inputs:
                 sources.append(open_source(p, self.source_format))
+            if self.use_mmap and self._compute_mapped(sources, block, compare):
+                return
             region_iters = [s.regions() for s in sources]
             parts_by_region = []
             segments: list[Segment] = []
@@ -175,6 +182,61 @@ class DumpScans(ScanSeries):
             raise InputError(f"{self.inputs[0]}: the dumps are empty")
         self._segments = segments
         self._matrix = np.concatenate(parts_by_region, axis=1)
+
+    def _compute_mapped(self, sources, block: int, compare) -> bool:
+        """Fast path for raw regular files: compare straight out of the page cache via
+        read-only mmap, no copies. Returns False (generic path) for any other reader.
+
+        The sizes are checked against what the reader saw at open; a dump cut *during*
+        the run would fault (SIGBUS), so dumps must not be truncated while analysed.
+        """
+        import mmap
+
+        import numpy as np
+
+        from ..sources.raw import RawSource
+
+        if not all(type(s) is RawSource and s.path != "-" and s.size_hint is not None for s in sources):
+            return False
+        size = sources[0].size_hint
+        for src in sources[1:]:
+            if src.size_hint != size:
+                return False  # the generic path reports the mismatch
+        maps, fds = [], []
+        try:
+            for src in sources:
+                fd = os.open(src.path, os.O_RDONLY)
+                fds.append(fd)
+                now = os.fstat(fd).st_size
+                if now < size:
+                    raise InputError(f"{src.path}: offset {now}: truncated, {size - now} bytes missing")
+                if size:
+                    m = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+                    maps.append(m)
+                    if hasattr(m, "madvise"):
+                        m.madvise(mmap.MADV_SEQUENTIAL)
+            ps = self.page_size
+            parts = []
+            for off in range(0, size, block):
+                n = min(block, size - off)
+                views = [np.frombuffer(m, dtype=np.uint8, count=n, offset=off) for m in maps]
+                parts.append(np.stack([compare(views[i], views[i + 1]) for i in range(len(views) - 1)]))
+                del views  # release the buffers before the maps close
+                self.bytes_read += n * len(maps)
+                if self.progress is not None:
+                    self.progress(n * len(maps))
+        finally:
+            for m in maps:
+                m.close()
+            for fd in fds:
+                os.close(fd)
+        if not size:
+            raise InputError(f"{self.inputs[0]}: the dumps are empty")
+        pages = -(-size // ps)
+        self._segments = [Segment(sources[0].region_name, 0, 0, pages)]
+        self._matrix = np.concatenate(parts, axis=1)
+        self.read_path = "mmap"
+        return True
 
     @property
     def n_pages(self) -> int:
