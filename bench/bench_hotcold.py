@@ -133,6 +133,7 @@ def main() -> int:
     print(f"# hotcold over {args.dumps} dumps of {args.size_gib:g} GiB\n")
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
           f"Python {platform.python_version()}, numpy {np.__version__}")
+    print(f"load average at the end (1/5/15 min): {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"input: {args.dumps} raw dumps x {size} bytes = {gib:.2f} GiB (generated in {gen:.1f} s)")
     print(f"classes match the construction: {ok}; final pages: {doc['final']['pages']}\n")
     print("| run | time (s) | GiB/s of dump read | vs cat |")
