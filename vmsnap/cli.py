@@ -107,7 +107,7 @@ def _progress(quiet: bool):
 @click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto detects by magic).")
 @click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level of data frames.")
-@click.option("--frame-size", type=SIZE, default="32M", show_default=True,
+@click.option("--frame-size", type=SIZE, default="64M", show_default=True,
               help="Stored page data per zstd frame (larger finds more redundancy; cat decodes one frame).")
 @click.option("--description", default=None, help="Source description stored in the header.")
 @_jobs_option

@@ -25,7 +25,7 @@ from ..errors import OutputError, UsageError
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
-DEFAULT_FRAME_SIZE = 32 << 20
+DEFAULT_FRAME_SIZE = 64 << 20
 DEFAULT_LEVEL = 3
 BATCH_BYTES = 4 << 20
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
@@ -233,7 +233,7 @@ class SnapshotWriter:
                 self._framebuf = np.empty((self.frame_pages, self.page_size), dtype=np.uint8)
                 self._frame_fill = 0
             take = min(len(rows) - pos, self.frame_pages - self._frame_fill)
-            self._framebuf[self._frame_fill:self._frame_fill + take] = pages[rows[pos:pos + take]]
+            np.take(pages, rows[pos:pos + take], axis=0, out=self._framebuf[self._frame_fill:self._frame_fill + take])
             self._frame_fill += take
             pos += take
             if self._frame_fill == self.frame_pages:
