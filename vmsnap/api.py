@@ -105,28 +105,28 @@ class _Sink:
         self.region: str | None = None
 
     def __call__(self, region: RegionInfo, piece) -> None:
-        if region.name != self.region:
-            self.region = region.name
-            self._advance_to(self.placement[region.name])
         try:
+            if region.name != self.region:
+                self.region = region.name
+                gap = self.placement[region.name] - self.pos
+                if gap < 0:
+                    raise OutputError("internal error: regions out of order")
+                self._zeros(gap)
             if isinstance(piece, int):
-                if self.sparse:
-                    self.out.seek(piece, os.SEEK_CUR)
-                else:
-                    self._write_zeros(piece)
-                self.pos += piece
+                self._zeros(piece)
             else:
                 self.out.write(piece)
                 self.pos += len(piece)
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
 
-    def _advance_to(self, offset: int) -> None:
-        gap = offset - self.pos
-        if gap < 0:
-            raise OutputError("internal error: regions out of order")
-        if gap:
-            self(RegionInfo(self.region, 0, 0, 0, 0, 0, b""), gap)
+    def _zeros(self, n: int) -> None:
+        """n zero bytes: a hole in a sparse regular file, written out otherwise."""
+        if self.sparse:
+            self.out.seek(n, os.SEEK_CUR)
+        else:
+            self._write_zeros(n)
+        self.pos += n
 
     def _write_zeros(self, n: int) -> None:
         while n > 0:
