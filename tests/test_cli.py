@@ -154,3 +154,18 @@ def test_directory_and_odd_inputs(tmp_path):
     assert result.exit_code == InputError.exit_code and "is a directory" in result.output
     result = CliRunner().invoke(main, ["restore", str(tmp_path), "-o", str(tmp_path / "x.raw")])
     assert result.exit_code == InputError.exit_code and "is a directory" in result.output
+
+
+def test_cat_streams_to_a_file_and_rejects_ranges_past_the_end(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    out = tmp_path / "part.bin"
+    assert run("cat", str(snap), "--offset", "100", "--length", "9000", "-o", str(out)).exit_code == 0
+    assert out.read_bytes() == data[100:9100]
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", str(len(data) - 1), "--length", "2",
+                                       "-o", str(tmp_path / "no.bin")])
+    assert result.exit_code == FormatError.exit_code and "beyond the image end" in result.output
+    assert not (tmp_path / "no.bin").exists()
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", "0", "--length", "1", "--region", "nope"])
+    assert result.exit_code == FormatError.exit_code and "no region named 'nope'" in result.output

@@ -46,10 +46,35 @@ def info(path: str) -> dict:
         return snap.stats()
 
 
-def cat(path: str, offset: int, length: int, region: str | None = None) -> bytes:
-    """Bytes [offset, offset+length) of the image (guest-physical, or within `region`)."""
+def cat(path: str, offset: int, length: int, region: str | None = None, output: str | None = None):
+    """Bytes [offset, offset+length) of the image (guest-physical, or within `region`).
+
+    Returns them, or with `output` ('-' for stdout) streams them there and returns None.
+    """
     with Snapshot(path) as snap:
-        return snap.read(offset, length, region)
+        if output is None:
+            return snap.read(offset, length, region)
+        pieces = snap.iter_range(offset, length, region)
+        first = next(pieces, None)  # range errors surface before the output is created
+        with atomic_output(output) as out:
+            for piece in _chain(first, pieces):
+                try:
+                    if isinstance(piece, int):
+                        while piece > 0:
+                            k = min(piece, len(_ZEROS))
+                            out.write(memoryview(_ZEROS)[:k])
+                            piece -= k
+                    else:
+                        out.write(piece)
+                except OSError as exc:
+                    raise OutputError(os_error_message(exc)) from None
+        return None
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
 
 
 def verify(path: str, *, jobs: int | None = None, progress: bool | None = False) -> dict:

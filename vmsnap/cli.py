@@ -177,11 +177,8 @@ def verify(snapshot, jobs, quiet, as_json):
 def cat(snapshot, offset, length, region, output):
     """Extract a byte range from SNAP without restoring the rest."""
     from .api import cat as cat_range
-    from .atomic import atomic_output
 
-    data = cat_range(snapshot, offset, length, region)
-    with atomic_output(output) as out:
-        out.write(data)
+    cat_range(snapshot, offset, length, region, output=output)
 
 
 @main.command()
