@@ -107,7 +107,7 @@ def _progress(quiet: bool):
 @click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto detects by magic).")
 @click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level of data frames.")
-@click.option("--frame-size", type=SIZE, default="32M", show_default=True,
+@click.option("--frame-size", type=SIZE, default="64M", show_default=True,
               help="Stored page data per zstd frame (larger finds more redundancy; cat decodes one frame).")
 @click.option("--description", default=None, help="Source description stored in the header.")
 @_jobs_option
@@ -177,11 +177,8 @@ def verify(snapshot, jobs, quiet, as_json):
 def cat(snapshot, offset, length, region, output):
     """Extract a byte range from SNAP without restoring the rest."""
     from .api import cat as cat_range
-    from .atomic import atomic_output
 
-    data = cat_range(snapshot, offset, length, region)
-    with atomic_output(output) as out:
-        out.write(data)
+    cat_range(snapshot, offset, length, region, output=output)
 
 
 @main.command()

@@ -15,7 +15,7 @@ from blake3 import blake3
 
 from .structs import BLOCK_DIGEST_SIZE, BLOCK_SIZE
 
-_THREADS = blake3.AUTO  # large updates release the GIL and use both cores
+_THREADS = blake3.AUTO  # whole blocks: release the GIL and use every core
 
 
 def block_size_for(page_size: int) -> int:
@@ -38,7 +38,7 @@ class BlockHasher:
     def __init__(self, block_size: int):
         self.block_size = block_size
         self.digests: list[bytes] = []
-        self._h = blake3(max_threads=_THREADS)
+        self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
         self._fill = 0  # bytes in the current, unfinished block
         self._zero_digest = zero_block_digest(block_size)
 
@@ -78,7 +78,7 @@ class BlockHasher:
 
     def _finish_block(self) -> None:
         self.digests.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
-        self._h = blake3(max_threads=_THREADS)
+        self._h = blake3()
         self._fill = 0
 
 
