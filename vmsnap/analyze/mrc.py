@@ -74,7 +74,7 @@ def rate_threshold(rate: float) -> int:
 class _LruEngine:
     """Stack-distance histogram of a (possibly sampled, possibly untraced) stream."""
 
-    def __init__(self, rate: float | None = None, period: int = 0):
+    def __init__(self, rate: float | None = None, period: int = 0, initial_ids: int = 1 << 12, bit_slack: int = 1 << 16):
         import numpy as np
 
         k = _kernels()
@@ -87,8 +87,9 @@ class _LruEngine:
         if self.period < 0:
             raise UsageError("untraced period must be >= 0")
         self.sc = np.zeros(k.SC_LEN, dtype=np.int64)
-        self._alloc_ids(1 << 12)
-        self._alloc_hash(1 << 13)
+        self.bit_slack = int(bit_slack)
+        self._alloc_ids(int(initial_ids))
+        self._alloc_hash(1 << max(1, (2 * int(initial_ids) - 1).bit_length()))
         self.base = 0
 
     def _alloc_hash(self, cap: int) -> None:
@@ -106,7 +107,7 @@ class _LruEngine:
         last = np.full(cap, -1, dtype=np.int64)
         armed = np.zeros(cap if self.period else 1, dtype=np.int64)
         hist = np.zeros(cap + 2, dtype=np.int64)
-        bit = np.zeros(2 * cap + (1 << 16) + 1, dtype=np.int64)
+        bit = np.zeros(2 * cap + self.bit_slack + 1, dtype=np.int64)
         n = int(self.sc[self.k.SC_IDS])
         if hasattr(self, "last"):
             last[:n] = self.last[:n]
@@ -307,6 +308,22 @@ def compare(curve: Curve, exact: Curve, points: int = 10_000) -> dict:
 
 
 # ---------------------------------------------------------------- driver
+
+
+def exact_curve(chunks: Iterable, page_size: int = 4096, **engine_kw) -> Curve:
+    """The exact LRU curve of an iterable of page-number blocks."""
+    import numpy as np
+
+    eng = _LruEngine(**engine_kw)
+    n = 0
+    for chunk in chunks:
+        chunk = np.ascontiguousarray(chunk, dtype=np.uint64)
+        eng.feed(chunk)
+        n += len(chunk)
+    return _curve_from_hist(
+        eng.hist, 1.0, n, label="exact", method="exact", page_size=page_size,
+        references=n, distinct_pages=eng.counts()["distinct"],
+    )
 
 
 @dataclass

@@ -60,8 +60,9 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
     return f, False
 
 
-def read_blocks(stream: BinaryIO, size: int = BLOCK) -> Iterator[bytes]:
+def read_blocks(stream: BinaryIO, size: int | None = None) -> Iterator[bytes]:
     """Yield blocks of up to *size* bytes until EOF (short reads are merged)."""
+    size = size or BLOCK
     while True:
         parts = []
         want = size
@@ -78,7 +79,7 @@ def read_blocks(stream: BinaryIO, size: int = BLOCK) -> Iterator[bytes]:
             return
 
 
-def line_blocks(stream: BinaryIO, size: int = BLOCK) -> Iterator[tuple[bytes, int]]:
+def line_blocks(stream: BinaryIO, size: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Yield (block, first_line_number) where every block ends at a line end.
 
     A last line without a newline gets one appended.  Line numbers are 1-based.
@@ -98,9 +99,10 @@ def line_blocks(stream: BinaryIO, size: int = BLOCK) -> Iterator[tuple[bytes, in
         yield carry + b"\n", line_no
 
 
-def read_records(stream: BinaryIO, name: str, record_size: int, size: int = BLOCK) -> Iterator[tuple[bytes, int]]:
+def read_records(stream: BinaryIO, name: str, record_size: int, size: int | None = None) -> Iterator[tuple[bytes, int]]:
     """Yield (block, byte_offset) of whole fixed-size records; a partial tail is an error."""
-    size -= size % record_size
+    size = size or BLOCK
+    size = max(record_size, size - size % record_size)
     offset = 0
     carry = b""
     for block in read_blocks(stream, size):

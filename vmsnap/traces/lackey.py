@@ -37,6 +37,7 @@ from ..errors import FormatError, UsageError
 from ._io import line_blocks
 
 _LUT = None
+BLOCK = 4 << 20  # bytes of whole lines parsed at once (about 250 k lines)
 
 
 def _lut():
@@ -77,7 +78,9 @@ def parse_block(block: bytes, name: str, first_line: int, shift: int, ops: str =
 
     lut = _lut()
     pad = 24
-    buf = np.frombuffer(block + b"\n" * pad, dtype=np.uint8)
+    front = 16  # sliding windows may start up to 16 bytes before the block
+    padded = np.frombuffer(b"0" * front + block + b"\n" * pad, dtype=np.uint8)
+    buf = padded[front:]
     n_bytes = len(block)
     nl = np.flatnonzero(buf[:n_bytes] == 10)
     starts = np.empty(len(nl), dtype=np.int64)
@@ -142,8 +145,8 @@ def parse_block(block: bytes, name: str, first_line: int, shift: int, ops: str =
     width = int(alen.max())
     width += width & 1
     # Rows of a sliding window over the buffer: no index matrix is built.
-    windows = np.lib.stride_tricks.sliding_window_view(buf, width)
-    nib = lut[windows[c - width]]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, width)
+    nib = lut[windows[c - width + front]]
     valid = np.arange(-width, 0, dtype=np.int64)[None, :] >= (s - c)[:, None]
     badhex = valid & (nib == 0xFF)
     if badhex.any():
@@ -156,8 +159,8 @@ def parse_block(block: bytes, name: str, first_line: int, shift: int, ops: str =
 
     # Size: right-aligned decimal digits ending at the line end.
     dwidth = int(slen.max())
-    dwin = np.lib.stride_tricks.sliding_window_view(buf, dwidth)
-    dig = dwin[e - dwidth].astype(np.int64) - 48
+    dwin = np.lib.stride_tricks.sliding_window_view(padded, dwidth)
+    dig = dwin[e - dwidth + front].astype(np.int64) - 48
     dvalid = np.arange(-dwidth, 0, dtype=np.int64)[None, :] > (c - e)[:, None]
     baddig = dvalid & ((dig < 0) | (dig > 9))
     if baddig.any():
@@ -186,5 +189,5 @@ def read(stream: BinaryIO, name: str, shift: int, ops: str = "ILSM") -> Iterator
     bad = set(ops) - set("ILSM")
     if bad or not ops:
         raise UsageError(f"Lackey access kinds must be letters of ILSM, not {ops!r}")
-    for block, first_line in line_blocks(stream, 4 << 20):
+    for block, first_line in line_blocks(stream, BLOCK):
         yield parse_block(block, name, first_line, shift, ops)
