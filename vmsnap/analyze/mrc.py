@@ -39,8 +39,11 @@ size) over ``total`` references.
 The knee is found with the Kneedle rule (Satopaa et al., 2011): scale cache
 size and miss ratio of the curve to [0, 1] and take the size where the curve
 lies farthest below the straight line from its first to its last point, i.e.
-where adding memory stops paying off.  The curve is evaluated at every size up
-to 4096 points, evenly spaced beyond that.
+where adding memory stops paying off.  The range is 0..2M pages (M = distinct
+pages; the curve is flat at the cold-miss floor beyond M, and without that
+flat tail a curve whose last drop is at M, like a cyclic scan, would have no
+point below the chord); the curve is evaluated at every size up to 4096
+points, evenly spaced beyond that.
 """
 
 from __future__ import annotations
@@ -230,6 +233,8 @@ class Curve:
         c = np.asarray(cache_pages, dtype=np.float64)
         if self.total <= 0:
             return np.zeros_like(c)
+        if len(self.sizes) == 0:
+            return np.ones_like(c)  # no reuse at all: every reference misses
         k = np.searchsorted(self.sizes, c, side="right") - 1
         h = np.where(k >= 0, self.hits[np.maximum(k, 0)], 0.0)
         return np.clip(1.0 - h / self.total, 0.0, 1.0)
@@ -257,7 +262,7 @@ class Curve:
         """Cache size (pages) at the curve's knee (Kneedle rule), or None if flat."""
         import numpy as np
 
-        grid = eval_grid(self.max_size, 4096)
+        grid = eval_grid(2 * self.max_size, 4096)
         if len(grid) < 3:
             return None
         mr = self.miss_ratio(grid)
