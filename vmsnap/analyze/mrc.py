@@ -237,7 +237,7 @@ class Curve:
             return np.ones_like(c)  # no reuse at all: every reference misses
         k = np.searchsorted(self.sizes, c, side="right") - 1
         h = np.where(k >= 0, self.hits[np.maximum(k, 0)], 0.0)
-        return np.clip(1.0 - h / self.total, 0.0, 1.0)
+        return np.clip((self.total - h) / self.total, 0.0, 1.0)
 
     @property
     def max_size(self) -> float:
@@ -252,7 +252,7 @@ class Curve:
             return 0
         if target >= 1.0:
             return 0
-        mr = 1.0 - self.hits / self.total
+        mr = (self.total - self.hits) / self.total
         ok = np.flatnonzero(mr <= target + 1e-12)
         if len(ok) == 0:
             return None
