@@ -256,3 +256,22 @@ def test_open_errors(tmp_path):
         open_trace(tmp_path / "a.txt", fmt="nope")
     with pytest.raises(UsageError):
         open_trace(tmp_path / "a.txt", fmt="lackey", values="page")
+
+
+@SETTINGS
+@given(recs=st.lists(record, min_size=1, max_size=60), pos=st.integers(0, 10_000),
+       byte=st.sampled_from(list(b"0123456789abcdefxILSM ,=\r\n\t-")), ops=st.sampled_from(["ILSM", "LS"]))
+def test_lackey_compiled_and_numpy_parsers_agree(recs, pos, byte, ops):
+    """Mutate one byte of a valid trace: both parsers give the same pages or both reject it."""
+    data = bytearray(lackey_text(recs))
+    data[pos % len(data)] = byte
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    block = bytes(data)
+    results = []
+    for parse in (lackey.parse_block, lackey.parse_block_fast):
+        try:
+            results.append(parse(block, "m", 1, 12, ops).tolist())
+        except FormatError as exc:
+            results.append(str(exc))
+    assert results[0] == results[1]
