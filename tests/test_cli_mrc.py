@@ -15,7 +15,7 @@ from vmsnap.cli import main
 from vmsnap.traces.synthetic import loop_pages
 
 CURVE_FIELDS = {
-    "label", "method", "rate", "period", "max_pages", "references", "sampled_references", "traps",
+    "label", "method", "rate", "period", "period_unit", "max_pages", "references", "sampled_references", "traps",
     "trap_fraction", "distinct_pages", "distinct_bytes", "knee", "target", "error_vs_exact", "points",
 }
 
@@ -132,3 +132,20 @@ def test_input_and_format_errors(tmp_path):
     short.write_bytes(b"\x00" * 12)
     r = run(short)
     assert r.exit_code == 3 and "byte offset 8" in r.output
+
+
+def test_period_in_time_units_needs_timestamps(loop_trace, tmp_path):
+    r = run(loop_trace, "--method", "untraced", "--period-unit", "time")
+    assert r.exit_code == 2 and "timestamps" in r.output
+    r = run(loop_trace, "--period-unit", "time")
+    assert r.exit_code == 2 and "untraced" in r.output
+    csvp = tmp_path / "t.csv"
+    csvp.write_text("time,addr\n" + "".join(f"{10 * i},{(i % 7) * 4096}\n" for i in range(200)))
+    r = run(csvp, "--json", "--column", "addr", "--time-column", "time", "--method", "untraced", "--rate", "1",
+            "--period-unit", "time", "--period", "0", "--period", "100")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [c["period_unit"] for c in doc["curves"]] == [None, "time", "time"]
+    # Each page recurs every 70 time units: a 100-unit window hides every other access.
+    per_page = [sum(1 for i in range(200) if i % 7 == k) for k in range(7)]
+    assert [c["traps"] for c in doc["curves"][1:]] == [200, sum((a + 1) // 2 for a in per_page)]

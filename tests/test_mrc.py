@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from mrc_reference import libcachesim_lru, naive_lru_miss_ratio, write_for_libcachesim
 
 from vmsnap.analyze import mrc
+from vmsnap.errors import UsageError
 from vmsnap.traces import open_trace
 from vmsnap.traces.synthetic import loop_pages, zipf_pages
 
@@ -192,3 +193,27 @@ def test_compare_reports_mae_and_max():
     grid = np.arange(1, 11)
     diff = np.abs(other.miss_ratio(grid) - exact.miss_ratio(grid))
     assert err["mae"] == pytest.approx(diff.mean()) and err["max_abs_error"] == pytest.approx(diff.max())
+
+
+def test_untraced_period_in_time_units(tmp_path):
+    """Timestamps 3*i: a period of 3P time units is a period of P references."""
+    from vmsnap.traces.oracle_general import write
+
+    pages = np.concatenate(list(zipf_pages(60_000, 3_000, 0.8, seed=9)))
+    path = tmp_path / "t.oracleGeneral"
+    write(path, pages, clock_time=np.arange(len(pages)) * 3)
+    by_refs = mrc.compute(open_trace(path), 4096, mrc.MrcRequest("untraced", rate=0.5, periods=[0, 40, 400]))
+    by_time = mrc.compute(open_trace(path).timed(), 4096,
+                          mrc.MrcRequest("untraced", rate=0.5, periods=[0, 120, 1200], period_unit="time"))
+    assert [c.traps for c in by_refs.curves] == [c.traps for c in by_time.curves]
+    assert by_time.curves[1].traps < by_time.curves[0].traps
+    for a, b in zip(by_refs.curves, by_time.curves):
+        assert np.array_equal(a.sizes, b.sizes) and np.array_equal(a.hits, b.hits)
+        assert b.period_unit == "time"
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("t,page\n" + "".join(f"{3 * i},{p}\n" for i, p in enumerate(pages.tolist())))
+    by_csv = mrc.compute(open_trace(csv_path, column="page", values="page", time_column="t").timed(), 4096,
+                         mrc.MrcRequest("untraced", rate=0.5, periods=[0, 120, 1200], period_unit="time"))
+    assert [c.traps for c in by_csv.curves] == [c.traps for c in by_time.curves]
+    with pytest.raises(UsageError, match="no timestamps"):
+        list(open_trace(csv_path, column="page").timed())

@@ -129,12 +129,13 @@ def compact(last, n_ids, bit):
 
 
 @njit(cache=True)
-def lru_feed(pages, i0, base, thresh, use_hash, period, hkeys, hvals, last, armed, bit, hist, sc):
+def lru_feed(pages, times, use_times, i0, base, thresh, use_hash, period, hkeys, hvals, last, armed, bit, hist, sc):
     """Stack distances of *pages* from index i0 on; returns where it stopped.
 
     use_hash: keep only pages with mix64(page) < thresh (SHARDS sampling).
     period > 0: after a traced access a page is untraced for *period*
-    references (global index base+i); accesses in that window only count.
+    clock units; accesses in that window only count.  The clock is the
+    reference index base+i, or times[i] when use_times (trace timestamps).
     hist[d] counts traced accesses at stack distance d (in sampled pages).
     """
     n = pages.shape[0]
@@ -166,12 +167,16 @@ def lru_feed(pages, i0, base, thresh, use_hash, period, hkeys, hvals, last, arme
             sc[SC_T] = t + 1
             sc[SC_LIVE] += 1
             if period > 0:
-                armed[nid] = base + i + period
+                now = times[i] if use_times else base + i
+                armed[nid] = now + period
             continue
         sc[SC_SEEN] += 1
-        if period > 0 and base + i < armed[v]:
-            sc[SC_UNTRACED] += 1
-            continue
+        now = 0
+        if period > 0:
+            now = times[i] if use_times else base + i
+            if now < armed[v]:
+                sc[SC_UNTRACED] += 1
+                continue
         sc[SC_TRAPS] += 1
         s = last[v]
         d = sc[SC_LIVE] - _bit_prefix(bit, s) + 1
@@ -182,7 +187,7 @@ def lru_feed(pages, i0, base, thresh, use_hash, period, hkeys, hvals, last, arme
         last[v] = t
         sc[SC_T] = t + 1
         if period > 0:
-            armed[v] = base + i + period
+            armed[v] = now + period
     return n
 
 

@@ -26,7 +26,9 @@ read of the trace serves every curve):
     ``shards`` is traced, and each traced access (a trap in a hypervisor)
     updates the subset's LRU stack; after a trap the page stays untraced for
     ``period`` references (trace order is the clock) and its accesses in that
-    window are not seen.  Unseen accesses are counted as hits (the page was
+    window are not seen.  The period is counted in references by default, or in
+    the trace's own time units (``period_unit="time"``: oracleGeneral
+    ``clock_time``, or a CSV time column).  Unseen accesses are counted as hits (the page was
     used at most ``period`` references earlier); the denominator is the
     expected number of references to sampled pages, N * R, as in SHARDS-adj.
     ``traps`` is the number of accesses that would have trapped; period 0 is
@@ -89,6 +91,7 @@ class _LruEngine:
         self.period = int(period)
         if self.period < 0:
             raise UsageError("untraced period must be >= 0")
+        self._no_times = np.zeros(1, dtype=np.int64)
         self.sc = np.zeros(k.SC_LEN, dtype=np.int64)
         self.bit_slack = int(bit_slack)
         self._alloc_ids(int(initial_ids))
@@ -121,13 +124,16 @@ class _LruEngine:
         if n:
             self.sc[self.k.SC_T] = self.k.compact(self.last, n, self.bit)
 
-    def feed(self, pages) -> None:
+    def feed(self, pages, times=None) -> None:
         k, sc = self.k, self.sc
         i = 0
         n = len(pages)
+        use_times = times is not None
+        if times is None:
+            times = self._no_times
         while True:
             i = k.lru_feed(
-                pages, i, self.base, self.thresh, self.use_hash, self.period,
+                pages, times, use_times, i, self.base, self.thresh, self.use_hash, self.period,
                 self.hkeys, self.hvals, self.last, self.armed, self.bit, self.hist, sc,
             )
             if i >= n:
@@ -222,6 +228,7 @@ class Curve:
     distinct_pages: float  # exact count, or the estimate for sampled methods
     rate: float | None = None
     period: int | None = None
+    period_unit: str | None = None  # "accesses" or "time"
     max_pages: int | None = None
     traps: int | None = None
     sampled_references: int | None = None
@@ -337,6 +344,7 @@ class MrcRequest:
     rate: float = 0.01
     max_pages: int = 8192
     periods: Sequence[int] = DEFAULT_PERIODS
+    period_unit: str = "accesses"  # or "time": the trace's timestamps (Trace.timed())
     compare_exact: bool = False
 
 
@@ -369,13 +377,23 @@ def compute(chunks: Iterable, page_size: int, req: MrcRequest, progress=None) ->
             raise UsageError("--period: give at least one period")
         for p in periods:
             engines.append(("untraced", _LruEngine(rate=req.rate, period=p)))
+    if req.period_unit not in ("accesses", "time"):
+        raise UsageError(f"period unit must be 'accesses' or 'time', not {req.period_unit!r}")
+    timed = req.period_unit == "time"
     n = 0
     for chunk in chunks:
+        times = None
+        if timed:
+            chunk, times = chunk
+            times = np.ascontiguousarray(times, dtype=np.int64)
         chunk = np.ascontiguousarray(chunk, dtype=np.uint64)
         if exact_engine is not None:
             exact_engine.feed(chunk)
-        for _, eng in engines:
-            eng.feed(chunk)
+        for method, eng in engines:
+            if method == "untraced":
+                eng.feed(chunk, times)
+            else:
+                eng.feed(chunk)
         n += len(chunk)
         if progress is not None:
             progress(len(chunk))
@@ -405,16 +423,16 @@ def compute(chunks: Iterable, page_size: int, req: MrcRequest, progress=None) ->
             c = eng.counts()
             hist = eng.hist.astype(np.float64)
             expected = n * eng.rate
-            if len(hist) < 2:
-                hist = np.zeros(2)
             # Unseen accesses of the untraced design count as hits at the
             # smallest distance; SHARDS-adj puts expected - actual there too.
             hist[1] += c["untraced"] + (expected - c["seen"])
-            label = f"shards rate={eng.rate:g}" if method == "shards" else f"untraced rate={eng.rate:g} period={eng.period}"
+            unit = " time" if timed else ""
+            label = f"shards rate={eng.rate:g}" if method == "shards" else f"untraced rate={eng.rate:g} period={eng.period}{unit}"
             curve = _curve_from_hist(
                 hist, 1.0 / eng.rate, expected, label=label, method=method, page_size=page_size,
                 references=n, distinct_pages=c["distinct"] / eng.rate, rate=eng.rate,
                 period=eng.period if method == "untraced" else None,
+                period_unit=req.period_unit if method == "untraced" else None,
                 traps=c["traps"] if method == "untraced" else None, sampled_references=c["seen"],
             )
         if res.exact is not None:

@@ -7,7 +7,7 @@ JSON (``schema: "vmsnap.mrc/1"``)::
      "method": "exact" | "shards" | "shards-fixed-size" | "untraced",
      "target_miss_ratio": float | null,
      "curves": [                       # exact first when it was computed
-        {"label", "method", "rate", "period", "max_pages",
+        {"label", "method", "rate", "period", "period_unit", "max_pages",
          "references", "sampled_references", "traps", "trap_fraction",
          "distinct_pages", "distinct_bytes",
          "knee":   {"pages", "bytes", "miss_ratio"} | null,
@@ -84,6 +84,7 @@ def _curve_dict(curve, grid, page_size, target):
         "method": curve.method,
         "rate": curve.rate,
         "period": curve.period,
+        "period_unit": curve.period_unit,
         "max_pages": curve.max_pages,
         "references": curve.references,
         "sampled_references": curve.sampled_references,

@@ -95,7 +95,36 @@ class Trace:
     column: int | str | None = None
     delimiter: str = ","
     lackey_ops: str = "ILSM"
+    time_column: int | str | None = None
     compressed: bool = field(default=False)
+
+    @property
+    def has_time(self) -> bool:
+        """True if the trace carries timestamps (oracleGeneral, CSV with a time column)."""
+        return self.fmt == "oracleGeneral" or (self.fmt == "csv" and self.time_column is not None)
+
+    def timed(self) -> Iterator[tuple]:
+        """Blocks of (page numbers, int64 timestamps) for traces with timestamps."""
+        from . import csv, oracle_general
+        from ._io import open_bytes
+
+        if not self.has_time:
+            raise UsageError(
+                f"{self.path}: {self.fmt} traces have no timestamps; a period in time units needs "
+                "an oracleGeneral trace or a CSV trace with --time-column"
+            )
+        shift = page_shift(self.page_size)
+        stream, self.compressed = open_bytes(self.path)
+        try:
+            if self.fmt == "csv":
+                gen = csv.read(stream, self.path, shift, self.values, self.column, self.delimiter, self.time_column)
+            else:
+                gen = oracle_general.read(stream, self.path, shift, self.values, with_time=True)
+            for pages, times in gen:
+                if len(pages):
+                    yield pages, times
+        finally:
+            stream.close()
 
     def __iter__(self) -> Iterator["np.ndarray"]:
         from . import binary, csv, lackey, oracle_general, text
@@ -129,6 +158,7 @@ def open_trace(
     values: str | None = None,
     delimiter: str = ",",
     lackey_ops: str = "ILSM",
+    time_column: int | str | None = None,
 ) -> Trace:
     """Open a trace.  ``values`` is "address" or "page" (default: "page" for
     oracleGeneral, "address" for the others; Lackey is always addresses)."""
@@ -146,8 +176,10 @@ def open_trace(
         raise UsageError("Lackey traces hold byte addresses; --values page does not apply")
     if column is not None and fmt != "csv":
         raise UsageError("--column applies to CSV traces only")
+    if time_column is not None and fmt != "csv":
+        raise UsageError("--time-column applies to CSV traces only")
     if not os.path.exists(name):
         from ..errors import InputError
 
         raise InputError(f"{name}: no such file")
-    return Trace(name, fmt, page_size, values, column, delimiter, lackey_ops)
+    return Trace(name, fmt, page_size, values, column, delimiter, lackey_ops, time_column)

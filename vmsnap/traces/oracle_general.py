@@ -32,24 +32,28 @@ def dtype():
     )
 
 
-def read(stream: BinaryIO, name: str, shift: int, values: str = "page") -> Iterator["np.ndarray"]:
+def read(stream: BinaryIO, name: str, shift: int, values: str = "page", with_time: bool = False) -> Iterator:
+    """Blocks of page numbers, or (pages, clock_time as int64) when with_time."""
     import numpy as np
 
     dt = dtype()
     assert dt.itemsize == RECORD
     for block, _offset in read_records(stream, name, RECORD):
         rec = np.frombuffer(block, dtype=dt)
-        ids = rec["obj_id"][rec["obj_size"] != 0]
-        if values == "address":
-            yield ids >> np.uint64(shift)
+        keep = rec["obj_size"] != 0
+        ids = rec["obj_id"][keep]
+        pages = ids >> np.uint64(shift) if values == "address" else np.ascontiguousarray(ids, dtype=np.uint64)
+        if with_time:
+            yield pages, rec["clock_time"][keep].astype(np.int64)
         else:
-            yield np.ascontiguousarray(ids, dtype=np.uint64)
+            yield pages
 
 
-def write(path, pages, obj_size: int = 4096) -> None:
+def write(path, pages, obj_size: int = 4096, clock_time=None) -> None:
     """Write *pages* as an oracleGeneral trace (used by tests and benchmarks).
 
-    ``next_access_vtime`` is written as -1: LRU never reads it.
+    ``next_access_vtime`` is written as -1: LRU never reads it.  clock_time
+    defaults to the record index.
     """
     import numpy as np
 
@@ -57,7 +61,9 @@ def write(path, pages, obj_size: int = 4096) -> None:
 
     pages = np.asarray(pages, dtype=np.uint64)
     rec = np.zeros(len(pages), dtype=dtype())
-    rec["clock_time"] = np.arange(len(pages), dtype=np.uint64).astype(np.uint32)
+    if clock_time is None:
+        clock_time = np.arange(len(pages), dtype=np.uint64)
+    rec["clock_time"] = np.asarray(clock_time).astype(np.uint32)
     rec["obj_id"] = pages
     rec["obj_size"] = obj_size
     rec["next_access_vtime"] = -1
