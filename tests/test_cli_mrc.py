@@ -149,3 +149,13 @@ def test_period_in_time_units_needs_timestamps(loop_trace, tmp_path):
     # Each page recurs every 70 time units: a 100-unit window hides every other access.
     per_page = [sum(1 for i in range(200) if i % 7 == k) for k in range(7)]
     assert [c["traps"] for c in doc["curves"][1:]] == [200, sum((a + 1) // 2 for a in per_page)]
+
+
+def test_plot_file_gets_umask_permissions(loop_trace, tmp_path):
+    import os
+
+    out = tmp_path / "p.png"
+    assert run(loop_trace, "--plot", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

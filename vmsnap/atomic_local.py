@@ -24,6 +24,10 @@ def atomic_output(path):
     except OSError as exc:
         raise OutputError(f"{path}: cannot create output: {exc.strerror or exc}") from None
     try:
+        # mkstemp makes 0600 files; give the output the usual 0666 & ~umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()

@@ -116,7 +116,7 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
     grid = mrc_output.grid_for(result, points, size_list)
     doc = mrc_output.to_dict(result, tr, method, grid, target_miss_ratio)
     if plot_path:
-        mrc_output.plot(doc, plot_path)
+        mrc_output.plot(result, doc, plot_path)
     if as_json:
         click.echo(mrc_output.to_json(doc))
     elif as_csv:

@@ -186,8 +186,12 @@ def to_text(doc: dict, max_rows: int = 20) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(doc: dict, path: str) -> None:
-    """Write a PNG of every curve in *doc* (miss ratio against cache size)."""
+def plot(result, doc: dict, path: str) -> None:
+    """Write a PNG of every curve (miss ratio against cache size, log scale).
+
+    Curves are drawn from their step functions at up to 4096 sizes each,
+    whatever --points or --sizes chose for the numbers; knees are dots.
+    """
     try:
         import matplotlib
 
@@ -196,17 +200,22 @@ def plot(doc: dict, path: str) -> None:
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'vmsnap[plot]'") from None
     from ..atomic_local import atomic_output
+    from .mrc import eval_grid
 
+    page = result.page_size
+    curves = _all_curves(result)
+    top = max(c.max_size for c in curves)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for c in doc["curves"]:
-        xs = [p["bytes"] / (1 << 20) for p in c["points"]]
-        ys = [p["miss_ratio"] for p in c["points"]]
-        (line,) = ax.plot(xs, ys, label=c["label"], drawstyle="steps-post")
-        if c["knee"]:
-            ax.plot([c["knee"]["bytes"] / (1 << 20)], [c["knee"]["miss_ratio"]], "o", color=line.get_color())
+    for c, d in zip(curves, doc["curves"]):
+        grid = eval_grid(top, 4096)
+        (line,) = ax.plot(grid * page, c.miss_ratio(grid), label=c.label, drawstyle="steps-post")
+        if d["knee"]:
+            ax.plot([d["knee"]["bytes"]], [d["knee"]["miss_ratio"]], "o", color=line.get_color())
     if doc.get("target_miss_ratio") is not None:
-        ax.axhline(doc["target_miss_ratio"], color="grey", linestyle=":", label="target")
-    ax.set_xlabel("cache size (MiB)")
+        ax.axhline(doc["target_miss_ratio"], color="grey", linestyle=":", label="target miss ratio")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _human(int(v))))
+    ax.set_xlabel(f"cache size (log scale; {_human(page)} pages)")
     ax.set_ylabel("miss ratio")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"LRU miss-ratio curve: {doc['trace']['path']}", fontsize=9)
