@@ -217,3 +217,15 @@ def test_untraced_period_in_time_units(tmp_path):
     assert [c.traps for c in by_csv.curves] == [c.traps for c in by_time.curves]
     with pytest.raises(UsageError, match="no timestamps"):
         list(open_trace(csv_path, column="page").timed())
+
+
+def test_shards_without_adjust_divides_by_sampled_references():
+    pages = np.concatenate(list(zipf_pages(200_000, 50_000, 0.9, seed=7)))
+    adj = mrc.compute([pages], 4096, mrc.MrcRequest("shards", rate=0.1)).curves[0]
+    raw = mrc.compute([pages], 4096, mrc.MrcRequest("shards", rate=0.1, adjust=False)).curves[0]
+    assert raw.total == raw.sampled_references == adj.sampled_references
+    assert adj.total != raw.total  # this seed samples more or fewer than N * R references
+    assert np.allclose(raw.hits, adj.hits - (adj.total - adj.sampled_references))
+    # Misses are the same counts; only the denominator differs.
+    big = [1e9]
+    assert raw.miss_ratio(big)[0] * raw.total == pytest.approx(adj.miss_ratio(big)[0] * adj.total)

@@ -82,6 +82,8 @@ def analyze() -> None:
               help="Untraced period in references, or in the trace's time units "
                    "(oracleGeneral clock_time, CSV --time-column).")
 @click.option("--time-column", default=None, help="CSV column with timestamps (for --period-unit time).")
+@click.option("--no-adjust", is_flag=True,
+              help="shards/untraced: no SHARDS-adj step; divide by the references actually sampled.")
 @click.option("--compare-exact", is_flag=True, help="Also compute the exact curve and report the error.")
 @click.option("--points", default=100, show_default=True, type=int, help="Cache sizes reported per curve.")
 @click.option("--sizes", default=None, help="Report these cache sizes instead: pages, or bytes with K/M/G.")
@@ -92,7 +94,7 @@ def analyze() -> None:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG plot of the curves (needs the 'plot' extra).")
 def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, rate, max_pages,
-        periods, period_unit, time_column, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv, plot_path):
+        periods, period_unit, time_column, no_adjust, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv, plot_path):
     """LRU miss-ratio curve of a memory-access TRACE (man vmsnap-analyze-mrc)."""
     from .analyze import mrc_output
     from .analyze.mrc import DEFAULT_PERIODS, MrcRequest, compute
@@ -110,7 +112,7 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
     if period_unit == "time" and method != "untraced":
         raise UsageError("--period-unit time applies to --method untraced only")
     req = MrcRequest(method=method, rate=rate, max_pages=max_pages, periods=periods or DEFAULT_PERIODS,
-                     period_unit=period_unit, compare_exact=compare_exact)
+                     period_unit=period_unit, compare_exact=compare_exact, adjust=not no_adjust)
     chunks = tr.timed() if period_unit == "time" else tr
     result = compute(chunks, psize, req, progress=_progress_bar("references"))
     grid = mrc_output.grid_for(result, points, size_list)

@@ -15,7 +15,9 @@ read of the trace serves every curve):
     (murmur3 fmix64 of the page number) is below R * 2**64 are tracked;
     distances are measured among them and scaled by 1/R.  SHARDS-adj: the
     difference between the expected number of sampled references (N * R) and
-    the number actually sampled is added to the first histogram bucket.
+    the number actually sampled is added to the first histogram bucket
+    (``adjust=False``: no adjustment, the curve is divided by the references
+    actually sampled).
 ``shards-fixed-size``
     Fixed-size SHARDS: at most ``max_pages`` sampled pages are tracked; when
     more arrive, the largest-hash pages are dropped, the threshold falls to
@@ -30,7 +32,8 @@ read of the trace serves every curve):
     the trace's own time units (``period_unit="time"``: oracleGeneral
     ``clock_time``, or a CSV time column).  Unseen accesses are counted as hits (the page was
     used at most ``period`` references earlier); the denominator is the
-    expected number of references to sampled pages, N * R, as in SHARDS-adj.
+    expected number of references to sampled pages, N * R, as in SHARDS-adj
+    (``adjust=False``: the references to sampled pages, seen or not).
     ``traps`` is the number of accesses that would have trapped; period 0 is
     fixed-rate SHARDS.
 
@@ -346,6 +349,7 @@ class MrcRequest:
     periods: Sequence[int] = DEFAULT_PERIODS
     period_unit: str = "accesses"  # or "time": the trace's timestamps (Trace.timed())
     compare_exact: bool = False
+    adjust: bool = True  # SHARDS-adj (fixed rate and untraced); False: divide by sampled references
 
 
 @dataclass
@@ -425,7 +429,11 @@ def compute(chunks: Iterable, page_size: int, req: MrcRequest, progress=None) ->
             expected = n * eng.rate
             # Unseen accesses of the untraced design count as hits at the
             # smallest distance; SHARDS-adj puts expected - actual there too.
-            hist[1] += c["untraced"] + (expected - c["seen"])
+            hist[1] += c["untraced"]
+            if req.adjust:
+                hist[1] += expected - c["seen"]
+            else:
+                expected = float(c["seen"])
             unit = " time" if timed else ""
             label = f"shards rate={eng.rate:g}" if method == "shards" else f"untraced rate={eng.rate:g} period={eng.period}{unit}"
             curve = _curve_from_hist(
