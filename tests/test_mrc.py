@@ -3,6 +3,7 @@ exact, the untraced-period design's error and trap counts, knee and target."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -88,7 +89,8 @@ def test_fixture_script_captures_a_fresh_trace(tmp_path):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} not installed (CI installs it from .ci/apt-packages.txt)")
     out = tmp_path / "fresh.lackey.zst"
-    subprocess.run([str(FIXTURE / "make_lackey_trace.sh"), str(out)], check=True, capture_output=True)
+    env = dict(os.environ, ZSTD_LEVEL="3")
+    subprocess.run([str(FIXTURE / "make_lackey_trace.sh"), str(out)], check=True, capture_output=True, env=env)
     t = open_trace(out)
     assert t.fmt == "lackey"
     curve = mrc.exact_curve(t)
