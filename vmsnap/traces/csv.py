@@ -6,6 +6,8 @@ and must contain it.  With a number, the first line is taken as a header when
 its chosen field is not a number, otherwise as data.  Values follow the
 plain-text rules (``0x`` prefix = hexadecimal, otherwise decimal) and
 ``values=`` says address or page number.  The delimiter is ``,`` unless given.
+Quoted fields may not contain line breaks (the file is read in blocks of
+whole lines, and errors name physical lines).
 ``time_column`` (number or name, same rules) adds a timestamp per row, for the
 untraced-period design's period in time units.
 """
