@@ -76,7 +76,7 @@ def analyze() -> None:
 @click.option("--max-pages", default=8192, show_default=True, type=int,
               help="Tracked sampled pages for shards-fixed-size.")
 @click.option("--period", "periods", multiple=True, type=int,
-              help="Untraced period in references after a trap (repeatable) "
+              help="Untraced period after a trap, in --period-unit units (repeatable) "
                    "[default: 0, 1000, 10000, 100000, 1000000].")
 @click.option("--period-unit", type=click.Choice(["accesses", "time"]), default="accesses", show_default=True,
               help="Untraced period in references, or in the trace's time units "
