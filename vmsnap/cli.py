@@ -51,9 +51,273 @@ def main() -> None:
     """Save, restore and analyse virtual-machine memory snapshots."""
 
 
+class Size(click.ParamType):
+    """A byte count: 4096, 0x1000, 4K, 32M, 2G (binary multiples)."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in self._UNITS and text[-1:] else ""
+        number = text[:-1] if unit else text
+        try:
+            n = int(number, 0) * self._UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 4096, 0x1000, 4K, 32M)", param, ctx)
+        if n < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return n
+
+
+SIZE = Size()
+
+
+def _jobs_option(f):
+    return click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+                        help="Worker threads for compression, hashing and decoding [default: CPUs].")(f)
+
+
+def _quiet_option(f):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(f)
+
+
+def _json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(f)
+
+
+def _report(result: dict, as_json: bool, quiet: bool, text: str, to_stdout: bool = True) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    elif not quiet:
+        click.echo(text, err=not to_stdout)
+
+
+def _progress(quiet: bool):
+    return False if quiet else None  # None: a bar only when stderr is a terminal
+
+
+@main.command()
+@click.argument("input", metavar="INPUT")
+@click.option("-o", "--output", required=True, metavar="OUT.vms", help="Snapshot to write ('-' for stdout).")
+@click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto detects by magic).")
+@click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level of data frames.")
+@click.option("--frame-size", type=SIZE, default="64M", show_default=True,
+              help="Stored page data per zstd frame (larger finds more redundancy; cat decodes one frame).")
+@click.option("--description", default=None, help="Source description stored in the header.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def save(input, output, fmt, page_size, level, frame_size, description, jobs, quiet, as_json):
+    """Save the memory image INPUT ('-' for stdin) as a .vms snapshot."""
+    from .api import save as save_snapshot
+
+    result = save_snapshot(input, output, format=fmt, page_size=page_size, level=level, frame_size=frame_size,
+                           jobs=jobs, description=description, progress=_progress(quiet))
+    ratio = result["bytes_in"] / result["bytes_out"] if result["bytes_out"] else 0.0
+    _report(result, as_json, quiet, f"saved {result['bytes_in']} bytes in {result['bytes_out']} bytes "
+            f"({ratio:.1f}x) to {output}", to_stdout=output != "-")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@click.option("-o", "--output", required=True, metavar="OUT", help="Image to write ('-' for stdout).")
+@click.option("--region", default=None, help="Write only this region, from offset 0.")
+@click.option("--sparse/--no-sparse", default=True, show_default=True,
+              help="Leave zero runs as holes in a regular output file.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def restore(snapshot, output, region, sparse, jobs, quiet, as_json):
+    """Restore SNAP to OUT byte for byte; every digest is checked."""
+    from .api import restore as restore_snapshot
+
+    result = restore_snapshot(snapshot, output, region=region, sparse=sparse, jobs=jobs, progress=_progress(quiet))
+    _report(result, as_json and output != "-", quiet, f"restored {result['bytes']} bytes to {output}",
+            to_stdout=output != "-")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@_json_option
+def info(snapshot, as_json):
+    """Show what SNAP holds: pages per class, bytes per class, regions, digests."""
+    from .api import info as snapshot_info
+    from .report import format_info
+
+    result = snapshot_info(snapshot)
+    _report(result, as_json, False, format_info(result))
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@_jobs_option
+@_quiet_option
+@_json_option
+def verify(snapshot, jobs, quiet, as_json):
+    """Check every digest in SNAP without writing anything."""
+    from .api import verify as verify_snapshot
+
+    result = verify_snapshot(snapshot, jobs=jobs, progress=_progress(quiet))
+    _report(result, as_json, quiet, f"{snapshot}: OK, {result['image_bytes']} bytes, "
+            f"image digest {result['image_digest']}")
+
+
+@main.command()
+@click.argument("snapshot", metavar="SNAP")
+@click.option("--offset", type=SIZE, required=True, help="Guest-physical address (or offset in --region).")
+@click.option("--length", type=SIZE, required=True, help="Bytes to extract.")
+@click.option("--region", default=None, help="Address within this region instead of guest-physical.")
+@click.option("-o", "--output", default="-", show_default=True, help="Where to write the bytes.")
+def cat(snapshot, offset, length, region, output):
+    """Extract a byte range from SNAP without restoring the rest."""
+    from .api import cat as cat_range
+
+    cat_range(snapshot, offset, length, region, output=output)
+
+
+@main.command()
+@click.option("--workdir", default=None, help="Where to write the demo files [default: a temporary directory].")
+@click.option("--keep", is_flag=True, help="Keep the demo files.")
+def demo(workdir, keep):
+    """Save, inspect, restore and verify the shipped sample memory image."""
+    from .demo import run_demo
+
+    run_demo(workdir, keep, echo=click.echo)
+
+
 @main.group(cls=VmsnapGroup)
 def analyze() -> None:
     """Offline analyses of memory dumps and access traces."""
+
+
+@analyze.command("hotcold")
+@click.argument("scans", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "series", "idle", "damon", "dumps"]),
+              help="Scan input format (auto: directory = idle, one file by magic, several = dumps).")
+@click.option("--page-size", type=SIZE, default=None,
+              help="Page size for idle, damon and dumps input (default 4K; series files carry theirs).")
+@click.option("--levels", "n_levels", default=4, show_default=True, type=int,
+              help="Number of activity levels, hottest to coldest (2..250).")
+@click.option("--demote-after", default=1, show_default=True, type=int,
+              help="Idle scans that cost a page one level.")
+@click.option("--promote-by", type=int, default=None,
+              help="Levels a page gains per accessed scan [default: --levels, straight to hottest].")
+@click.option("--damon-target", default=0, show_default=True, type=int,
+              help="Which record (target) of a damo record file to use.")
+@click.option("--damon-min-accesses", default=1, show_default=True, type=int,
+              help="nr_accesses (samples) a DAMON region needs to count as accessed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per period on stdout.")
+@click.option("-o", "--out", "levels_out", metavar="FILE", help="Write the per-page levels file.")
+@click.option("--heatmap", metavar="PNG", help="Write an address x time heatmap (needs matplotlib).")
+@click.option("--heatmap-bins", default=256, show_default=True, type=click.IntRange(1, 65536),
+              help="Address rows of the heatmap.")
+@click.option("--plot", metavar="PNG", help="Write a class-over-time plot (needs matplotlib).")
+@click.option("--save-series", metavar="FILE",
+              help="Also write the input's accessed bitmaps as a vmsnap scan series file.")
+@_quiet_option
+def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon_target,
+                damon_min_accesses, as_json, as_csv, levels_out, heatmap, heatmap_bins, plot,
+                save_series, quiet):
+    """Hot/cold page classes from a scan series (bitmaps, DAMON records or dumps)."""
+    from .analyze import hotcold as hc
+    from .errors import UsageError
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv cannot be used together")
+    res = hc.hotcold(
+        list(scans), fmt, hc.HotColdParams(n_levels, demote_after, promote_by),
+        page_size=page_size, damon_target=damon_target, damon_min_accesses=damon_min_accesses,
+        levels_out=levels_out, heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins,
+        series_out=save_series, progress=_progress(quiet),
+    )
+    if as_json:
+        import json
+
+        click.echo(json.dumps(hc.summary(res), indent=2))
+    elif as_csv:
+        click.echo(hc.csv_text(res), nl=False)
+    elif not quiet:
+        click.echo(hc.text_report(res), nl=False)
+@analyze.command("mrc")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "lackey", "text", "csv", "u64", "oracleGeneral"]),
+              help="Trace format (auto: by name, then by content).")
+@click.option("--page-size", default="4K", show_default=True, help="Page size: 4K, 2M, or bytes.")
+@click.option("--values", type=click.Choice(["address", "page"]), default=None,
+              help="Numbers in text/CSV/u64/oracleGeneral traces are byte addresses or page numbers "
+                   "[default: page for oracleGeneral, address otherwise].")
+@click.option("--column", default=None, help="CSV column: 1-based number or header name [default: 1].")
+@click.option("--delimiter", default=",", show_default=True, help="CSV delimiter.")
+@click.option("--lackey-ops", default="ILSM", show_default=True,
+              help="Lackey record kinds to keep (I fetch, L load, S store, M modify).")
+@click.option("--method", default="exact", show_default=True,
+              type=click.Choice(["exact", "shards", "shards-fixed-size", "untraced"]))
+@click.option("--rate", default=0.01, show_default=True, type=float,
+              help="Sampling rate for shards and untraced.")
+@click.option("--max-pages", default=8192, show_default=True, type=int,
+              help="Tracked sampled pages for shards-fixed-size.")
+@click.option("--period", "periods", multiple=True, type=int,
+              help="Untraced period after a trap, in --period-unit units (repeatable) "
+                   "[default: 0, 1000, 10000, 100000, 1000000].")
+@click.option("--period-unit", type=click.Choice(["accesses", "time"]), default="accesses", show_default=True,
+              help="Untraced period in references, or in the trace's time units "
+                   "(oracleGeneral clock_time, CSV --time-column).")
+@click.option("--time-column", default=None, help="CSV column with timestamps (for --period-unit time).")
+@click.option("--no-adjust", is_flag=True,
+              help="shards/untraced: no SHARDS-adj step; divide by the references actually sampled.")
+@click.option("--compare-exact", is_flag=True, help="Also compute the exact curve and report the error.")
+@click.option("--points", default=100, show_default=True, type=int, help="Cache sizes reported per curve.")
+@click.option("--sizes", default=None, help="Report these cache sizes instead: pages, or bytes with K/M/G.")
+@click.option("--target-miss-ratio", type=float, default=None,
+              help="Report the memory needed for this miss ratio.")
+@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (schema in the man page).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout: one row per curve and cache size.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Write a PNG plot of the curves (needs the 'plot' extra).")
+def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, rate, max_pages,
+        periods, period_unit, time_column, no_adjust, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv, plot_path):
+    """LRU miss-ratio curve of a memory-access TRACE (man vmsnap-analyze-mrc)."""
+    from .analyze import mrc_output
+    from .analyze.mrc import DEFAULT_PERIODS, MrcRequest, compute
+    from .errors import UsageError
+    from .traces import open_trace
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv exclude each other")
+    if target_miss_ratio is not None and not 0 <= target_miss_ratio <= 1:
+        raise UsageError("--target-miss-ratio must be between 0 and 1")
+    psize = mrc_output.parse_bytes(page_size)
+    size_list = mrc_output.parse_sizes(sizes, psize) if sizes else None
+    tr = open_trace(trace, fmt=fmt, page_size=psize, column=column, values=values,
+                    delimiter=delimiter, lackey_ops=lackey_ops, time_column=time_column)
+    if period_unit == "time" and method != "untraced":
+        raise UsageError("--period-unit time applies to --method untraced only")
+    req = MrcRequest(method=method, rate=rate, max_pages=max_pages, periods=periods or DEFAULT_PERIODS,
+                     period_unit=period_unit, compare_exact=compare_exact, adjust=not no_adjust)
+    chunks = tr.timed() if period_unit == "time" else tr
+    from .progress import progress_bar
+
+    with progress_bar(None, "mrc", None, unit="references") as update:
+        result = compute(chunks, psize, req, progress=update)
+    grid = mrc_output.grid_for(result, points, size_list)
+    doc = mrc_output.to_dict(result, tr, method, grid, target_miss_ratio)
+    if plot_path:
+        mrc_output.plot(result, doc, plot_path)
+    if as_json:
+        click.echo(mrc_output.to_json(doc))
+    elif as_csv:
+        click.echo(mrc_output.to_csv(doc), nl=False)
+    else:
+        click.echo(mrc_output.to_text(doc), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

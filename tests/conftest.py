@@ -1,0 +1,49 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "fixtures"))
+
+
+def build_image(spec, page_size=4096, tail=b""):
+    """Bytes of an image from a list of page specs whose kinds are known by construction.
+
+    ("zero",) | ("fill", byte) | ("unit", bytes) | ("sparse", {word: value}) |
+    ("random", seed) | ("copy", earlier page index)
+    """
+    pages = []
+    for item in spec:
+        kind = item[0]
+        if kind == "zero":
+            page = bytes(page_size)
+        elif kind == "fill":
+            page = bytes([item[1]]) * page_size
+        elif kind == "unit":
+            unit = item[1]
+            page = (unit * (page_size // len(unit) + 1))[:page_size]
+        elif kind == "sparse":
+            words = np.zeros(page_size // 8, dtype="<u8")
+            for w, v in item[1].items():
+                words[w] = v
+            page = words.tobytes()
+        elif kind == "random":
+            page = np.random.default_rng(item[1]).integers(0, 256, page_size, dtype=np.uint8).tobytes()
+        elif kind == "copy":
+            page = pages[item[1]]
+        else:
+            raise ValueError(kind)
+        pages.append(page)
+    return b"".join(pages) + tail
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    def write(name, data):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path)
+
+    return write

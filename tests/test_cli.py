@@ -1,0 +1,171 @@
+"""The command line: exit codes, one-line errors, JSON output, help for every command."""
+
+import json
+import re
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from vmsnap.cli import main
+from vmsnap.errors import FormatError, InputError, IntegrityError, OutputError, UnsupportedVersionError
+
+from conftest import build_image
+
+COMMANDS = ["save", "restore", "info", "verify", "cat", "demo"]
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def image(tmp_path):
+    data = build_image([("random", 1), ("zero",), ("fill", 5), ("copy", 0)], tail=b"abc")
+    path = tmp_path / "in.raw"
+    path.write_bytes(data)
+    return data, path
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help_and_a_man_page(cmd):
+    result = run(cmd, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    page = os.path.join(root, "man", f"vmsnap-{cmd}.1")
+    assert os.path.exists(page), page
+    with open(page) as fh:
+        text = fh.read()
+    for name in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", result.output)) - {"--help"}:
+        assert name.replace("-", r"\-") in text, f"{name} missing from {page}"
+
+
+def test_save_info_verify_restore_cat(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    result = run("save", str(raw), "-o", str(snap), "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["bytes_in"] == len(data)
+    info = json.loads(run("info", str(snap), "--json").output)
+    assert info["pages"] == {"zero": 1, "pattern": 1, "sparse": 1, "data": 1, "ref": 1}  # the tail is sparse
+    assert "pages_sharing" in run("info", str(snap)).output
+    assert run("verify", str(snap)).exit_code == 0
+    out = tmp_path / "out.raw"
+    assert run("restore", str(snap), "-o", str(out), "-q").exit_code == 0
+    assert out.read_bytes() == data
+    result = run("cat", str(snap), "--offset", "0x1000", "--length", "4K")
+    assert result.stdout_bytes == data[4096:8192]
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["info", "/nonexistent.vms"], InputError.exit_code, "no such file"),
+    (["save", "/nonexistent.raw", "-o", "x.vms"], InputError.exit_code, "no such file"),
+    (["save", "IN", "-o", "x.vms", "--page-size", "3000"], 2, "power of two"),
+    (["save", "IN", "-o", "x.vms", "--page-size", "4Q"], 2, "not a size"),
+    (["save", "IN", "-o", "x.vms", "--format", "nope"], 2, "unknown input format"),
+    (["info", "IN"], FormatError.exit_code, "not a vmsnap snapshot"),
+])
+def test_errors_are_one_line_with_documented_codes(tmp_path, image, monkeypatch, args, code, message):
+    monkeypatch.chdir(tmp_path)
+    args = [str(image[1]) if a == "IN" else a for a in args]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("vmsnap: error")]
+    assert len(lines) <= 1
+
+
+def _vmsnap(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], capture_output=True, **kw)
+
+
+def test_corrupt_and_newer_snapshots_exit_codes(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    blob = bytearray(snap.read_bytes())
+    bad = tmp_path / "bad.vms"
+    blob[-40] ^= 1  # inside the trailer's index digest
+    bad.write_bytes(bytes(blob))
+    p = _vmsnap("verify", str(bad))
+    assert p.returncode == IntegrityError.exit_code
+    assert p.stderr.decode().count("\n") == 1 and b"Traceback" not in p.stderr
+    blob = bytearray(snap.read_bytes())
+    blob[8] = 9
+    bad.write_bytes(bytes(blob))
+    assert _vmsnap("info", str(bad)).returncode == UnsupportedVersionError.exit_code
+
+
+def test_writing_to_a_full_device_is_an_output_error(image):
+    _, raw = image
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", "save", str(raw), "-o", "-"],
+                           stdout=full, stderr=subprocess.PIPE)
+    assert p.returncode == OutputError.exit_code
+    assert b"no space left" in p.stderr.lower() and b"Traceback" not in p.stderr
+
+
+def test_pipe_in_pipe_out(tmp_path, image):
+    data, raw = image
+    p = subprocess.run(f"cat {raw} | {sys.executable} -m vmsnap.cli save - -o - --description x "
+                       f"| tee {tmp_path}/s.vms > /dev/null && {sys.executable} -m vmsnap.cli restore "
+                       f"{tmp_path}/s.vms -o -", shell=True, capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == data
+
+
+def test_demo_runs_on_the_shipped_sample():
+    result = run("demo")
+    assert result.exit_code == 0
+    assert "byte-identical" in result.output
+
+
+def test_help_is_fast_and_imports_no_heavy_modules():
+    code = "import sys, vmsnap.cli; print(sorted(m for m in ('numpy', 'zstandard', 'construct') if m in sys.modules))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "[]"
+
+
+def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+    import signal
+    import time
+
+    target = tmp_path / "out.vms"
+    # stdin is a pipe we feed slowly, so the save is certainly still running when SIGINT comes
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnap.cli", "save", "-", "-o", str(target)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(os.urandom(1 << 20))
+    proc.stdin.flush()
+    deadline = time.time() + 20
+    while not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_directory_and_odd_inputs(tmp_path):
+    result = CliRunner().invoke(main, ["save", str(tmp_path), "-o", str(tmp_path / "x.vms")])
+    assert result.exit_code == InputError.exit_code and "is a directory" in result.output
+    result = CliRunner().invoke(main, ["restore", str(tmp_path), "-o", str(tmp_path / "x.raw")])
+    assert result.exit_code == InputError.exit_code and "is a directory" in result.output
+
+
+def test_cat_streams_to_a_file_and_rejects_ranges_past_the_end(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    out = tmp_path / "part.bin"
+    assert run("cat", str(snap), "--offset", "100", "--length", "9000", "-o", str(out)).exit_code == 0
+    assert out.read_bytes() == data[100:9100]
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", str(len(data) - 1), "--length", "2",
+                                       "-o", str(tmp_path / "no.bin")])
+    assert result.exit_code == FormatError.exit_code and "beyond the image end" in result.output
+    assert not (tmp_path / "no.bin").exists()
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", "0", "--length", "1", "--region", "nope"])
+    assert result.exit_code == FormatError.exit_code and "no region named 'nope'" in result.output

@@ -1,0 +1,227 @@
+"""A damaged snapshot gives an error or identical bytes, never different bytes.
+
+Following restic and borg: flip bytes at every structure boundary and at random,
+truncate at every boundary, overwrite a frame with b"BOOM", interrupt a save.
+"""
+
+import errno
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import vmsnap
+from vmsnap import api
+from vmsnap.errors import IntegrityError, OutputError, UnsupportedVersionError, VmsnapError, FormatError
+from vmsnap.format import structs as S
+
+from conftest import build_image
+
+SPEC = [("random", i) for i in range(6)] + [("zero",)] * 3 + [("fill", 7), ("sparse", {1: 5})] + \
+       [("copy", 1), ("unit", b"xyz")] + [("random", 9)] * 2
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    d = tmp_path_factory.mktemp("snap")
+    data = build_image(SPEC, page_size=512, tail=b"tail")
+    raw = d / "in.raw"
+    raw.write_bytes(data)
+    path = d / "good.vms"
+    api.save(str(raw), str(path), page_size=512, frame_size=2 * 512)
+    return data, path.read_bytes()
+
+
+def boundaries(blob):
+    """Offsets where one structure of the file ends and the next begins."""
+    out = {0, len(S.MAGIC), len(S.MAGIC) + 2, len(S.MAGIC) + 4, len(S.MAGIC) + 8}
+    trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
+    out |= {trailer.index_offset, len(blob) - S.TRAILER_SIZE, len(blob) - S.TRAILER_SIZE + 8,
+            len(blob) - S.TRAILER_SIZE + 16, len(blob) - S.TRAILER_SIZE + 24, len(blob) - 8, len(blob) - 1}
+    return out
+
+
+def frame_offsets(path):
+    with vmsnap.open(str(path)) as s:
+        return [(int(f["offset"]), int(f["size"])) for f in s.frames], s.header_size
+
+
+def check_damaged(tmp_path, data, blob, name="bad.vms"):
+    """Verify must fail; restore must fail or give exactly the original bytes."""
+    path = tmp_path / name
+    path.write_bytes(blob)
+    with pytest.raises(VmsnapError):
+        api.verify(str(path))
+    out = tmp_path / "out.raw"
+    try:
+        api.restore(str(path), str(out))
+    except VmsnapError:
+        assert not out.exists()
+    else:  # pragma: no cover - would mean the damage went unnoticed
+        assert out.read_bytes() == data
+        pytest.fail("damage was not detected")
+
+
+def test_good_snapshot_verifies(snapshot, tmp_path):
+    data, blob = snapshot
+    path = tmp_path / "good.vms"
+    path.write_bytes(blob)
+    assert api.verify(str(path))["ok"]
+
+
+def test_flip_at_every_structure_boundary(snapshot, tmp_path):
+    data, blob = snapshot
+    path = tmp_path / "good.vms"
+    path.write_bytes(blob)
+    frames, header_size = frame_offsets(path)
+    offsets = boundaries(blob) | {header_size - 1, header_size - S.DIGEST_SIZE}
+    for off, size in frames:
+        offsets |= {off, off + size - 1}
+    for off in sorted(o for o in offsets if 0 <= o < len(blob)):
+        for delta in (-1, 0):
+            o = off + delta
+            if o < 0:
+                continue
+            damaged = bytearray(blob)
+            damaged[o] ^= 0x01
+            check_damaged(tmp_path, data, bytes(damaged))
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_corruption_is_always_detected(snapshot, tmp_path, data):
+    image, blob = snapshot
+    offset = data.draw(st.integers(0, len(blob) - 1))
+    xor = data.draw(st.integers(1, 255))
+    damaged = bytearray(blob)
+    damaged[offset] ^= xor
+    check_damaged(tmp_path, image, bytes(damaged))
+
+
+def test_truncation_at_every_boundary_and_more(snapshot, tmp_path):
+    data, blob = snapshot
+    path = tmp_path / "good.vms"
+    path.write_bytes(blob)
+    frames, header_size = frame_offsets(path)
+    lengths = boundaries(blob) | {header_size, header_size - 1} | {o for o, _ in frames} | set(range(0, len(blob), 97))
+    for n in sorted(x for x in lengths if x < len(blob)):
+        bad = tmp_path / "short.vms"
+        bad.write_bytes(blob[:n])
+        with pytest.raises((IntegrityError, FormatError)) as exc:
+            vmsnap.open(str(bad)).close()
+        assert str(bad) in str(exc.value)
+
+
+def test_boom_in_a_frame_names_the_frame(snapshot, tmp_path):
+    data, blob = snapshot
+    path = tmp_path / "good.vms"
+    path.write_bytes(blob)
+    frames, _ = frame_offsets(path)
+    off, size = frames[1]
+    damaged = bytearray(blob)
+    damaged[off:off + 4] = b"BOOM"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(IntegrityError, match=f"frame 1 at offset {off} failed its digest"):
+        api.verify(str(path))
+    # info reads only header and index, so it still works and shows what is there
+    assert api.info(str(path))["image_bytes"] == len(data)
+
+
+def test_newer_version_is_reported_as_such(snapshot, tmp_path):
+    _, blob = snapshot
+    damaged = bytearray(blob)
+    damaged[8:10] = (2).to_bytes(2, "little")
+    path = tmp_path / "v2.vms"
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(UnsupportedVersionError, match="version 2"):
+        vmsnap.open(str(path))
+
+
+def test_not_a_snapshot(tmp_path):
+    path = tmp_path / "x.vms"
+    path.write_bytes(b"hello world" * 10)
+    with pytest.raises(FormatError, match="not a vmsnap snapshot"):
+        vmsnap.open(str(path))
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
+    from vmsnap.sources import raw as raw_source
+
+    data = build_image([("random", i) for i in range(64)])
+    src = tmp_path / "in.raw"
+    src.write_bytes(data)
+    real = raw_source.read_exact_chunks
+
+    def chunks_then_interrupt(fh, length, what):
+        gen = real(fh, length, what)
+        yield next(gen)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(raw_source, "read_exact_chunks", chunks_then_interrupt)
+    monkeypatch.setattr("vmsnap.sources.base.READ_CHUNK", 8192)
+    target = tmp_path / "out.vms"
+    with pytest.raises(KeyboardInterrupt):
+        api.save(str(src), str(target))
+    assert sorted(os.listdir(tmp_path)) == ["in.raw"]
+
+
+class _FullDisk:
+    """A file that accepts `room` bytes, then fails like a full disk."""
+
+    def __init__(self, fh, room):
+        self.fh, self.room = fh, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+def test_disk_full_is_an_output_error_and_leaves_no_file(tmp_path, monkeypatch):
+    import contextlib
+
+    from vmsnap import atomic
+
+    data = build_image([("random", i) for i in range(8)])
+    src = tmp_path / "in.raw"
+    src.write_bytes(data)
+    real = atomic.atomic_output
+
+    @contextlib.contextmanager
+    def small_disk(path, **kw):
+        with real(path, **kw) as fh:
+            yield _FullDisk(fh, 1000)
+
+    monkeypatch.setattr("vmsnap.api.atomic_output", small_disk)
+    with pytest.raises(OutputError, match="no space left on device"):
+        api.save(str(src), str(tmp_path / "out.vms"))
+    assert sorted(os.listdir(tmp_path)) == ["in.raw"]
+    snap = tmp_path / "ok.vms"
+    monkeypatch.setattr("vmsnap.api.atomic_output", real)
+    api.save(str(src), str(snap))
+    monkeypatch.setattr("vmsnap.api.atomic_output", small_disk)
+    with pytest.raises(OutputError, match="no space left on device"):
+        api.restore(str(snap), str(tmp_path / "out.raw"), sparse=False)
+    assert sorted(os.listdir(tmp_path)) == ["in.raw", "ok.vms"]
+
+
+def test_restore_of_corrupt_snapshot_leaves_no_output(snapshot, tmp_path):
+    data, blob = snapshot
+    path = tmp_path / "good.vms"
+    path.write_bytes(blob)
+    frames, _ = frame_offsets(path)
+    damaged = bytearray(blob)
+    damaged[frames[-1][0]] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(IntegrityError):
+        api.restore(str(path), str(tmp_path / "restored.raw"))
+    assert not (tmp_path / "restored.raw").exists()
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []

@@ -1,0 +1,112 @@
+"""An independent decoder written from man/vmsnap-format.5 alone (struct, not construct).
+
+If the page and the writer ever disagree, this decoder fails to rebuild the image.
+"""
+
+import struct
+
+import zstandard
+from blake3 import blake3
+
+from vmsnap import api
+
+from conftest import build_image
+
+
+def decode(blob: bytes) -> dict:
+    assert blob[:8] == b"\x89VMSNAP\n"
+    version, flags, page_size, n = struct.unpack_from("<HHIH", blob, 8)
+    assert (version, flags) == (1, 0)
+    header_len = 18 + n
+    assert blake3(blob[:header_len]).digest() == blob[header_len:header_len + 32]
+    source = blob[18:header_len].decode()
+
+    index_offset, index_size, raw_size = struct.unpack_from("<QQQ", blob, len(blob) - 64)
+    index_digest, magic = blob[-40:-8], blob[-8:]
+    assert magic == b"VMSNAPIX" and index_offset + index_size == len(blob) - 64
+    stored = blob[index_offset:index_offset + index_size]
+    assert blake3(stored).digest() == index_digest
+    body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
+    assert len(body) == raw_size
+
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        vals = struct.unpack_from(fmt, body, pos)
+        pos += struct.calcsize(fmt)
+        return vals
+
+    def take_bytes(k):
+        nonlocal pos
+        pos += k
+        return body[pos - k:pos]
+
+    frame_pages, data_pages = take("<IQ")
+    image_digest = take_bytes(32)
+    regions = []
+    for _ in range(take("<I")[0]):
+        name = take_bytes(take("<H")[0]).decode()
+        base, size, first_record, record_count, first_block = take("<QQQQQ")
+        regions.append(dict(name=name, base=base, size=size, first_record=first_record,
+                            record_count=record_count, first_block=first_block, digest=take_bytes(32)))
+    units = [take_bytes(take("<B")[0]) for _ in range(take("<I")[0])]
+    tables = [take_bytes(take("<Q")[0]) for _ in range(5)]
+    assert pos == len(body)
+    frames_raw, records_raw, sparse_off_raw, sparse_words_raw, blocks_raw = tables
+
+    data = b""
+    for i in range(0, len(frames_raw), 48):
+        off, size, pages = struct.unpack_from("<QII", frames_raw, i)
+        frame = blob[off:off + size]
+        assert blake3(frame).digest() == frames_raw[i + 16:i + 48]
+        data += zstandard.ZstdDecompressor().decompress(frame, max_output_size=pages * page_size)
+    assert len(data) == data_pages * page_size
+    offsets = [struct.unpack_from("<Q", sparse_off_raw, i)[0] for i in range(0, len(sparse_off_raw), 8)]
+    words = [struct.unpack_from("<IQ", sparse_words_raw, i) for i in range(0, len(sparse_words_raw), 12)]
+    records = [struct.unpack_from("<B3xIQ", records_raw, i) for i in range(0, len(records_raw), 16)]
+
+    def page(kind, arg):
+        if kind == 0:
+            return bytes(page_size)
+        if kind == 1:
+            return (units[arg] * page_size)[:page_size]
+        if kind == 2:
+            p = bytearray(page_size)
+            for w, v in words[offsets[arg]:offsets[arg + 1]]:
+                p[8 * w:8 * w + 8] = v.to_bytes(8, "little")
+            return bytes(p)
+        return data[arg * page_size:(arg + 1) * page_size]  # data and ref alike
+
+    image = {}
+    block_size = max(1 << 20, page_size)
+    img_hash = blake3()
+    for r in regions:
+        out = b""
+        for kind, count, arg in records[r["first_record"]:r["first_record"] + r["record_count"]]:
+            for i in range(count):
+                out += page(kind, arg + (i if kind in (2, 3, 4) else 0))
+        out = out[:r["size"]]
+        nblocks = -(-r["size"] // block_size)
+        blocks = blocks_raw[16 * r["first_block"]:16 * (r["first_block"] + nblocks)]
+        for b in range(nblocks):
+            assert blake3(out[b * block_size:(b + 1) * block_size]).digest(length=16) == blocks[16 * b:16 * b + 16]
+        assert blake3(blocks).digest() == r["digest"]
+        img_hash.update(len(r["name"]).to_bytes(2, "little") + r["name"].encode())
+        img_hash.update(r["base"].to_bytes(8, "little") + r["size"].to_bytes(8, "little") + r["digest"])
+        image[r["name"]] = out
+    assert img_hash.digest() == image_digest
+    return {"source": source, "page_size": page_size, "regions": image}
+
+
+def test_man_page_decoder_rebuilds_the_image(tmp_path):
+    spec = [("zero",), ("fill", 1), ("unit", b"abcde"), ("sparse", {0: 1, 100: 2}), ("random", 1),
+            ("random", 2), ("copy", 4), ("zero",)] * 3
+    data = build_image(spec, page_size=1024, tail=b"\x07" * 77)
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(data)
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap), page_size=1024, frame_size=3 * 1024, description="doc test \u00e9")
+    decoded = decode(snap.read_bytes())
+    assert decoded["source"] == "doc test \u00e9" and decoded["page_size"] == 1024
+    assert decoded["regions"] == {"ram": data}

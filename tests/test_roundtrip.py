@@ -1,0 +1,209 @@
+"""save -> restore / read is byte-identical, for every page kind, size and tail."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import vmsnap
+from vmsnap import api
+from vmsnap.format import structs as S
+
+from conftest import build_image
+
+PAGE_SPECS = st.one_of(
+    st.just(("zero",)),
+    st.tuples(st.just("fill"), st.integers(0, 255)),
+    st.tuples(st.just("unit"), st.binary(min_size=1, max_size=80)),
+    st.tuples(st.just("sparse"), st.dictionaries(st.integers(0, 63), st.integers(1, 2**64 - 1), max_size=20)),
+    st.tuples(st.just("random"), st.integers(0, 5)),
+)
+
+
+@st.composite
+def images(draw):
+    page_size = draw(st.sampled_from([512, 1024, 4096]))
+    specs = draw(st.lists(PAGE_SPECS, max_size=40))
+    # copies of earlier pages (canonical sharing), placed anywhere after their source
+    for _ in range(draw(st.integers(0, 6))):
+        if specs:
+            src = draw(st.integers(0, len(specs) - 1))
+            specs.insert(draw(st.integers(src + 1, len(specs))), ("copy", src))
+    tail = draw(st.binary(max_size=page_size - 1))
+    return page_size, build_image(specs, page_size, tail)
+
+
+def save_restore(tmp_path, data, **opts):
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(data)
+    snap = tmp_path / "s.vms"
+    out = tmp_path / "out.raw"
+    api.save(str(raw), str(snap), **opts)
+    api.restore(str(snap), str(out))
+    return snap, out.read_bytes()
+
+
+@given(images(), st.sampled_from([1, 3, 64]))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_round_trip_is_identical(tmp_path, image, frame_pages):
+    page_size, data = image
+    snap, restored = save_restore(tmp_path, data, page_size=page_size, frame_size=frame_pages * page_size)
+    assert restored == data
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(0, len(data)) == data
+        if data:
+            a = len(data) // 3
+            assert s.read(a, len(data) // 2) == data[a:a + len(data) // 2]
+        stats = s.stats()
+    assert sum(stats["pages"].values()) == -(-len(data) // page_size)
+    assert stats["image_bytes"] == len(data)
+
+
+def test_page_kinds_become_the_right_records(tmp_path):
+    spec = [("zero",)] * 5 + [("fill", 0xFF)] * 3 + [("unit", b"\xde\xad\xbe\xef")] + \
+           [("sparse", {3: 7, 9: 1})] + [("random", 1), ("random", 2), ("copy", 10), ("copy", 11), ("copy", 10)]
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data)
+    assert restored == data
+    stats = api.info(str(snap))
+    assert stats["pages"] == {"zero": 5, "pattern": 4, "sparse": 1, "data": 2, "ref": 3}
+    assert stats["pattern_pages"] == {"byte": 3, "word32": 1}
+    assert stats["pages_shared"] == 2 and stats["pages_sharing"] == 3
+    assert stats["data_pages"] == 2
+
+
+def test_zero_runs_collapse_into_one_record(tmp_path):
+    # 1 GiB of zero pages as a sparse file: one record, a snapshot of a few hundred bytes
+    raw = tmp_path / "zero.raw"
+    with open(raw, "wb") as fh:
+        fh.truncate(1 << 30)
+    snap = tmp_path / "z.vms"
+    api.save(str(raw), str(snap))
+    stats = api.info(str(snap))
+    assert stats["records"] == 1 and stats["pages"]["zero"] == (1 << 30) // 4096
+    assert os.path.getsize(snap) < 16384  # block digests are the only per-MiB cost: 16 bytes each, compressed
+
+
+def test_output_is_deterministic_and_independent_of_jobs(tmp_path):
+    from genimage import image_bytes
+
+    data = image_bytes(6 << 20, seed=3)
+    raw = tmp_path / "g.raw"
+    raw.write_bytes(data)
+    outs = []
+    for jobs in (1, 2, 4):
+        path = tmp_path / f"j{jobs}.vms"
+        api.save(str(raw), str(path), jobs=jobs, frame_size=1 << 20)
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_realistic_image_round_trip(tmp_path):
+    from genimage import image_bytes
+
+    data = image_bytes((24 << 20) + 1234, seed=5)
+    snap, restored = save_restore(tmp_path, data, frame_size=4 << 20)
+    assert restored == data
+    stats = api.info(str(snap))
+    assert all(stats["pages"][k] > 0 for k in ("zero", "pattern", "sparse", "data", "ref"))
+    assert stats["snapshot_bytes"] < len(data) / 3
+
+
+def test_restore_writes_holes_for_zero_runs(tmp_path):
+    data = build_image([("random", 1)] + [("zero",)] * 2048 + [("random", 2)])
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(data)
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap))
+    sparse, dense = tmp_path / "sparse.raw", tmp_path / "dense.raw"
+    api.restore(str(snap), str(sparse))
+    api.restore(str(snap), str(dense), sparse=False)
+    assert sparse.read_bytes() == dense.read_bytes() == data
+    assert os.stat(sparse).st_blocks * 512 < os.stat(dense).st_blocks * 512 - (4 << 20)
+
+
+def test_trailing_zero_run_keeps_file_size(tmp_path):
+    data = build_image([("random", 1)] + [("zero",)] * 100, tail=b"\0" * 100)
+    snap, restored = save_restore(tmp_path, data)
+    assert restored == data
+
+
+def test_empty_input(tmp_path):
+    snap, restored = save_restore(tmp_path, b"")
+    assert restored == b""
+    assert api.info(str(snap))["image_bytes"] == 0
+
+
+def test_two_page_sizes_and_large_pages(tmp_path):
+    data = build_image([("random", 1), ("zero",), ("fill", 3), ("copy", 0)], page_size=2 << 20)
+    snap, restored = save_restore(tmp_path, data, page_size=2 << 20, frame_size=4 << 20)
+    assert restored == data
+    assert api.info(str(snap))["pages"] == {"zero": 1, "pattern": 1, "sparse": 0, "data": 1, "ref": 1}
+
+
+def test_read_rejects_ranges_beyond_the_image(tmp_path):
+    data = build_image([("random", 1)])
+    snap, _ = save_restore(tmp_path, data)
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(4000, 96) == data[4000:]
+        with pytest.raises(vmsnap.errors.FormatError):
+            s.read(4000, 97)
+
+
+def test_multi_region_snapshot_restores_flat_and_by_region(tmp_path):
+    from vmsnap.format.writer import SnapshotWriter
+
+    a = build_image([("random", 1), ("zero",)])
+    b = build_image([("copy", 0)] if False else [("random", 1), ("fill", 9)])  # b's first page duplicates a's
+    path = tmp_path / "m.vms"
+    with open(path, "wb") as fh:
+        w = SnapshotWriter(fh, source="test")
+        w.add_region("low", 0, [a])
+        w.add_region("high", 0x10000, [b])
+        w.close()
+    with vmsnap.open(str(path)) as s:
+        assert [r.name for r in s.regions] == ["low", "high"]
+        assert s.read(0x10000, len(b)) == b
+        assert s.read(len(a), 0x10000 - len(a)) == bytes(0x10000 - len(a))  # the gap reads as zeros
+        assert s.read(0, 10, region="high") == b[:10]
+        assert s.stats()["pages"]["ref"] == 1
+    flat = tmp_path / "flat.raw"
+    api.restore(str(path), str(flat))
+    assert flat.read_bytes() == a + bytes(0x10000 - len(a)) + b
+    one = tmp_path / "high.raw"
+    api.restore(str(path), str(one), region="high")
+    assert one.read_bytes() == b
+
+
+def test_stdin_and_stdout(tmp_path, monkeypatch, capfdbinary):
+    data = build_image([("random", 1), ("zero",), ("fill", 1)], tail=b"xyz")
+    snap = tmp_path / "s.vms"
+
+    class FakeStdin:
+        buffer = io.BytesIO(data)
+
+    monkeypatch.setattr("sys.stdin", FakeStdin)
+    api.save("-", str(snap))
+    api.restore(str(snap), "-")
+    assert capfdbinary.readouterr().out == data
+
+
+@pytest.mark.slow
+def test_realistic_1gib_dump_round_trip(tmp_path):
+    """The benchmark's dump: 1 GiB from fixtures/genimage.py, saved, verified, restored, compared."""
+    import filecmp
+
+    from genimage import generate
+
+    raw = tmp_path / "guest.raw"
+    generate(str(raw), 1 << 30, seed=1)
+    snap = tmp_path / "guest.vms"
+    api.save(str(raw), str(snap))
+    stats = api.info(str(snap))
+    assert stats["image_bytes"] == 1 << 30 and stats["compression_ratio"] > 5
+    assert api.verify(str(snap))["ok"]
+    out = tmp_path / "restored.raw"
+    api.restore(str(snap), str(out))
+    assert filecmp.cmp(raw, out, shallow=False)

@@ -1,0 +1,63 @@
+"""The construct definitions and the numpy views of the same tables agree byte for byte."""
+
+import numpy as np
+import pytest
+from construct import ChecksumError, ConstructError
+from hypothesis import given, strategies as st
+
+from vmsnap.format import structs as S
+
+
+def common(fmt, obj_in, size=None):
+    data = fmt.build(obj_in)
+    obj = fmt.parse(data)
+    assert fmt.build(obj) == data
+    if size is not None:
+        assert fmt.sizeof() == size == len(data)
+    compiled = fmt.compile()
+    assert compiled.build(obj_in) == data
+    return data, obj
+
+
+@given(st.integers(0, 4), st.integers(1, 2**32 - 1), st.integers(0, 2**64 - 1))
+def test_record_struct_matches_dtype(kind, count, arg):
+    data, obj = common(S.Record, {"kind": kind, "count": count, "arg": arg}, S.RECORD_DTYPE.itemsize)
+    view = np.frombuffer(data, dtype=S.RECORD_DTYPE)[0]
+    assert (int(view["kind"]), int(view["count"]), int(view["arg"])) == (kind, count, arg)
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(min_size=32, max_size=32))
+def test_frame_struct_matches_dtype(offset, size, pages, digest):
+    data, _ = common(S.Frame, {"offset": offset, "size": size, "pages": pages, "digest": digest},
+                     S.FRAME_DTYPE.itemsize)
+    view = np.frombuffer(data, dtype=S.FRAME_DTYPE)[0]
+    assert (int(view["offset"]), int(view["size"]), int(view["pages"]), view["digest"].tobytes()) == \
+        (offset, size, pages, digest)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+def test_sparse_word_struct_matches_dtype(word, value):
+    data, _ = common(S.SparseWord, {"word": word, "value": value}, S.SPARSE_WORD_DTYPE.itemsize)
+    view = np.frombuffer(data, dtype=S.SPARSE_WORD_DTYPE)[0]
+    assert (int(view["word"]), int(view["value"])) == (word, value)
+
+
+def test_trailer_is_64_bytes_and_checks_magic():
+    t = {"index_offset": 1, "index_size": 2, "index_raw_size": 3, "index_digest": bytes(32)}
+    data, obj = common(S.Trailer, t, 64)
+    assert obj.index_offset == 1
+    with pytest.raises(ConstructError):
+        S.Trailer.parse(data[:-1] + b"Y")
+
+
+@given(st.text(max_size=100), st.sampled_from([512, 4096, 2 << 20]))
+def test_header_round_trip_and_digest(source, page_size):
+    body = {"version": 1, "flags": 0, "page_size": page_size, "source": source}
+    data = S.Header.build({"body": {"value": body}})
+    parsed = S.Header.parse(data)
+    assert parsed.body.value.source == source and parsed.body.value.page_size == page_size
+    assert data.startswith(S.MAGIC)
+    damaged = bytearray(data)
+    damaged[12] ^= 1  # inside page_size
+    with pytest.raises(ChecksumError):
+        S.Header.parse(bytes(damaged))

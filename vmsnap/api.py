@@ -1,0 +1,167 @@
+"""The Python API; each function is one CLI command (vmsnap save, restore, verify, ...)."""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from .atomic import atomic_output, os_error_message
+from .errors import FormatError, OutputError
+from .format.reader import RegionInfo, Snapshot
+from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, SnapshotWriter, default_jobs
+from .progress import progress_bar
+from .sources import open_source
+
+_ZEROS = bytes(1 << 20)
+
+
+def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096, level: int = DEFAULT_LEVEL,
+         frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, description: str | None = None,
+         progress: bool | None = False) -> dict:
+    """Save the memory image `input` ('-' for stdin) as the snapshot `output` ('-' for stdout)."""
+    with open_source(input, format) as source:
+        with progress_bar(source.size_hint, "save", progress) as update:
+            with atomic_output(output) as out:
+                writer = SnapshotWriter(out, page_size=page_size, level=level, frame_size=frame_size,
+                                        jobs=jobs, source=description if description is not None
+                                        else source.description)
+                try:
+                    for region, chunks in source.regions():
+                        writer.add_region(region.name, region.base, chunks, update)
+                    summary = writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+    summary.update(input=input, output=output, format=source.format_name)
+    return summary
+
+
+def open_snapshot(path: str) -> Snapshot:
+    """Open a .vms snapshot for reading (header, index and their digests are checked)."""
+    return Snapshot(path)
+
+
+def info(path: str) -> dict:
+    with Snapshot(path) as snap:
+        return snap.stats()
+
+
+def cat(path: str, offset: int, length: int, region: str | None = None, output: str | None = None):
+    """Bytes [offset, offset+length) of the image (guest-physical, or within `region`).
+
+    Returns them, or with `output` ('-' for stdout) streams them there and returns None.
+    """
+    with Snapshot(path) as snap:
+        if output is None:
+            return snap.read(offset, length, region)
+        pieces = snap.iter_range(offset, length, region)
+        first = next(pieces, None)  # range errors surface before the output is created
+        with atomic_output(output) as out:
+            for piece in _chain(first, pieces):
+                try:
+                    if isinstance(piece, int):
+                        while piece > 0:
+                            k = min(piece, len(_ZEROS))
+                            out.write(memoryview(_ZEROS)[:k])
+                            piece -= k
+                    else:
+                        out.write(piece)
+                except OSError as exc:
+                    raise OutputError(os_error_message(exc)) from None
+        return None
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def verify(path: str, *, jobs: int | None = None, progress: bool | None = False) -> dict:
+    """Check every digest of the snapshot without writing anything."""
+    with Snapshot(path) as snap:
+        total = sum(r.size for r in snap.regions)
+        with progress_bar(total, "verify", progress) as update:
+            snap.produce(lambda region, piece: None, progress=update, jobs=jobs or default_jobs())
+        return {"file": path, "ok": True, "image_bytes": total, "image_digest": snap.image_digest.hex(),
+                "frames": len(snap.frames), "regions": len(snap.regions)}
+
+
+def restore(path: str, output: str, *, region: str | None = None, sparse: bool = True, jobs: int | None = None,
+            progress: bool | None = False) -> dict:
+    """Restore the image to `output` ('-' for stdout), byte for byte, every digest checked.
+
+    The image is laid out flat by guest-physical address (a raw dump: the original
+    file); with `region`, only that region is written, from offset 0.
+    """
+    with Snapshot(path) as snap:
+        regions = [snap.region(region)] if region is not None else sorted(snap.regions, key=lambda r: r.base)
+        placement = {r.name: (r.base if region is None else 0) for r in regions}
+        _check_overlap(regions, path)
+        total = max((placement[r.name] + r.size for r in regions), default=0)
+        with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
+            with atomic_output(output) as out:
+                sink = _Sink(out, sparse=sparse and output != "-" and _seekable(out), placement=placement)
+                snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs())
+                sink.finish(total)
+        return {"file": path, "output": output, "bytes": total, "regions": [r.name for r in regions],
+                "sparse": sink.sparse, "image_digest": snap.image_digest.hex()}
+
+
+def _check_overlap(regions: list[RegionInfo], path: str) -> None:
+    for a, b in zip(regions, regions[1:]):
+        if b.base < a.end:
+            raise FormatError(f"{path}: regions {a.name!r} and {b.name!r} overlap; restore one with --region")
+
+
+def _seekable(fh: BinaryIO) -> bool:
+    try:
+        return fh.seekable()
+    except (OSError, ValueError):
+        return False
+
+
+class _Sink:
+    """Writes pieces at each region's place; zero runs become holes when sparse."""
+
+    def __init__(self, out: BinaryIO, *, sparse: bool, placement: dict[str, int]):
+        self.out, self.sparse, self.placement = out, sparse, placement
+        self.pos = 0
+        self.region: str | None = None
+
+    def __call__(self, region: RegionInfo, piece) -> None:
+        try:
+            if region.name != self.region:
+                self.region = region.name
+                gap = self.placement[region.name] - self.pos
+                if gap < 0:
+                    raise OutputError("internal error: regions out of order")
+                self._zeros(gap)
+            if isinstance(piece, int):
+                self._zeros(piece)
+            else:
+                self.out.write(piece)
+                self.pos += len(piece)
+        except OSError as exc:
+            raise OutputError(os_error_message(exc)) from None
+
+    def _zeros(self, n: int) -> None:
+        """n zero bytes: a hole in a sparse regular file, written out otherwise."""
+        if self.sparse:
+            self.out.seek(n, os.SEEK_CUR)
+        else:
+            self._write_zeros(n)
+        self.pos += n
+
+    def _write_zeros(self, n: int) -> None:
+        while n > 0:
+            k = min(n, len(_ZEROS))
+            self.out.write(memoryview(_ZEROS)[:k])
+            n -= k
+
+    def finish(self, total: int) -> None:
+        if self.sparse:
+            try:
+                self.out.truncate(total)
+            except OSError as exc:
+                raise OutputError(os_error_message(exc)) from None

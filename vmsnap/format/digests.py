@@ -1,0 +1,86 @@
+"""Block digests: the restored image is checked in 1 MiB blocks.
+
+Each region is cut into blocks of `block_size` bytes from its first byte (the
+last block may be shorter). A block's digest is BLAKE3 of its bytes truncated to
+16 bytes; the region digest is BLAKE3 over the concatenated block digests. An
+all-zero full block has a constant digest, so zero runs are never hashed byte by
+byte, neither when saving nor when restoring.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from blake3 import blake3
+
+from .structs import BLOCK_DIGEST_SIZE, BLOCK_SIZE
+
+_THREADS = blake3.AUTO  # whole blocks: release the GIL and use every core
+
+
+def block_size_for(page_size: int) -> int:
+    return max(BLOCK_SIZE, page_size)
+
+
+@lru_cache(maxsize=4)
+def zero_block_digest(block_size: int) -> bytes:
+    return blake3(bytes(block_size)).digest(length=BLOCK_DIGEST_SIZE)
+
+
+@lru_cache(maxsize=4)
+def _zeros(n: int) -> bytes:
+    return bytes(n)
+
+
+class BlockHasher:
+    """Feed a region's bytes in order (data or known-zero spans); collect block digests."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self.digests: list[bytes] = []
+        self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
+        self._fill = 0  # bytes in the current, unfinished block
+        self._zero_digest = zero_block_digest(block_size)
+
+    def update(self, data) -> None:
+        mv = memoryview(data).cast("B")
+        pos, n = 0, len(mv)
+        while pos < n:
+            take = min(self.block_size - self._fill, n - pos)
+            if self._fill == 0 and take == self.block_size:
+                self.digests.append(blake3(mv[pos:pos + take], max_threads=_THREADS).digest(length=BLOCK_DIGEST_SIZE))
+            else:
+                self._h.update(mv[pos:pos + take])
+                self._fill += take
+                if self._fill == self.block_size:
+                    self._finish_block()
+            pos += take
+
+    def update_zero(self, n: int) -> None:
+        """Account for n zero bytes without hashing whole zero blocks."""
+        while n > 0:
+            take = min(self.block_size - self._fill, n)
+            if self._fill == 0 and take == self.block_size:
+                full = n // self.block_size
+                self.digests.extend([self._zero_digest] * full)
+                n -= full * self.block_size
+                continue
+            self._h.update(memoryview(_zeros(self.block_size))[:take])
+            self._fill += take
+            if self._fill == self.block_size:
+                self._finish_block()
+            n -= take
+
+    def finish(self) -> list[bytes]:
+        if self._fill:
+            self._finish_block()
+        return self.digests
+
+    def _finish_block(self) -> None:
+        self.digests.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
+        self._h = blake3()
+        self._fill = 0
+
+
+def region_digest(block_digests) -> bytes:
+    return blake3(b"".join(block_digests)).digest()

@@ -1,0 +1,550 @@
+"""Snapshot reader: open a .vms file, check it, and produce page contents on demand.
+
+Opening reads the header, the trailer and the index, and checks the header and
+index digests and the index's internal consistency: after that, every byte the
+reader produces comes from a frame whose BLAKE3 digest was checked before use,
+or from index metadata, and every restored block is checked against its stored
+block digest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import stat
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import zstandard
+from construct import ConstructError
+
+from .. import pages as P
+from ..errors import FormatError, InputError, IntegrityError, UnsupportedVersionError
+from . import structs as S
+from .digests import BlockHasher, block_size_for, region_digest
+
+SEGMENT_BYTES = 4 << 20  # pattern and sparse runs are produced in pieces of this size
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    name: str
+    base: int
+    size: int
+    first_record: int
+    record_count: int
+    first_block: int
+    digest: bytes
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+class Snapshot:
+    """An opened .vms snapshot. Use as a context manager or call close()."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._fh = open(path, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InputError(f"{path}: is a directory") from None
+        except PermissionError:
+            raise InputError(f"{path}: permission denied") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        try:
+            st = os.fstat(self._fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise InputError(f"{path}: a snapshot must be a regular file (its index is at the end)")
+            self.file_size = st.st_size
+            self._read_header()
+            self._read_index()
+        except BaseException:
+            self._fh.close()
+            raise
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._cache_size = 2
+        self._prefetch: _Prefetcher | None = None
+
+    # -- opening -------------------------------------------------------------------
+
+    def _pread(self, offset: int, length: int, what: str) -> bytes:
+        data = os.pread(self._fh.fileno(), length, offset)
+        if len(data) != length:
+            raise IntegrityError(f"{self.path}: truncated: {what} at offset {offset} needs {length} bytes, "
+                                 f"file has {max(0, self.file_size - offset)}")
+        return data
+
+    def _read_header(self) -> None:
+        head = os.pread(self._fh.fileno(), 4096, 0)
+        if len(head) < S.HeaderPrefix.sizeof() or not head.startswith(S.MAGIC):
+            raise FormatError(f"{self.path}: not a vmsnap snapshot (bad magic)")
+        prefix = S.HeaderPrefix.parse(head)
+        if prefix.version != S.FORMAT_VERSION:
+            raise UnsupportedVersionError(f"{self.path}: format version {prefix.version} is not supported "
+                                          f"(this vmsnap reads version {S.FORMAT_VERSION})")
+        if prefix.flags:
+            raise UnsupportedVersionError(f"{self.path}: unknown header flags {prefix.flags:#x}")
+        try:
+            header = S.Header.parse(head)
+        except ConstructError as exc:
+            if "checksum" in str(exc).lower() or "wrong checksum" in str(exc).lower():
+                raise IntegrityError(f"{self.path}: header failed its digest (offset 0)") from None
+            raise IntegrityError(f"{self.path}: truncated or corrupted header (offset 0)") from None
+        body = header.body.value
+        self.page_size = body.page_size
+        if self.page_size < 512 or self.page_size & (self.page_size - 1):
+            raise FormatError(f"{self.path}: invalid page size {self.page_size}")
+        self.source = body.source
+        self.header_size = header.body.length + S.DIGEST_SIZE
+
+    def _read_index(self) -> None:
+        if self.file_size < self.header_size + S.TRAILER_SIZE:
+            raise IntegrityError(f"{self.path}: truncated: {self.file_size} bytes, no room for the trailer")
+        raw = self._pread(self.file_size - S.TRAILER_SIZE, S.TRAILER_SIZE, "trailer")
+        try:
+            trailer = S.Trailer.parse(raw)
+        except ConstructError:
+            raise IntegrityError(f"{self.path}: truncated or corrupted: no valid trailer at offset "
+                                 f"{self.file_size - S.TRAILER_SIZE}") from None
+        end = self.file_size - S.TRAILER_SIZE
+        if not (self.header_size <= trailer.index_offset <= end and trailer.index_offset + trailer.index_size == end):
+            raise IntegrityError(f"{self.path}: corrupted trailer: index at {trailer.index_offset} "
+                                 f"size {trailer.index_size} does not end at {end}")
+        stored = self._pread(trailer.index_offset, trailer.index_size, "index")
+        if S.digest(stored) != trailer.index_digest:
+            raise IntegrityError(f"{self.path}: index failed its digest (offset {trailer.index_offset})")
+        try:
+            body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=trailer.index_raw_size)
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{self.path}: malformed index: {exc}") from None
+        if len(body) != trailer.index_raw_size:
+            raise IntegrityError(f"{self.path}: corrupted trailer: index holds {len(body)} bytes, "
+                                 f"trailer says {trailer.index_raw_size}")
+        try:
+            index = S.IndexBody.parse(body)
+        except ConstructError as exc:
+            raise FormatError(f"{self.path}: malformed index: {exc}") from None
+        self.index_offset = trailer.index_offset
+        self.index_size = trailer.index_size
+        self.frame_pages = index.frame_pages
+        self.data_pages = index.data_pages
+        self.image_digest = index.image_digest
+        self.regions = [RegionInfo(r.name, r.base, r.size, r.first_record, r.record_count, r.first_block, r.digest)
+                        for r in index.regions]
+        self.patterns = list(index.patterns)
+        self.frames = _array(index.frames, S.FRAME_DTYPE, "frame table", self.path)
+        self.records = _array(index.records, S.RECORD_DTYPE, "record table", self.path)
+        self.sparse_offsets = _array(index.sparse_offsets, np.dtype("<u8"), "sparse offsets", self.path)
+        self.sparse_words = _array(index.sparse_words, S.SPARSE_WORD_DTYPE, "sparse words", self.path)
+        self.block_digests = _array(index.block_digests, np.dtype(f"V{S.BLOCK_DIGEST_SIZE}"), "block digests",
+                                    self.path)
+        self.block_size = block_size_for(self.page_size)
+        self._check_index()
+
+    def _check_index(self) -> None:
+        """Reject an index whose tables contradict each other (never index out of range later)."""
+        bad = lambda what: FormatError(f"{self.path}: inconsistent index: {what}")  # noqa: E731
+        ps = self.page_size
+        fr = self.frames
+        if self.frame_pages < 1:
+            raise bad("frame size is zero")
+        if int(fr["pages"].sum(dtype=np.uint64)) != self.data_pages:
+            raise bad("frames do not hold the stored data pages")
+        if len(fr) > 1 and np.any(fr["pages"][:-1] != self.frame_pages):
+            raise bad("a frame other than the last is not full")
+        ends = fr["offset"].astype(np.uint64) + fr["size"]
+        if len(fr) and (fr["offset"][0] < self.header_size or np.any(fr["offset"][1:] != ends[:-1])
+                        or ends[-1] != self.index_offset):
+            raise bad("frames do not tile the file between header and index")
+        if len(self.sparse_offsets) < 1 or self.sparse_offsets[0] != 0 or np.any(np.diff(
+                self.sparse_offsets.astype(np.int64)) < 0) or self.sparse_offsets[-1] != len(self.sparse_words):
+            raise bad("sparse table offsets")
+        if len(self.sparse_words) and self.sparse_words["word"].max() >= ps // 8:
+            raise bad("sparse word beyond the page")
+        if any(not 1 <= len(u) <= ps for u in self.patterns):
+            raise bad("pattern unit length")
+        rec = self.records
+        kinds, counts, args = rec["kind"], rec["count"].astype(np.uint64), rec["arg"]
+        if np.any(kinds > S.REC_REF) or np.any(counts == 0):
+            raise bad("unknown record kind or empty run")
+        limits = {S.REC_PATTERN: (len(self.patterns), 0), S.REC_SPARSE: (len(self.sparse_offsets) - 1, 1),
+                  S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1)}
+        for kind, (limit, stride) in limits.items():
+            sel = kinds == kind
+            last = args[sel] + (counts[sel] - 1) * stride
+            if np.any(last >= limit) or np.any(last < args[sel]):
+                raise bad(f"{S.RECORD_KINDS[kind]} record out of range")
+        names = set()
+        for r in self.regions:
+            if r.name in names:
+                raise bad(f"duplicate region {r.name!r}")
+            names.add(r.name)
+            if r.first_record + r.record_count > len(rec):
+                raise bad(f"region {r.name!r} records out of range")
+            pages = int(counts[r.first_record:r.first_record + r.record_count].sum())
+            if pages != -(-r.size // ps):
+                raise bad(f"region {r.name!r} records cover {pages} pages, size needs {-(-r.size // ps)}")
+            if r.first_block + -(-r.size // self.block_size) > len(self.block_digests):
+                raise bad(f"region {r.name!r} block digests out of range")
+            if region_digest(self._blocks_of(r)) != r.digest:
+                raise bad(f"region {r.name!r} digest does not match its block digests")
+        if S.image_digest([{"name": r.name, "base": r.base, "size": r.size, "digest": r.digest}
+                           for r in self.regions]) != self.image_digest:
+            raise bad("image digest does not match the regions")
+
+    def _blocks_of(self, r: RegionInfo) -> list[bytes]:
+        n = -(-r.size // self.block_size)
+        return [b.tobytes() for b in self.block_digests[r.first_block:r.first_block + n]]
+
+    # -- page contents ---------------------------------------------------------------
+
+    def region(self, name: str) -> RegionInfo:
+        for r in self.regions:
+            if r.name == name:
+                return r
+        raise FormatError(f"{self.path}: no region named {name!r} (have: {', '.join(r.name for r in self.regions)})")
+
+    def _frame(self, k: int) -> np.ndarray:
+        """Decoded frame k, its stored bytes checked against the digest first."""
+        cached = self._cache.get(k)
+        if cached is not None:
+            self._cache.move_to_end(k)
+            return cached
+        frame = self._prefetch.get(k) if self._prefetch is not None else self._decode_frame(k)
+        self._cache[k] = frame
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return frame
+
+    def _decode_frame(self, k: int) -> np.ndarray:
+        f = self.frames[k]
+        offset, size, pages = int(f["offset"]), int(f["size"]), int(f["pages"])
+        stored = self._pread(offset, size, f"frame {k}")
+        if S.digest(stored) != f["digest"].tobytes():
+            raise IntegrityError(f"{self.path}: frame {k} at offset {offset} failed its digest")
+        want = pages * self.page_size
+        try:
+            raw = zstandard.ZstdDecompressor(max_window_size=1 << 31).decompress(stored, max_output_size=want)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{self.path}: frame {k} at offset {offset} does not decompress: {exc}") from None
+        if len(raw) != want:
+            raise IntegrityError(f"{self.path}: frame {k} at offset {offset} holds {len(raw)} bytes, expected {want}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(pages, self.page_size)
+
+    def data_pages_view(self, dpn: int, count: int) -> Iterator[np.ndarray]:
+        """Stored data pages [dpn, dpn+count) as arrays of whole pages, frame by frame."""
+        fp = self.frame_pages
+        while count > 0:
+            k, row = divmod(dpn, fp)
+            take = min(count, fp - row)
+            yield self._frame(k)[row:row + take]
+            dpn += take
+            count -= take
+
+    def _sparse_pages(self, first: int, count: int) -> np.ndarray:
+        out = np.zeros((count, self.page_size // 8), dtype="<u8")
+        lo, hi = int(self.sparse_offsets[first]), int(self.sparse_offsets[first + count])
+        words = self.sparse_words[lo:hi]
+        rows = np.repeat(np.arange(count), np.diff(self.sparse_offsets[first:first + count + 1].astype(np.int64)))
+        out[rows, words["word"]] = words["value"]
+        return out.view(np.uint8)
+
+    def segments(self, region: RegionInfo, start_page: int = 0, end_page: int | None = None,
+                 canonical: "CanonicalPages | None" = None) -> Iterator[int | memoryview]:
+        """The region's bytes for pages [start_page, end_page) in order.
+
+        Yields an int n for n zero bytes, or a bytes-like object. The last page is
+        cut at the region size.
+        """
+        ps = self.page_size
+        total_pages = -(-region.size // ps)
+        end_page = total_pages if end_page is None else min(end_page, total_pages)
+        remaining = min(region.size, end_page * ps) - start_page * ps
+        recs = self.records[region.first_record:region.first_record + region.record_count]
+        counts = recs["count"].astype(np.int64)
+        ends = np.cumsum(counts)
+        first = int(np.searchsorted(ends, start_page, side="right"))
+        page = int(ends[first - 1]) if first else 0
+        for i in range(first, len(recs)):
+            if remaining <= 0:
+                return
+            kind, count, arg = int(recs["kind"][i]), int(counts[i]), int(recs["arg"][i])
+            skip = max(0, start_page - page)
+            page += count
+            count -= skip
+            if kind in (S.REC_SPARSE, S.REC_DATA, S.REC_REF):  # runs whose arg advances per page
+                arg += skip
+            for piece in self._run(kind, count, arg, canonical):
+                n = piece if isinstance(piece, int) else len(piece)
+                if n > remaining:
+                    piece = remaining if isinstance(piece, int) else memoryview(piece)[:remaining]
+                    n = remaining
+                remaining -= n
+                yield piece
+                if remaining <= 0:
+                    return
+
+    def _run(self, kind: int, count: int, arg: int, canonical) -> Iterator[int | memoryview]:
+        ps = self.page_size
+        per_piece = max(1, SEGMENT_BYTES // ps)
+        if kind == S.REC_ZERO:
+            yield count * ps
+        elif kind == S.REC_PATTERN:
+            page = P.render_pattern(self.patterns[arg], ps)
+            for done in range(0, count, per_piece):
+                yield page * min(per_piece, count - done)
+        elif kind == S.REC_SPARSE:
+            for done in range(0, count, per_piece):
+                yield memoryview(self._sparse_pages(arg + done, min(per_piece, count - done)).reshape(-1))
+        elif kind == S.REC_DATA:
+            for rows in self.data_pages_view(arg, count):
+                if canonical is not None:
+                    canonical.offer(arg, rows)
+                arg += len(rows)
+                yield memoryview(rows.reshape(-1))
+        else:  # REC_REF
+            if canonical is not None:
+                yield from canonical.take(arg, count)
+            else:
+                for rows in self.data_pages_view(arg, count):
+                    yield memoryview(rows.reshape(-1))
+
+    def iter_range(self, address: int, length: int, region: str | None = None) -> Iterator[int | memoryview]:
+        """The bytes [address, address+length) in order, as produced by segments().
+
+        `address` is guest-physical, or an offset within `region`. Gaps between
+        regions read as zeros; a range beyond the image is an error.
+        """
+        if address < 0 or length < 0:
+            raise FormatError("offset and length must not be negative")
+        if region is not None:
+            regions = [self.region(region)]
+            lo = address + regions[0].base
+        else:
+            regions = sorted(self.regions, key=lambda r: r.base)
+            for a, b in zip(regions, regions[1:]):
+                if b.base < a.end:
+                    raise FormatError(f"regions {a.name!r} and {b.name!r} overlap: name one with --region")
+            lo = address
+        hi = lo + length
+        limit = max((r.end for r in regions), default=0)
+        if hi > limit:
+            raise FormatError(f"range {address:#x}+{length:#x} is beyond the image end "
+                              f"{limit - (lo - address):#x}")
+        ps = self.page_size
+        pos = lo  # next address to produce
+        for r in regions:
+            a, b = max(lo, r.base), min(hi, r.end)
+            if a >= b:
+                continue
+            if a > pos:
+                yield a - pos  # a gap between regions
+            first_page = (a - r.base) // ps
+            at = r.base + first_page * ps  # address of the next byte segments() yields
+            for piece in self.segments(r, first_page, -(-(b - r.base) // ps)):
+                n = piece if isinstance(piece, int) else len(piece)
+                s, e = max(at, a), min(at + n, b)
+                if s < e:
+                    yield e - s if isinstance(piece, int) else memoryview(piece)[s - at:e - at]
+                at += n
+            pos = b
+        if hi > pos:
+            yield hi - pos
+
+    def read(self, address: int, length: int, region: str | None = None) -> bytes:
+        """`length` bytes from `address`, as iter_range() defines it, in memory."""
+        out = bytearray()
+        for piece in self.iter_range(address, length, region):
+            out += bytes(piece) if isinstance(piece, int) else piece
+        return bytes(out)
+
+    # -- whole-image passes --------------------------------------------------------------
+
+    def produce(self, sink: Callable[[RegionInfo, int | memoryview], None],
+                regions: list[RegionInfo] | None = None, progress: Callable[[int], None] | None = None,
+                jobs: int = 2) -> None:
+        """Feed every region's bytes to sink(region, piece), checking every block digest."""
+        regions = self.regions if regions is None else regions
+        canonical = CanonicalPages(self, regions)
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            self._prefetch = _Prefetcher(self, pool, ahead=max(1, jobs))
+            try:
+                for r in regions:
+                    checker = _BlockChecker(self, r)
+                    for piece in self.segments(r, canonical=canonical):
+                        checker.feed(piece)
+                        sink(r, piece)
+                        if progress:
+                            progress(piece if isinstance(piece, int) else len(piece))
+                    checker.finish()
+            finally:
+                self._prefetch = None
+
+    def stats(self) -> dict:
+        ps = self.page_size
+        rec = self.records
+        pages_by_kind = {name: 0 for name in S.RECORD_KINDS.values()}
+        for kind, name in S.RECORD_KINDS.items():
+            pages_by_kind[name] = int(rec["count"][rec["kind"] == kind].sum(dtype=np.uint64))
+        pattern_pages: dict[str, int] = {}
+        sel = rec["kind"] == S.REC_PATTERN
+        for arg, count in zip(rec["arg"][sel].tolist(), rec["count"][sel].tolist()):
+            name = P.pattern_kind_name(len(self.patterns[arg]))
+            pattern_pages[name] = pattern_pages.get(name, 0) + count
+        ref_sel = rec["kind"] == S.REC_REF
+        ref_targets = _expand_runs(rec["arg"][ref_sel], rec["count"][ref_sel])
+        image_bytes = sum(r.size for r in self.regions)
+        data_bytes = int(self.frames["size"].sum(dtype=np.uint64))
+        return {
+            "file": self.path,
+            "format_version": S.FORMAT_VERSION,
+            "source": self.source,
+            "page_size": ps,
+            "image_bytes": image_bytes,
+            "snapshot_bytes": self.file_size,
+            "compression_ratio": image_bytes / self.file_size if self.file_size else 0.0,
+            "pages": pages_by_kind,
+            "pattern_pages": pattern_pages,
+            "patterns": len(self.patterns),
+            "sparse_pages": len(self.sparse_offsets) - 1,
+            "pages_shared": int(np.unique(ref_targets).size),
+            "pages_sharing": int(ref_targets.size),
+            "stored_bytes": {"data_frames": data_bytes, "index": self.index_size,
+                             "header_and_trailer": self.header_size + S.TRAILER_SIZE},
+            "data_pages": self.data_pages,
+            "frames": len(self.frames),
+            "frame_pages": self.frame_pages,
+            "records": len(rec),
+            "image_digest": self.image_digest.hex(),
+            "regions": [{"name": r.name, "base": r.base, "size": r.size, "digest": r.digest.hex(),
+                         "records": r.record_count} for r in self.regions],
+        }
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _BlockChecker:
+    """Checks a region's produced bytes block by block against the stored digests."""
+
+    def __init__(self, snap: Snapshot, region: RegionInfo):
+        self.snap, self.region = snap, region
+        self.expected = snap._blocks_of(region)
+        self.hasher = BlockHasher(snap.block_size)
+        self.checked = 0
+
+    def feed(self, piece) -> None:
+        if isinstance(piece, int):
+            self.hasher.update_zero(piece)
+        else:
+            self.hasher.update(piece)
+        self._check()
+
+    def _check(self) -> None:
+        got = self.hasher.digests
+        for i in range(self.checked, len(got)):
+            if i >= len(self.expected) or got[i] != self.expected[i]:
+                raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} block at offset "
+                                     f"{i * self.snap.block_size:#x} failed its digest")
+        self.checked = len(got)
+
+    def finish(self) -> None:
+        self.hasher.finish()
+        self._check()
+        if self.checked != len(self.expected):
+            raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} is short: "
+                                 f"{self.checked} of {len(self.expected)} blocks")
+
+
+class _Prefetcher:
+    """Decodes the next frames in worker threads while the current one is used."""
+
+    def __init__(self, snap: Snapshot, pool: ThreadPoolExecutor, ahead: int):
+        self.snap, self.pool, self.ahead = snap, pool, ahead
+        self.futures: dict[int, object] = {}
+
+    def get(self, k: int) -> np.ndarray:
+        fut = self.futures.pop(k, None)
+        frame = fut.result() if fut is not None else self.snap._decode_frame(k)
+        for j in range(k + 1, min(k + 1 + self.ahead, len(self.snap.frames))):
+            if j not in self.futures and j not in self.snap._cache:
+                self.futures[j] = self.pool.submit(self.snap._decode_frame, j)
+        for j in [j for j in self.futures if j < k]:
+            self.futures.pop(j)
+        return frame
+
+
+class CanonicalPages:
+    """Keeps each referenced data page from its decoding until its last reference.
+
+    Restoring in order, a REF run points back at pages decoded earlier. Holding
+    just those pages, and only until their last use, avoids decoding a frame twice
+    while keeping memory to the pages still to be referenced.
+    """
+
+    def __init__(self, snap: Snapshot, regions: list[RegionInfo]):
+        self.snap = snap
+        targets = []
+        for r in regions:
+            rec = snap.records[r.first_record:r.first_record + r.record_count]
+            sel = rec["kind"] == S.REC_REF
+            targets.append(_expand_runs(rec["arg"][sel], rec["count"][sel]))
+        t = np.concatenate(targets) if targets else np.zeros(0, np.uint64)
+        # For each referenced data page: the ordinal of its last reference among all REF pages.
+        self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
+        self.last_use = len(t) - 1 - first_from_end
+        self.kept: dict[int, bytes] = {}
+        self.expiry: list[tuple[int, int]] = []
+        self.delivered = 0  # REF pages delivered so far
+
+    def offer(self, dpn: int, rows: np.ndarray) -> None:
+        """A data run [dpn, dpn+len(rows)) was decoded: keep the pages referenced later."""
+        lo, hi = np.searchsorted(self.wanted, [dpn, dpn + len(rows)])
+        for j in range(lo, hi):
+            d = int(self.wanted[j])
+            if d not in self.kept:
+                self.kept[d] = rows[d - dpn].tobytes()
+                heapq.heappush(self.expiry, (int(self.last_use[j]), d))
+
+    def take(self, dpn: int, count: int) -> Iterator[bytes]:
+        pages = []
+        for d in range(dpn, dpn + count):
+            page = self.kept.get(d)
+            if page is None:  # not decoded in this pass (a partial restore): decode it now
+                page = next(self.snap.data_pages_view(d, 1)).tobytes()
+            pages.append(page)
+        self.delivered += count
+        while self.expiry and self.expiry[0][0] < self.delivered:
+            self.kept.pop(heapq.heappop(self.expiry)[1], None)
+        yield b"".join(pages)
+
+
+def _expand_runs(args: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[a, a+1, ..., a+c-1 for each run] as one uint64 array."""
+    counts = counts.astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.uint64)
+    starts = np.repeat(args.astype(np.uint64) - np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.uint64),
+                       counts)
+    return starts + np.arange(total, dtype=np.uint64)
+
+
+def _array(raw: bytes, dtype: np.dtype, what: str, path: str) -> np.ndarray:
+    if len(raw) % dtype.itemsize:
+        raise FormatError(f"{path}: malformed index: {what} is not a whole number of entries")
+    return np.frombuffer(raw, dtype=dtype)

@@ -1,0 +1,141 @@
+"""The .vms file format, defined once, declaratively (documented in man/vmsnap-format.5).
+
+Layout, all integers little-endian:
+
+    Header    magic, version, flags, page size, source description, BLAKE3 of the header
+    Frames    zstd frames of stored page data, back to back, no framing of ours
+    Index     one zstd frame holding IndexBody
+    Trailer   64 bytes: where the index is, its size and BLAKE3 digest, and an end magic
+
+The writer appends only (a pipe works); a reader finds the index from the trailer.
+Per-page tables (records, frames, blocks) are fixed-width arrays: construct
+describes one element and numpy views the whole array at once (see *_DTYPE, kept
+in step with the construct definitions by tests).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from blake3 import blake3
+from construct import (
+    Bytes,
+    Checksum,
+    Const,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    PascalString,
+    Prefixed,
+    PrefixedArray,
+    RawCopy,
+    Struct,
+    GreedyBytes,
+    Padding,
+    this,
+)
+
+MAGIC = b"\x89VMSNAP\n"  # 8 bytes; the high byte and newline catch text-mode mangling
+TRAILER_MAGIC = b"VMSNAPIX"
+FORMAT_VERSION = 1
+DIGEST_SIZE = 32  # BLAKE3 digests of stored units, regions and the image
+BLOCK_DIGEST_SIZE = 16  # truncated BLAKE3 of each restored 1 MiB block
+BLOCK_SIZE = 1 << 20  # image bytes covered by one block digest
+
+# Record kinds: one record describes a run of `count` consecutive pages.
+REC_ZERO = 0  # all-zero pages; arg unused (0)
+REC_PATTERN = 1  # every page is pattern `arg` (index into the pattern table)
+REC_SPARSE = 2  # page i is sparse page `arg + i` of the sparse table
+REC_DATA = 3  # page i is stored data page `arg + i` (the data page stream, cut into frames)
+REC_REF = 4  # page i has the content of stored data page `arg + i` (canonical instance)
+RECORD_KINDS = {REC_ZERO: "zero", REC_PATTERN: "pattern", REC_SPARSE: "sparse", REC_DATA: "data", REC_REF: "ref"}
+MAX_RUN = 0xFFFFFFFF  # a longer run is split into several records
+
+
+def digest(data) -> bytes:
+    return blake3(data).digest()
+
+
+HeaderBody = Struct(
+    "magic" / Const(MAGIC),
+    "version" / Int16ul,
+    "flags" / Int16ul,  # no flags are defined in version 1; a reader rejects any set bit
+    "page_size" / Int32ul,
+    "source" / PascalString(Int16ul, "utf8"),
+)
+
+Header = Struct(
+    "body" / RawCopy(HeaderBody),
+    "digest" / Checksum(Bytes(DIGEST_SIZE), lambda data: digest(data), this.body.data),
+)
+
+# Enough to tell "not a snapshot" from "a newer version" before parsing the rest.
+HeaderPrefix = Struct("magic" / Bytes(8), "version" / Int16ul, "flags" / Int16ul)
+
+Trailer = Struct(
+    "index_offset" / Int64ul,
+    "index_size" / Int64ul,  # bytes stored (compressed)
+    "index_raw_size" / Int64ul,  # bytes after decompression
+    "index_digest" / Bytes(DIGEST_SIZE),  # BLAKE3 of the stored index bytes
+    "magic" / Const(TRAILER_MAGIC),
+)
+TRAILER_SIZE = Trailer.sizeof()
+
+Record = Struct(
+    "kind" / Int8ul,
+    Padding(3),
+    "count" / Int32ul,
+    "arg" / Int64ul,
+)
+RECORD_DTYPE = np.dtype([("kind", "u1"), ("pad", "V3"), ("count", "<u4"), ("arg", "<u8")])
+
+Frame = Struct(
+    "offset" / Int64ul,  # file offset of the zstd frame
+    "size" / Int32ul,  # stored bytes
+    "pages" / Int32ul,  # data pages it holds when decompressed
+    "digest" / Bytes(DIGEST_SIZE),  # BLAKE3 of the stored bytes
+)
+FRAME_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("pages", "<u4"), ("digest", "V32")])
+
+SparseWord = Struct("word" / Int32ul, "value" / Int64ul)
+SPARSE_WORD_DTYPE = np.dtype([("word", "<u4"), ("value", "<u8")])
+
+Region = Struct(
+    "name" / PascalString(Int16ul, "utf8"),
+    "base" / Int64ul,  # guest-physical address of byte 0
+    "size" / Int64ul,  # bytes (need not be a multiple of the page size)
+    "first_record" / Int64ul,
+    "record_count" / Int64ul,
+    "first_block" / Int64ul,  # index of its first entry in the block digest table
+    "digest" / Bytes(DIGEST_SIZE),  # BLAKE3 over the region's block digests
+)
+
+
+def _table(dtype_name: str):
+    """A counted array of fixed-width elements, kept as raw bytes for numpy."""
+    return Prefixed(Int64ul, GreedyBytes) * dtype_name
+
+
+IndexBody = Struct(
+    "frame_pages" / Int32ul,  # data pages per frame (the last frame may hold fewer)
+    "data_pages" / Int64ul,  # data pages stored in all frames
+    "image_digest" / Bytes(DIGEST_SIZE),  # BLAKE3 over every region's name, base, size and digest
+    "regions" / PrefixedArray(Int32ul, Region),
+    "patterns" / PrefixedArray(Int32ul, Prefixed(Int8ul, GreedyBytes)),  # repeating units
+    "frames" / _table("Frame array, FRAME_DTYPE"),
+    "records" / _table("Record array, RECORD_DTYPE"),
+    "sparse_offsets" / _table("u64 array: sparse page i owns words [off[i], off[i+1])"),
+    "sparse_words" / _table("SparseWord array, SPARSE_WORD_DTYPE"),
+    "block_digests" / _table("16-byte truncated BLAKE3 of each 1 MiB block of each region"),
+)
+
+
+def image_digest(regions) -> bytes:
+    """The whole-image digest from the region list (each with name, base, size, digest)."""
+    h = blake3()
+    for r in regions:
+        name = r["name"].encode("utf8")
+        h.update(len(name).to_bytes(2, "little") + name)
+        h.update(int(r["base"]).to_bytes(8, "little") + int(r["size"]).to_bytes(8, "little"))
+        h.update(r["digest"])
+    return h.digest()

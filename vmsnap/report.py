@@ -1,0 +1,43 @@
+"""Text renderings of results for the terminal (JSON output needs none of this)."""
+
+from __future__ import annotations
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def format_info(s: dict) -> str:
+    total_pages = sum(s["pages"].values()) or 1
+    lines = [
+        f"file         {s['file']}",
+        f"source       {s['source']}",
+        f"format       vms version {s['format_version']}, page size {s['page_size']}",
+        f"image        {human_bytes(s['image_bytes'])} ({s['image_bytes']} bytes)",
+        f"snapshot     {human_bytes(s['snapshot_bytes'])} ({s['compression_ratio']:.1f}x smaller)",
+        "",
+        f"{'pages':<12} {'count':>12} {'share':>7}  stored as",
+    ]
+    stored_as = {"zero": "record only", "pattern": f"record + {s['patterns']} pattern units",
+                 "sparse": "record + non-zero words", "data": "zstd frames (canonical copies)",
+                 "ref": "reference to a data page"}
+    for kind, count in s["pages"].items():
+        lines.append(f"{kind:<12} {count:>12} {100 * count / total_pages:>6.1f}%  {stored_as[kind]}")
+    if s["pattern_pages"]:
+        lines.append("patterns     " + ", ".join(f"{k} {v}" for k, v in sorted(s["pattern_pages"].items())))
+    lines += [
+        f"sharing      pages_shared {s['pages_shared']}, pages_sharing {s['pages_sharing']}",
+        "",
+        f"stored       data frames {human_bytes(s['stored_bytes']['data_frames'])} in {s['frames']} frames, "
+        f"index {human_bytes(s['stored_bytes']['index'])}",
+        f"digest       {s['image_digest']}",
+        "",
+        f"{'region':<16} {'base':>18} {'size':>14}  digest",
+    ]
+    for r in s["regions"]:
+        lines.append(f"{r['name']:<16} {r['base']:#18x} {r['size']:>14}  {r['digest'][:16]}...")
+    return "\n".join(lines)
