@@ -123,7 +123,7 @@ def test_truncated_pipe_fails_while_reading():
 @pytest.mark.parametrize(
     "offset,value,match",
     [
-        (0, b"\x7fELG", r"bad ELF identification at offset 0"),
+        (0, b"\x7fELG", r"not an ELF file: magic b'\\x7fELG' at offset 0, expected b'\\x7fELF'"),
         (4, b"\x03", r"bad ELF class 3 at offset 4"),
         (5, b"\x00", r"bad ELF byte order 0 at offset 5"),
         (6, b"\x02", r"bad ELF version 2 at offset 6"),

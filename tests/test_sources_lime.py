@@ -90,7 +90,11 @@ def test_empty_file(tmp_path):
 def test_wrong_magic_names_the_offset(tmp_path):
     data, marks = build_lime(RANGES)
     bad = data[: marks[2]] + b"XXXX" + data[marks[2] + 4 :]
-    with pytest.raises(FormatError, match=rf"bad range 1 header at offset {marks[2]}"):
+    with pytest.raises(
+        FormatError,
+        match=rf"not a LiME range header \(range 1\): magic b'XXXX' at offset {marks[2]}, "
+        r"expected b'EMiL'",
+    ):
         LimeSource(write(tmp_path, bad))
 
 

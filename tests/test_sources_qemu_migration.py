@@ -322,7 +322,8 @@ def test_page_before_block_list(tmp_path):
 @pytest.mark.parametrize(
     "build,match",
     [
-        (lambda b: b.header(magic=b"QEVN"), r"bad migration stream header at offset 0"),
+        (lambda b: b.header(magic=b"QEVN"),
+         r"not a QEMU migration stream: magic b'QEVN' at offset 0, expected b'QEVM'"),
         (lambda b: b.header(version=2), r"unsupported migration stream version 2 .* at offset 4"),
     ],
 )

@@ -190,6 +190,15 @@ def file_size(fh: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+def check_magic(data, magic: bytes, what: str, name: str, offset: int) -> None:
+    """FormatError unless `data` starts with `magic`, showing both as text a user can compare."""
+    got = bytes(data[: len(magic)])
+    if got != magic:
+        raise FormatError(
+            f"{name}: not {what}: magic {got!r} at offset {offset}, expected {magic!r}"
+        )
+
+
 def parse_struct(st, data, what: str, name: str, offset: int):
     """construct's parse, with any ConstructError turned into a FormatError at `offset`."""
     import construct

@@ -25,7 +25,7 @@ from typing import BinaryIO, Iterator
 from ..errors import FormatError, InputError
 from . import elf_structs as E
 from .base import Region, Source
-from .binio import Cursor, file_size, parse_struct, read_struct
+from .binio import Cursor, check_magic, file_size, parse_struct, read_struct
 from .raw import open_input
 
 
@@ -60,6 +60,7 @@ class ElfSource(Source):
         cur = self._cur
         name = cur.name
         ident_bytes = bytes(cur.read(E.EI_NIDENT, "ELF identification"))
+        check_magic(ident_bytes, E.ELF_MAGIC, "an ELF file", name, 0)
         ident = parse_struct(E.Ident, ident_bytes, "ELF identification", name, 0)
         if ident.elfclass not in (E.ELFCLASS32, E.ELFCLASS64):
             raise FormatError(f"{name}: bad ELF class {ident.elfclass} at offset 4 (want 1 or 2)")

@@ -14,7 +14,7 @@ from typing import BinaryIO, Iterator
 from ..errors import FormatError, InputError
 from . import lime_structs as L
 from .base import Region, Source
-from .binio import Cursor, file_size, read_struct
+from .binio import Cursor, check_magic, file_size, parse_struct
 from .raw import open_input
 
 
@@ -52,7 +52,9 @@ class LimeSource(Source):
     def _header(self, index: int) -> Range:
         cur = self._cur
         off = cur.offset
-        hdr = read_struct(cur, L.RangeHeader, f"range {index} header")
+        data = cur.read(L.HEADER_SIZE, f"range {index} header")
+        check_magic(data, L.LIME_MAGIC_BYTES, f"a LiME range header (range {index})", self.path, off)
+        hdr = parse_struct(L.RangeHeader, data, f"range {index} header", self.path, off)
         if hdr.version != L.LIME_VERSION:
             raise FormatError(
                 f"{self.path}: range {index} header at offset {off}: version {hdr.version} "

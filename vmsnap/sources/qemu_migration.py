@@ -50,7 +50,7 @@ from typing import BinaryIO, Iterator
 from ..errors import FormatError, OutputError
 from . import qemu_migration_structs as Q
 from .base import READ_CHUNK, Region, Source
-from .binio import Cursor, parse_struct, read_struct
+from .binio import Cursor, check_magic, parse_struct, read_struct
 from .raw import open_input
 
 BLOCK_ALIGN = 1 << 20  # region base of each RAM block after the first
@@ -229,7 +229,9 @@ class QemuMigrationSource(Source):
 
     def _header(self) -> None:
         cur = self._cur
-        hdr = read_struct(cur, Q.FileHeader, "migration stream header")
+        data = cur.read(Q.FileHeader.sizeof(), "migration stream header")
+        check_magic(data, Q.QEMU_VM_FILE_MAGIC, "a QEMU migration stream", self.path, 0)
+        hdr = parse_struct(Q.FileHeader, data, "migration stream header", self.path, 0)
         if hdr.version != Q.QEMU_VM_FILE_VERSION:
             raise self._err(
                 4, f"unsupported migration stream version {hdr.version} (vmsnap reads 3)"
