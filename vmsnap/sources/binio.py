@@ -143,40 +143,47 @@ class Cursor:
         self._eof = False
 
     def chunks(self, length: int, what: str):
-        """Yield the next `length` bytes as bytes chunks (read-ahead first, then the file).
+        """Yield the next `length` bytes as chunks of `self.chunk` bytes (the last shorter).
 
-        Large reads bypass the cursor's buffer, so bulk data is not copied twice.
-        A file that ends early raises InputError naming `what`.
+        The chunk boundaries fall at multiples of `self.chunk` from the start, so a
+        consumer that re-cuts into chunk-sized batches takes its no-copy path. Only
+        the first chunk joins read-ahead with file data; the rest are single reads
+        straight from the file. A file that ends early raises InputError naming `what`.
         """
         remaining = length
-        have = len(self._buf) - self._pos
-        if have and remaining:
-            take = min(have, remaining)
-            pos = self._pos
-            self._pos = pos + take
-            remaining -= take
-            yield self._buf[pos : pos + take]
-        if remaining:
-            self._base += len(self._buf)  # buffer fully consumed: continue at the file position
+        while remaining:
+            want = min(self.chunk, remaining)
+            have = len(self._buf) - self._pos
+            if have >= want:
+                pos = self._pos
+                self._pos = pos + want
+                remaining -= want
+                yield self._buf[pos : pos + want]
+                continue
+            parts = [self._buf[self._pos :]] if have else []
+            got = have
+            self._base += len(self._buf)  # read-ahead used up: go on at the file position
             self._buf = b""
             self._view = memoryview(self._buf)
             self._pos = 0
-            while remaining:
+            while got < want:
                 try:
-                    chunk = self.fh.read(min(self.chunk, remaining))
+                    data = self.fh.read(want - got)
                 except OSError as exc:
                     raise InputError(
-                        f"{self.name}: read failed at offset {self.offset}: {exc.strerror or exc}"
+                        f"{self.name}: read failed at offset {self._base}: {exc.strerror or exc}"
                     ) from exc
-                if not chunk:
+                if not data:
                     self._eof = True
                     raise InputError(
-                        f"{self.name}: truncated at offset {self.offset}: {what} "
-                        f"needs {remaining} more bytes"
+                        f"{self.name}: truncated at offset {self._base}: {what} "
+                        f"needs {remaining - got} more bytes"
                     )
-                self._base += len(chunk)
-                remaining -= len(chunk)
-                yield chunk
+                self._base += len(data)
+                parts.append(data)
+                got += len(data)
+            remaining -= want
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def file_size(fh: BinaryIO) -> int | None:
