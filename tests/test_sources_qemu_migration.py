@@ -511,3 +511,88 @@ def test_property_page_states_behave_like_a_dict(npages, ops):
         assert states.swap(i, state) == model.get(i, 0)
         model[i] = state
     assert states.count_unsent() == npages - len(model)
+
+
+# ---------------------------------------------------------------- runs of zero pages
+# Free memory arrives as long runs of 9-byte ZERO|CONTINUE records, which the reader
+# checks a numpy window at a time; these tests aim at the edges of that fast path.
+
+RUN_BLOCK = ("pc.ram", 400 * PS)
+
+
+class SmallReads(QemuMigrationSource):
+    read_chunk = 1000  # a run crosses many read-ahead refills
+
+
+def run_stream(ops):
+    """ops: ("run", first_page, count, fill) | ("page", page, seed). Returns (stream, model)."""
+    b = StreamBuilder()
+    b.header(); b.configuration(); b.section_start(); b.mem_size([RUN_BLOCK]); b.eos(); b.footer()
+    b.section_part()
+    mem = bytearray(RUN_BLOCK[1])
+    npages = RUN_BLOCK[1] // PS
+    for op in ops:
+        if op[0] == "run":
+            _, first, count, fill = op
+            for p in range(first, min(first + count, npages)):
+                b.zero("pc.ram", p * PS, fill)
+                mem[p * PS : (p + 1) * PS] = bytes([fill]) * PS
+        else:
+            _, p, seed = op
+            b.page("pc.ram", p * PS, page(seed))
+            mem[p * PS : (p + 1) * PS] = page(seed)
+    b.eos(); b.footer(); b.section_end(); b.eos(); b.footer(); b.eof()
+    return b.bytes(), bytes(mem)
+
+
+@pytest.mark.parametrize("cls", [QemuMigrationSource, SmallReads])
+def test_zero_runs_over_data_pages_zero_them(tmp_path, cls):
+    ops = [("page", p, p) for p in range(0, 400, 7)]  # data scattered over the block
+    ops += [("run", 0, 400, 0)]  # then every page zero: the data pages must go
+    ops += [("page", 123, 9), ("run", 200, 150, 0), ("run", 10, 5, 0x33)]
+    data, want = run_stream(ops)
+    got, src = read_blocks(cls(write(tmp_path, data)))
+    assert got["pc.ram"][2] == want
+    assert src.records["zero"] == 400 + 150 + 5
+    assert src.unsent_pages == {"pc.ram": 0}
+
+
+@pytest.mark.parametrize("cls", [QemuMigrationSource, SmallReads])
+def test_zero_run_stops_at_every_kind_of_break(tmp_path, cls):
+    b = StreamBuilder()
+    b.header(); b.configuration(); b.section_start(); b.mem_size([RUN_BLOCK, ("pc.bios", 64 * PS)])
+    b.eos(); b.footer(); b.section_part()
+    for p in range(0, 40):
+        b.zero("pc.ram", p * PS)
+    b.page("pc.ram", 40 * PS, page(1))  # a data page ends the run
+    for p in range(41, 80):
+        b.zero("pc.ram", p * PS)
+    b.zero("pc.ram", 80 * PS, 0x77)  # a non-zero fill
+    for p in range(81, 120):
+        b.zero("pc.ram", p * PS)
+    for p in range(130, 170):  # an address gap
+        b.zero("pc.ram", p * PS)
+    for p in range(0, 64):  # another block (not CONTINUE)
+        b.zero("pc.bios", p * PS)
+    for p in range(170, 400):  # back to pc.ram, up to the block end
+        b.zero("pc.ram", p * PS)
+    b.eos(); b.footer(); b.section_end(); b.eos(); b.footer(); b.eof()
+    got, src = read_blocks(cls(write(tmp_path, b.bytes())))
+    ram = got["pc.ram"][2]
+    assert ram[40 * PS : 41 * PS] == page(1)
+    assert ram[80 * PS : 81 * PS] == b"\x77" * PS
+    assert ram.count(0) == len(ram) - 2 * PS + page(1).count(0)
+    assert src.unsent_pages == {"pc.ram": 10, "pc.bios": 0}  # pages 120..129
+    assert src.records["zero"] == 40 + 39 + 1 + 39 + 40 + 64 + 230
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("run"), st.integers(0, 399), st.integers(1, 300), st.sampled_from([0, 0, 0, 1])),
+    st.tuples(st.just("page"), st.integers(0, 399), st.integers(0, 5)),
+), max_size=12), small=st.booleans())
+def test_property_zero_runs(tmp_path, ops, small):
+    data, want = run_stream(ops)
+    cls = SmallReads if small else QemuMigrationSource
+    got, src = read_blocks(cls(write(tmp_path, data, "z.mig")))
+    assert got["pc.ram"][2] == want

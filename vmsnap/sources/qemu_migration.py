@@ -56,6 +56,8 @@ from .raw import open_input
 BLOCK_ALIGN = 1 << 20  # region base of each RAM block after the first
 RUN_MAX_BYTES = 4 << 20  # coalesce consecutive page writes up to this size
 RUN_MAX_PARTS = 1024  # IOV_MAX on Linux
+ZERO_RUN_MIN = 16  # consecutive zero-page records worth one numpy check
+ZERO_RUN_MAX = 1 << 16
 MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not a guest
 
 # received[] states per page
@@ -125,9 +127,59 @@ class PageStates:
             return _UNSENT
         return _DATA_IN_FILE if c[1][byte] & bit else _ZERO_IN_FILE
 
+    def zero_range_if_no_data(self, start: int, count: int) -> bool:
+        """Mark pages [start, start + count) received as zero, unless one of them holds
+        data in the temporary file: then change nothing and return False."""
+        spans = []
+        i, end = start, start + count
+        while i < end:
+            key = i >> self.CHUNK_BITS
+            stop = min(end, (key + 1) << self.CHUNK_BITS)
+            recv, data = self._chunk(key)
+            lo, hi = i & self._MASK, ((stop - 1) & self._MASK) + 1
+            if _any_bits(data, lo, hi):
+                return False
+            spans.append((recv, lo, hi))
+            i = stop
+        for recv, lo, hi in spans:
+            _set_bits(recv, lo, hi)
+        return True
+
     def count_unsent(self) -> int:
         received = sum(int.from_bytes(recv, "little").bit_count() for recv, _ in self._chunks.values())
         return self.npages - received
+
+
+def _bit_masks(lo: int, hi: int) -> tuple[int, int, int, int]:
+    """Byte range and edge masks for bits [lo, hi) of a little-endian bit array."""
+    b0, b1 = lo >> 3, (hi - 1) >> 3
+    head = (0xFF << (lo & 7)) & 0xFF
+    tail = (1 << (((hi - 1) & 7) + 1)) - 1
+    return b0, b1, head, tail
+
+
+def _any_bits(arr: bytearray, lo: int, hi: int) -> bool:
+    if lo >= hi:
+        return False
+    b0, b1, head, tail = _bit_masks(lo, hi)
+    if b0 == b1:
+        return bool(arr[b0] & head & tail)
+    if arr[b0] & head or arr[b1] & tail:
+        return True
+    middle = arr[b0 + 1 : b1]
+    return middle.count(0) != len(middle)
+
+
+def _set_bits(arr: bytearray, lo: int, hi: int) -> None:
+    if lo >= hi:
+        return
+    b0, b1, head, tail = _bit_masks(lo, hi)
+    if b0 == b1:
+        arr[b0] |= head & tail
+        return
+    arr[b0] |= head
+    arr[b1] |= tail
+    arr[b0 + 1 : b1] = b"\xff" * (b1 - b0 - 1)
 
 
 @dataclass
@@ -185,6 +237,7 @@ def xbzrle_decode(src: bytes, page: bytearray) -> None:
 
 class QemuMigrationSource(Source):
     format_name = "qemu"
+    read_chunk = READ_CHUNK  # read-ahead size of the stream (tests make it small)
 
     def __init__(self, path: str, fh: BinaryIO | None = None, tmpdir: str | None = None):
         self.path = path
@@ -210,7 +263,7 @@ class QemuMigrationSource(Source):
         self.device_state_offset: int | None = None
         self._started = False
         try:
-            self._cur = Cursor(self._fh, path)
+            self._cur = Cursor(self._fh, path, chunk=self.read_chunk)
             self._header()
             while self._ram_id is None or not self.blocks:
                 self._record()  # up to and including the RAM block list
@@ -405,6 +458,8 @@ class QemuMigrationSource(Source):
                         if block.received.swap(idx, state) == _DATA_IN_FILE or fill:
                             self._flush()
                             self._pwrite(block.base + addr, bytes([fill]) * page_size)
+                        elif len(cur._buf) - cur._pos >= 9 * ZERO_RUN_MIN:
+                            n_zero += self._zero_run(block, addr + page_size)
                         n_zero += 1
                     continue
                 self._rare_record(kind, flags, addr, off)
@@ -413,6 +468,40 @@ class QemuMigrationSource(Source):
         finally:
             records["page"] += n_page
             records["zero"] += n_zero
+
+    def _zero_run(self, block: RamBlock, addr: int) -> int:
+        """Consume the ZERO|CONTINUE records (fill 0) for pages addr, addr + page, ...
+        that follow in the read-ahead buffer, checked with numpy a window at a time;
+        return how many. Free pages come in long runs of these 9-byte records. Pages
+        that hold data in the temporary file stop the run (the record loop writes them).
+        """
+        import numpy as np
+
+        cur = self._cur
+        buf, pos = cur._buf, cur._pos
+        ps = self.page_size
+        flags = Q.RAM_SAVE_FLAG_ZERO | Q.RAM_SAVE_FLAG_CONTINUE
+        left = (block.length - addr) // ps
+        total, window = 0, ZERO_RUN_MIN
+        while True:
+            n = min(window, (len(buf) - pos) // 9, left - total)
+            if n < ZERO_RUN_MIN:
+                break
+            recs = np.frombuffer(buf, dtype=np.uint8, count=n * 9, offset=pos).reshape(n, 9)
+            words = np.ascontiguousarray(recs[:, :8]).view(">u8")[:, 0]
+            first = (addr + total * ps) | flags
+            want = np.arange(n, dtype=np.uint64) * np.uint64(ps) + np.uint64(first)
+            ok = (words == want) & (recs[:, 8] == 0)
+            k = n if ok.all() else int(ok.argmin())
+            if k and not block.received.zero_range_if_no_data(addr // ps + total, k):
+                break
+            total += k
+            pos += 9 * k
+            if k < n:
+                break
+            window = min(window * 8, ZERO_RUN_MAX)
+        cur._pos = pos
+        return total
 
     def _rare_record(self, kind: int, flags: int, addr: int, off: int) -> None:
         """Every RAM record other than PAGE and ZERO."""
