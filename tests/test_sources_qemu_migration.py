@@ -524,6 +524,10 @@ class SmallReads(QemuMigrationSource):
     read_chunk = 1000  # a run crosses many read-ahead refills
 
 
+class FewPagesReads(QemuMigrationSource):
+    read_chunk = 3 * (8 + PS) + 50  # a few page records per refill
+
+
 def run_stream(ops):
     """ops: ("run", first_page, count, fill) | ("page", page, seed). Returns (stream, model)."""
     b = StreamBuilder()
@@ -537,6 +541,11 @@ def run_stream(ops):
             for p in range(first, min(first + count, npages)):
                 b.zero("pc.ram", p * PS, fill)
                 mem[p * PS : (p + 1) * PS] = bytes([fill]) * PS
+        elif op[0] == "pages":
+            _, first, count, seed = op
+            for p in range(first, min(first + count, npages)):
+                b.page("pc.ram", p * PS, page(seed * 1000 + p))
+                mem[p * PS : (p + 1) * PS] = page(seed * 1000 + p)
         else:
             _, p, seed = op
             b.page("pc.ram", p * PS, page(seed))
@@ -586,13 +595,43 @@ def test_zero_run_stops_at_every_kind_of_break(tmp_path, cls):
     assert src.records["zero"] == 40 + 39 + 1 + 39 + 40 + 64 + 230
 
 
+@pytest.mark.parametrize("cls", [QemuMigrationSource, SmallReads, FewPagesReads])
+def test_runs_of_data_pages(tmp_path, cls):
+    ops = [("pages", 0, 400, 1), ("run", 50, 100, 0), ("pages", 90, 30, 2), ("page", 10, 7),
+           ("pages", 395, 10, 3), ("run", 0, 3, 0)]
+    data, want = run_stream(ops)
+    got, src = read_blocks(cls(write(tmp_path, data)))
+    assert got["pc.ram"][2] == want
+    assert src.records == {"page": 400 + 30 + 1 + 5, "zero": 103, "xbzrle": 0, "compressed": 0}
+    assert src.unsent_pages == {"pc.ram": 0}
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.one_of(
     st.tuples(st.just("run"), st.integers(0, 399), st.integers(1, 300), st.sampled_from([0, 0, 0, 1])),
+    st.tuples(st.just("pages"), st.integers(0, 399), st.integers(1, 60), st.integers(0, 3)),
     st.tuples(st.just("page"), st.integers(0, 399), st.integers(0, 5)),
-), max_size=12), small=st.booleans())
-def test_property_zero_runs(tmp_path, ops, small):
+), max_size=12), reads=st.sampled_from([QemuMigrationSource, SmallReads, FewPagesReads]))
+def test_property_zero_runs(tmp_path, ops, reads):
     data, want = run_stream(ops)
-    cls = SmallReads if small else QemuMigrationSource
+    cls = reads
     got, src = read_blocks(cls(write(tmp_path, data, "z.mig")))
+    assert got["pc.ram"][2] == want
+
+
+def test_short_writes_to_the_temporary_file_are_resumed(tmp_path, monkeypatch):
+    real = os.pwritev
+
+    def short_pwritev(fd, buffers, offset):  # at most 5000 bytes per call, like a busy disk
+        out, left = [], 5000
+        for buf in buffers:
+            if left <= 0:
+                break
+            out.append(memoryview(buf)[:left])
+            left -= len(out[-1])
+        return real(fd, out, offset)
+
+    monkeypatch.setattr(os, "pwritev", short_pwritev)
+    data, want = run_stream([("pages", 0, 300, 4), ("page", 350, 1)])
+    got, _ = read_blocks(write(tmp_path, data))
     assert got["pc.ram"][2] == want

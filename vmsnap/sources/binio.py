@@ -48,31 +48,42 @@ class Cursor:
         return self._base + self._pos
 
     def _fill(self, n: int) -> bool:
-        """Make at least n unread bytes available; False if the file ends first."""
+        """Make at least n unread bytes available; False if the file ends first.
+
+        The unread rest of the old buffer is copied to the front of a new one and the
+        file is read straight in behind it (readinto), so a refill copies only the
+        rest, never the chunk. Buffers are never changed once filled: views handed
+        out by read() stay valid.
+        """
         have = len(self._buf) - self._pos
         if have >= n:
             return True
         if self._eof:
             return False
-        parts = [self._buf[self._pos :]]
-        while have < n:
-            try:
-                data = self.fh.read(max(self.chunk, n - have))
-            except OSError as exc:
-                raise InputError(
-                    f"{self.name}: read failed at offset {self.offset + have}: "
-                    f"{exc.strerror or exc}"
-                ) from exc
-            if not data:
-                self._eof = True
-                break
-            parts.append(data)
-            have += len(data)
+        new = bytearray(have + max(self.chunk, n - have))
+        new[:have] = self._view[self._pos :]
+        filled = have
+        with memoryview(new) as mv:
+            while filled < n:
+                with mv[filled:] as target:
+                    try:
+                        got = self.fh.readinto(target)
+                    except OSError as exc:
+                        raise InputError(
+                            f"{self.name}: read failed at offset {self._base + self._pos + filled}: "
+                            f"{exc.strerror or exc}"
+                        ) from exc
+                if not got:
+                    self._eof = True
+                    break
+                filled += got
+        if filled < len(new):
+            del new[filled:]
         self._base += self._pos
-        self._buf = b"".join(parts)
-        self._view = memoryview(self._buf)
+        self._buf = new
+        self._view = memoryview(new)
         self._pos = 0
-        return have >= n
+        return filled >= n
 
     def truncated(self, what: str, need: int) -> InputError:
         have = len(self._buf) - self._pos

@@ -145,6 +145,18 @@ class PageStates:
             _set_bits(recv, lo, hi)
         return True
 
+    def set_data_range(self, start: int, count: int) -> None:
+        """Mark pages [start, start + count) received, with data in the temporary file."""
+        i, end = start, start + count
+        while i < end:
+            key = i >> self.CHUNK_BITS
+            stop = min(end, (key + 1) << self.CHUNK_BITS)
+            recv, data = self._chunk(key)
+            lo, hi = i & self._MASK, ((stop - 1) & self._MASK) + 1
+            _set_bits(recv, lo, hi)
+            _set_bits(data, lo, hi)
+            i = stop
+
     def count_unsent(self) -> int:
         received = sum(int.from_bytes(recv, "little").bit_count() for recv, _ in self._chunks.values())
         return self.npages - received
@@ -433,6 +445,7 @@ class QemuMigrationSource(Source):
         read, be64 = cur.read, _BE64.unpack
         records = self.records
         n_page = n_zero = 0
+        next_page = -1  # the page right after the last PAGE record, to spot runs
         CONT, PAGE, ZERO = Q.RAM_SAVE_FLAG_CONTINUE, Q.RAM_SAVE_FLAG_PAGE, Q.RAM_SAVE_FLAG_ZERO
         try:
             while True:
@@ -452,6 +465,11 @@ class QemuMigrationSource(Source):
                         self._queue(block.base + addr, read(page_size, "page data"))
                         block.received.set(idx, _DATA_IN_FILE)
                         n_page += 1
+                        if addr == next_page and flags & CONT:  # a run of data pages
+                            k = self._page_run(block, addr + page_size)
+                            n_page += k
+                            addr += k * page_size
+                        next_page = addr + page_size
                     else:
                         fill = read(1, "zero page fill byte")[0]
                         state = _DATA_IN_FILE if fill else _ZERO_IN_FILE
@@ -502,6 +520,32 @@ class QemuMigrationSource(Source):
             window = min(window * 8, ZERO_RUN_MAX)
         cur._pos = pos
         return total
+
+    def _page_run(self, block: RamBlock, addr: int) -> int:
+        """Consume the PAGE|CONTINUE records for pages addr, addr + page, ... that
+        follow in the read-ahead buffer (their headers checked with numpy, the data
+        queued as views of the buffer); return how many."""
+        import numpy as np
+
+        cur = self._cur
+        buf, pos = cur._buf, cur._pos
+        ps = self.page_size
+        stride = 8 + ps
+        n = min((len(buf) - pos) // stride, (block.length - addr) // ps)
+        if n < 1:
+            return 0
+        recs = np.frombuffer(buf, dtype=np.uint8, count=n * stride, offset=pos).reshape(n, stride)
+        words = np.ascontiguousarray(recs[:, :8]).view(">u8")[:, 0]
+        first = addr | Q.RAM_SAVE_FLAG_PAGE | Q.RAM_SAVE_FLAG_CONTINUE
+        ok = words == np.arange(n, dtype=np.uint64) * np.uint64(ps) + np.uint64(first)
+        k = n if ok.all() else int(ok.argmin())
+        if k:
+            view = cur._view
+            starts = range(pos + 8, pos + k * stride, stride)
+            self._queue_many(block.base + addr, [view[p : p + ps] for p in starts], ps)
+            block.received.set_data_range(addr // ps, k)
+            cur._pos = pos + k * stride
+        return k
 
     def _rare_record(self, kind: int, flags: int, addr: int, off: int) -> None:
         """Every RAM record other than PAGE and ZERO."""
@@ -637,26 +681,51 @@ class QemuMigrationSource(Source):
         self._run_start = pos
         self._run_len = len(data)
 
+    def _queue_many(self, pos: int, parts: list, part_size: int) -> None:
+        """_queue for consecutive parts of `part_size` bytes each, a slice at a time."""
+        i = 0
+        while i < len(parts):
+            if not self._run_parts or pos != self._run_start + self._run_len:
+                self._flush()
+                self._run_start = pos
+            room = min(
+                RUN_MAX_PARTS - len(self._run_parts),
+                (RUN_MAX_BYTES - self._run_len) // part_size,
+            )
+            if room <= 0:
+                self._flush()
+                self._run_start = pos
+                continue
+            take = parts[i : i + room]
+            self._run_parts.extend(take)
+            self._run_len += len(take) * part_size
+            pos += len(take) * part_size
+            i += len(take)
+
     def _flush(self) -> None:
         if not self._run_parts:
             return
         fd = self._tmp.fileno()
         pos = self._run_start
         parts = self._run_parts
+        total = self._run_len
         self._run_parts = []
         self._run_len = 0
-        while parts:
+        while True:
             try:
                 written = os.pwritev(fd, parts, pos)
             except OSError as exc:
                 raise self._tmp_error(exc) from exc
-            pos += written
+            if written == total:
+                return
             # a short write: drop what was written and go on with the rest
-            while parts and written >= len(parts[0]):
-                written -= len(parts[0])
-                parts.pop(0)
-            if parts and written:
-                parts[0] = memoryview(parts[0])[written:]
+            pos += written
+            total -= written
+            i = 0
+            while written >= len(parts[i]):
+                written -= len(parts[i])
+                i += 1
+            parts = [memoryview(parts[i])[written:]] + parts[i + 1 :]
 
     def _pwrite(self, pos: int, data) -> None:
         view = memoryview(data)
