@@ -302,10 +302,12 @@ def scan_dump(path: str, index: int, *, fmt: str = "auto", page_size: int = 4096
         with open_source(path, fmt) as source:
             scan.format = source.format_name
             for region, chunks in source.regions():
-                for result in _map_batches(page_batches(chunks, page_size), page_size, jobs, progress):
-                    if isinstance(result, int):
+                for result in _map_batches(page_batches(chunks, page_size, BATCH_BYTES), page_size, jobs,
+                                           progress):
+                    if isinstance(result, int):  # whole zero pages known without reading them
                         scan.zero += result
                         scan.pages += result
+                        scan.bytes += result * page_size
                         continue
                     nbytes, (zero, patterns, sparse, other, raw) = result
                     scan.bytes += nbytes
