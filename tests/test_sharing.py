@@ -460,3 +460,14 @@ def test_help_and_man_page_name_every_option():
 
     for column in CSV_COLUMNS:
         assert column in text or column.replace("_", "\\_") in text, column
+
+
+def test_jobs_reads_several_dumps_in_worker_processes(genimages, monkeypatch):
+    calls = []
+    real = S._map_in_processes
+    monkeypatch.setattr(S, "_map_in_processes", lambda tasks, workers, *a: calls.append(workers) or
+                        real(tasks, workers, *a))
+    one = analyze(genimages, jobs=1)
+    assert calls == []
+    assert analyze(genimages, jobs=2) == one
+    assert calls == [2]

@@ -565,6 +565,36 @@ def _pct(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
 
 
+def _map_to_file(path, index, fmt, page_size, partitions, spill_dir, buffer_bytes, out_path, jobs=1,
+                 progress=None) -> tuple[DumpScan, list[int]]:
+    """The map task of the local engine: counted partitions of one dump to one file, and their offsets."""
+    offsets = [0]
+    with open(out_path, "wb") as fh:
+        def sink(p, counted):
+            counted.tofile(fh)
+            offsets.append(offsets[-1] + len(counted))
+        scan, _ = scan_dump(path, index, fmt=fmt, page_size=page_size, partitions=partitions, jobs=jobs,
+                            spill_dir=spill_dir, buffer_bytes=buffer_bytes, sink=sink, progress=progress)
+    return scan, offsets
+
+
+def _map_in_processes(tasks, workers, sizes, update) -> list:
+    """Several dumps at once, one worker process each (BLAKE3 on single pages holds the GIL)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: no fork of a process that may hold threads (progress bar, thread pools)
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_map_to_file, *t) for t in tasks]
+        out = []
+        for i, f in enumerate(futures):
+            out.append(f.result())
+            if update and sizes and sizes[i]:
+                update(sizes[i])
+        return out
+
+
 # -- engines -----------------------------------------------------------------------------------
 
 
@@ -582,14 +612,28 @@ def _check_inputs(paths: list[str], page_size: int, top: int) -> None:
         raise UsageError("stdin ('-') can be given only once")
 
 
-def _input_bytes(paths: list[str]) -> int:
-    total = 0
+def _image_sizes(paths: list[str], fmt: str) -> list[int | None]:
+    """Image bytes of each dump (None when unknown: stdin), opening each once first.
+
+    A missing or malformed 8th dump is reported before the first seven are read.
+    """
+    from ..sources import open_source
+
+    sizes = []
     for p in paths:
-        try:
-            total += os.path.getsize(p) if p != "-" else 0
-        except OSError:
-            pass  # reported by the reader with its own message
-    return total
+        if p == "-":
+            sizes.append(None)
+            continue
+        with open_source(p, fmt) as source:
+            sizes.append(source.size_hint)
+    return sizes
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def analyze(paths: list[str], *, fmt: str = "auto", page_size: int = 4096, top: int = DEFAULT_TOP,
@@ -602,43 +646,47 @@ def analyze(paths: list[str], *, fmt: str = "auto", page_size: int = 4096, top: 
     paths = list(paths)
     _check_inputs(paths, page_size, top)
     jobs = jobs or default_jobs()
-    if partitions is None:
-        partitions = choose_partitions(_input_bytes(paths), page_size)
-    check_partitions(partitions)
-    if scheduler is not None:
+    if partitions is not None:
+        check_partitions(partitions)
+    if scheduler is not None:  # the workers open the dumps; this host may not see them
         from .sharing_dask import analyze_dask
 
+        if partitions is None:
+            partitions = choose_partitions(sum(_file_size(p) for p in paths), page_size)
         return analyze_dask(paths, scheduler, fmt=fmt, page_size=page_size, top=top, jobs=jobs,
                             partitions=partitions, buffer_bytes=buffer_bytes)
-    return _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress)
+    if temp_dir is not None and not os.path.isdir(temp_dir):
+        raise UsageError(f"--temp-dir {temp_dir}: not a directory")
+    sizes = _image_sizes(paths, fmt)
+    if partitions is None:
+        partitions = choose_partitions(sum(s or 0 for s in sizes), page_size)
+    total = None if None in sizes else sum(sizes)
+    return _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress, total,
+                          sizes)
 
 
-def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress) -> dict:
+def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress,
+                   total, sizes=None, processes=None) -> dict:
     import numpy as np
 
     from ..progress import progress_bar
 
-    if temp_dir is not None and not os.path.isdir(temp_dir):
-        raise UsageError(f"--temp-dir {temp_dir}: not a directory")
     try:
         work = tempfile.mkdtemp(prefix="vmsnap-sharing-", dir=temp_dir)
     except OSError as exc:
         raise OutputError(f"cannot create a temporary directory: {exc.strerror or exc}") from None
     try:
-        scans = []
-        files = []  # per dump: (path, offsets in records)
-        with progress_bar(_input_bytes(paths) or None, "sharing", progress) as update:
-            for i, path in enumerate(paths):
-                out_path = os.path.join(work, f"dump{i}.cnt")
-                offsets = [0]
-                with open(out_path, "wb") as fh:
-                    def sink(p, counted, fh=fh, offsets=offsets):
-                        counted.tofile(fh)
-                        offsets.append(offsets[-1] + len(counted))
-                    scan, _ = scan_dump(path, i, fmt=fmt, page_size=page_size, partitions=partitions, jobs=jobs,
-                                        spill_dir=work, buffer_bytes=buffer_bytes, sink=sink, progress=update)
-                scans.append(scan)
-                files.append((out_path, offsets))
+        tasks = [(path, i, fmt, page_size, partitions, work, buffer_bytes, os.path.join(work, f"dump{i}.cnt"))
+                 for i, path in enumerate(paths)]
+        if processes is None:
+            processes = jobs > 1 and len(paths) > 1 and "-" not in paths
+        with progress_bar(total, "sharing", progress) as update:
+            if processes:
+                maps = _map_in_processes(tasks, min(jobs, len(paths)), sizes, update)
+            else:
+                maps = [_map_to_file(*t, jobs=jobs, progress=update) for t in tasks]
+        scans = [scan for scan, _ in maps]
+        files = [(t[-1], offsets) for t, (_, offsets) in zip(tasks, maps)]
         dt = counted_dtype()
 
         def reduce_one(p):
