@@ -462,12 +462,22 @@ def test_help_and_man_page_name_every_option():
         assert column in text or column.replace("_", "\\_") in text, column
 
 
-def test_jobs_reads_several_dumps_in_worker_processes(genimages, monkeypatch):
+def test_jobs_reads_raw_files_in_ranges_on_worker_processes(genimages, tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "RANGE_BYTES", 1 << 20)  # several ranges per dump
     calls = []
-    real = S._map_in_processes
-    monkeypatch.setattr(S, "_map_in_processes", lambda tasks, workers, *a: calls.append(workers) or
-                        real(tasks, workers, *a))
-    one = analyze(genimages, jobs=1)
+    real = S._map_ranges
+    monkeypatch.setattr(S, "_map_ranges", lambda pool, path, ranges, *a: calls.append((path, len(ranges))) or
+                        real(pool, path, ranges, *a))
+    vms = str(tmp_path / "g.vms")
+    assert run("save", genimages[1], "-o", vms, "-q").exit_code == 0
+    one = analyze(genimages + [vms], jobs=1)
     assert calls == []
-    assert analyze(genimages, jobs=2) == one
-    assert calls == [2]
+    assert analyze(genimages + [vms], jobs=2) == one
+    assert calls == [(genimages[0], 7), (genimages[1], 7)]  # 6 MiB + 4 bytes; the .vms is read as a stream
+
+
+def test_a_raw_file_that_shrinks_is_truncated_not_shorter(genimages, monkeypatch):
+    real = S._file_ranges
+    monkeypatch.setattr(S, "_file_ranges", lambda *a: [(o, n + 4096) for o, n in real(*a)])
+    with pytest.raises(InputError, match="truncated"):
+        analyze(genimages[:1], jobs=2)

@@ -284,14 +284,16 @@ def count_partition(raw, dump: int):
 
 def scan_dump(path: str, index: int, *, fmt: str = "auto", page_size: int = 4096, partitions: int = 16,
               jobs: int = 1, spill_dir: str | None = None, buffer_bytes: int = SPILL_BUFFER,
-              sink: Callable[[int, object], None] | None = None,
+              sink: Callable[[int, object], None] | None = None, pool=None,
               progress: Callable[[int], None] | None = None) -> tuple[DumpScan, list]:
     """The map task of one dump.
 
     Counted partitions go to sink(p, records) in partition order when a sink is
     given (the local engine writes them to a file), else they are returned.
     Raw digests beyond buffer_bytes are spilled under spill_dir (a new
-    directory inside it, removed before returning).
+    directory inside it, removed before returning). With a process pool, a raw
+    file is read by the pool's workers in ranges; any other input is read as a
+    stream and its batches go to `jobs` threads.
     """
     from ..sources import open_source
 
@@ -301,23 +303,13 @@ def scan_dump(path: str, index: int, *, fmt: str = "auto", page_size: int = 4096
         part = _Partitioner(partitions, work, buffer_bytes)
         with open_source(path, fmt) as source:
             scan.format = source.format_name
-            for region, chunks in source.regions():
-                for result in _map_batches(page_batches(chunks, page_size, BATCH_BYTES), page_size, jobs,
-                                           progress):
-                    if isinstance(result, int):  # whole zero pages known without reading them
-                        scan.zero += result
-                        scan.pages += result
-                        scan.bytes += result * page_size
-                        continue
-                    nbytes, (zero, patterns, sparse, other, raw) = result
-                    scan.bytes += nbytes
-                    scan.zero += zero
-                    scan.sparse += sparse
-                    scan.other += other
-                    scan.pages += zero + sparse + other + sum(patterns.values())
-                    for unit, c in patterns.items():
-                        scan.patterns[unit] = scan.patterns.get(unit, 0) + c
-                    part.add(raw)
+            ranges = _file_ranges(source, path, page_size) if pool is not None else None
+            if ranges is not None:
+                _absorb(scan, part, _map_ranges(pool, path, ranges, page_size, progress), page_size)
+            else:
+                for region, chunks in source.regions():
+                    batches = page_batches(chunks, page_size, BATCH_BYTES)
+                    _absorb(scan, part, _map_batches(batches, page_size, jobs, progress), page_size)
         out = []
         for p in range(partitions):
             counted = count_partition(part.take(p), index)
@@ -330,6 +322,108 @@ def scan_dump(path: str, index: int, *, fmt: str = "auto", page_size: int = 4096
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _absorb(scan: DumpScan, part: "_Partitioner", results: Iterable, page_size: int) -> None:
+    for result in results:
+        if isinstance(result, int):  # whole zero pages known without reading them
+            scan.zero += result
+            scan.pages += result
+            scan.bytes += result * page_size
+            continue
+        nbytes, (zero, patterns, sparse, other, raw) = result
+        scan.bytes += nbytes
+        scan.zero += zero
+        scan.sparse += sparse
+        scan.other += other
+        scan.pages += zero + sparse + other + sum(patterns.values())
+        for unit, c in patterns.items():
+            scan.patterns[unit] = scan.patterns.get(unit, 0) + c
+        part.add(raw)
+
+
+# -- raw files in ranges, on worker processes ---------------------------------------------------
+
+RANGE_BYTES = 64 << 20  # a multiple of every page size (powers of two up to 16 MiB)
+
+
+def _file_ranges(source, path: str, page_size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) pieces of a raw regular file, or None when the input is not one."""
+    from ..sources.raw import RawSource
+
+    if type(source) is not RawSource or path == "-" or source.size_hint is None:
+        return None
+    size = source.size_hint
+    step = max(RANGE_BYTES, page_size)
+    return [(off, min(step, size - off)) for off in range(0, size, step)]
+
+
+def scan_range(path: str, offset: int, length: int, page_size: int):
+    """scan_batch over bytes [offset, offset+length) of a file, summed: runs in a worker process."""
+    import numpy as np
+
+    from ..errors import InputError
+
+    zero = sparse = other = 0
+    patterns: dict = {}
+    raws = []
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        pos, end = offset, offset + length
+        while pos < end:
+            want = min(BATCH_BYTES, end - pos)
+            buf = os.pread(fd, want, pos)
+            while len(buf) < want:  # short reads happen only at the end of the file
+                more = os.pread(fd, want - len(buf), pos + len(buf))
+                if not more:
+                    raise InputError(f"{path}: truncated, {end - pos - len(buf)} bytes missing")
+                buf += more
+            z, pat, sp, ot, raw = scan_batch(buf, page_size)
+            zero, sparse, other = zero + z, sparse + sp, other + ot
+            for unit, c in pat.items():
+                patterns[unit] = patterns.get(unit, 0) + c
+            raws.append(raw)
+            pos += want
+    except OSError as exc:
+        raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    raw = np.concatenate(raws) if raws else np.zeros(0, dtype=raw_dtype())
+    return zero, patterns, sparse, other, raw
+
+
+def _map_ranges(pool, path: str, ranges, page_size: int, progress) -> Iterator:
+    """scan_range over the ranges on the pool, results in order, a few ranges in flight per worker."""
+    pending: deque = deque()
+    ahead = 2 * getattr(pool, "_max_workers", 2)
+    try:
+        for off, length in ranges:
+            pending.append((length, pool.submit(scan_range, path, off, length, page_size)))
+            while len(pending) > ahead:
+                yield _done(pending.popleft(), progress)
+        while pending:
+            yield _done(pending.popleft(), progress)
+    finally:
+        for _, f in pending:
+            f.cancel()
+
+
+def process_pool(workers: int):
+    """A pool of worker processes forked now, before this process starts any thread.
+
+    Fork makes workers cheap (they share the parent's imported modules); the
+    workers are started here, while the caller has no other thread running, so
+    no lock can be held across the fork.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    pool.submit(int).result()  # forks every worker (fork start method: all at once)
+    return pool
 
 
 def _map_batches(batches: Iterator, page_size: int, jobs: int, progress) -> Iterator:
@@ -566,7 +660,7 @@ def _pct(part: int, whole: int) -> float:
 
 
 def _map_to_file(path, index, fmt, page_size, partitions, spill_dir, buffer_bytes, out_path, jobs=1,
-                 progress=None) -> tuple[DumpScan, list[int]]:
+                 pool=None, progress=None) -> tuple[DumpScan, list[int]]:
     """The map task of the local engine: counted partitions of one dump to one file, and their offsets."""
     offsets = [0]
     with open(out_path, "wb") as fh:
@@ -574,25 +668,9 @@ def _map_to_file(path, index, fmt, page_size, partitions, spill_dir, buffer_byte
             counted.tofile(fh)
             offsets.append(offsets[-1] + len(counted))
         scan, _ = scan_dump(path, index, fmt=fmt, page_size=page_size, partitions=partitions, jobs=jobs,
-                            spill_dir=spill_dir, buffer_bytes=buffer_bytes, sink=sink, progress=progress)
+                            spill_dir=spill_dir, buffer_bytes=buffer_bytes, sink=sink, pool=pool,
+                            progress=progress)
     return scan, offsets
-
-
-def _map_in_processes(tasks, workers, sizes, update) -> list:
-    """Several dumps at once, one worker process each (BLAKE3 on single pages holds the GIL)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # forkserver: no fork of a process that may hold threads (progress bar, thread pools)
-    ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_map_to_file, *t) for t in tasks]
-        out = []
-        for i, f in enumerate(futures):
-            out.append(f.result())
-            if update and sizes and sizes[i]:
-                update(sizes[i])
-        return out
 
 
 # -- engines -----------------------------------------------------------------------------------
@@ -612,21 +690,23 @@ def _check_inputs(paths: list[str], page_size: int, top: int) -> None:
         raise UsageError("stdin ('-') can be given only once")
 
 
-def _image_sizes(paths: list[str], fmt: str) -> list[int | None]:
-    """Image bytes of each dump (None when unknown: stdin), opening each once first.
+def _image_sizes(paths: list[str], fmt: str) -> tuple[list[int | None], int]:
+    """Image bytes of each dump (None when unknown: stdin), and how many are raw files.
 
-    A missing or malformed 8th dump is reported before the first seven are read.
+    Every dump is opened once first, so a missing or malformed 8th dump is
+    reported before the first seven are read.
     """
     from ..sources import open_source
 
-    sizes = []
+    sizes, raw_files = [], 0
     for p in paths:
         if p == "-":
             sizes.append(None)
             continue
         with open_source(p, fmt) as source:
             sizes.append(source.size_hint)
-    return sizes
+            raw_files += _file_ranges(source, p, 4096) is not None
+    return sizes, raw_files
 
 
 def _file_size(path: str) -> int:
@@ -657,16 +737,16 @@ def analyze(paths: list[str], *, fmt: str = "auto", page_size: int = 4096, top: 
                             partitions=partitions, buffer_bytes=buffer_bytes)
     if temp_dir is not None and not os.path.isdir(temp_dir):
         raise UsageError(f"--temp-dir {temp_dir}: not a directory")
-    sizes = _image_sizes(paths, fmt)
+    sizes, raw_files = _image_sizes(paths, fmt)
     if partitions is None:
         partitions = choose_partitions(sum(s or 0 for s in sizes), page_size)
     total = None if None in sizes else sum(sizes)
     return _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress, total,
-                          sizes)
+                          processes=jobs > 1 and raw_files > 0)
 
 
 def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress,
-                   total, sizes=None, processes=None) -> dict:
+                   total, processes=False) -> dict:
     import numpy as np
 
     from ..progress import progress_bar
@@ -678,13 +758,13 @@ def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffe
     try:
         tasks = [(path, i, fmt, page_size, partitions, work, buffer_bytes, os.path.join(work, f"dump{i}.cnt"))
                  for i, path in enumerate(paths)]
-        if processes is None:
-            processes = jobs > 1 and len(paths) > 1 and "-" not in paths
-        with progress_bar(total, "sharing", progress) as update:
-            if processes:
-                maps = _map_in_processes(tasks, min(jobs, len(paths)), sizes, update)
-            else:
-                maps = [_map_to_file(*t, jobs=jobs, progress=update) for t in tasks]
+        pool = process_pool(jobs) if processes else None  # before the progress bar starts its thread
+        try:
+            with progress_bar(total, "sharing", progress) as update:
+                maps = [_map_to_file(*t, jobs=jobs, pool=pool, progress=update) for t in tasks]
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         scans = [scan for scan, _ in maps]
         files = [(t[-1], offsets) for t, (_, offsets) in zip(tasks, maps)]
         dt = counted_dtype()
