@@ -127,3 +127,45 @@ def test_help_is_fast_and_imports_no_heavy_modules():
     code = "import sys, vmsnap.cli; print(sorted(m for m in ('numpy', 'zstandard', 'construct') if m in sys.modules))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.stdout.strip() == "[]"
+
+
+def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+    import signal
+    import time
+
+    target = tmp_path / "out.vms"
+    # stdin is a pipe we feed slowly, so the save is certainly still running when SIGINT comes
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnap.cli", "save", "-", "-o", str(target)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(os.urandom(1 << 20))
+    proc.stdin.flush()
+    deadline = time.time() + 20
+    while not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_directory_and_odd_inputs(tmp_path):
+    result = CliRunner().invoke(main, ["save", str(tmp_path), "-o", str(tmp_path / "x.vms")])
+    assert result.exit_code == InputError.exit_code and "is a directory" in result.output
+    result = CliRunner().invoke(main, ["restore", str(tmp_path), "-o", str(tmp_path / "x.raw")])
+    assert result.exit_code == InputError.exit_code and "is a directory" in result.output
+
+
+def test_cat_streams_to_a_file_and_rejects_ranges_past_the_end(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    out = tmp_path / "part.bin"
+    assert run("cat", str(snap), "--offset", "100", "--length", "9000", "-o", str(out)).exit_code == 0
+    assert out.read_bytes() == data[100:9100]
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", str(len(data) - 1), "--length", "2",
+                                       "-o", str(tmp_path / "no.bin")])
+    assert result.exit_code == FormatError.exit_code and "beyond the image end" in result.output
+    assert not (tmp_path / "no.bin").exists()
+    result = CliRunner().invoke(main, ["cat", str(snap), "--offset", "0", "--length", "1", "--region", "nope"])
+    assert result.exit_code == FormatError.exit_code and "no region named 'nope'" in result.output

@@ -189,3 +189,22 @@ def test_stdin_and_stdout(tmp_path, monkeypatch, capfdbinary):
     api.save("-", str(snap))
     api.restore(str(snap), "-")
     assert capfdbinary.readouterr().out == data
+
+
+@pytest.mark.slow
+def test_realistic_1gib_dump_round_trip(tmp_path):
+    """The benchmark's dump: 1 GiB from fixtures/genimage.py, saved, verified, restored, compared."""
+    import filecmp
+
+    from genimage import generate
+
+    raw = tmp_path / "guest.raw"
+    generate(str(raw), 1 << 30, seed=1)
+    snap = tmp_path / "guest.vms"
+    api.save(str(raw), str(snap))
+    stats = api.info(str(snap))
+    assert stats["image_bytes"] == 1 << 30 and stats["compression_ratio"] > 5
+    assert api.verify(str(snap))["ok"]
+    out = tmp_path / "restored.raw"
+    api.restore(str(snap), str(out))
+    assert filecmp.cmp(raw, out, shallow=False)

@@ -46,10 +46,35 @@ def info(path: str) -> dict:
         return snap.stats()
 
 
-def cat(path: str, offset: int, length: int, region: str | None = None) -> bytes:
-    """Bytes [offset, offset+length) of the image (guest-physical, or within `region`)."""
+def cat(path: str, offset: int, length: int, region: str | None = None, output: str | None = None):
+    """Bytes [offset, offset+length) of the image (guest-physical, or within `region`).
+
+    Returns them, or with `output` ('-' for stdout) streams them there and returns None.
+    """
     with Snapshot(path) as snap:
-        return snap.read(offset, length, region)
+        if output is None:
+            return snap.read(offset, length, region)
+        pieces = snap.iter_range(offset, length, region)
+        first = next(pieces, None)  # range errors surface before the output is created
+        with atomic_output(output) as out:
+            for piece in _chain(first, pieces):
+                try:
+                    if isinstance(piece, int):
+                        while piece > 0:
+                            k = min(piece, len(_ZEROS))
+                            out.write(memoryview(_ZEROS)[:k])
+                            piece -= k
+                    else:
+                        out.write(piece)
+                except OSError as exc:
+                    raise OutputError(os_error_message(exc)) from None
+        return None
+
+
+def _chain(first, rest):
+    if first is not None:
+        yield first
+    yield from rest
 
 
 def verify(path: str, *, jobs: int | None = None, progress: bool | None = False) -> dict:
@@ -105,28 +130,28 @@ class _Sink:
         self.region: str | None = None
 
     def __call__(self, region: RegionInfo, piece) -> None:
-        if region.name != self.region:
-            self.region = region.name
-            self._advance_to(self.placement[region.name])
         try:
+            if region.name != self.region:
+                self.region = region.name
+                gap = self.placement[region.name] - self.pos
+                if gap < 0:
+                    raise OutputError("internal error: regions out of order")
+                self._zeros(gap)
             if isinstance(piece, int):
-                if self.sparse:
-                    self.out.seek(piece, os.SEEK_CUR)
-                else:
-                    self._write_zeros(piece)
-                self.pos += piece
+                self._zeros(piece)
             else:
                 self.out.write(piece)
                 self.pos += len(piece)
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
 
-    def _advance_to(self, offset: int) -> None:
-        gap = offset - self.pos
-        if gap < 0:
-            raise OutputError("internal error: regions out of order")
-        if gap:
-            self(RegionInfo(self.region, 0, 0, 0, 0, 0, b""), gap)
+    def _zeros(self, n: int) -> None:
+        """n zero bytes: a hole in a sparse regular file, written out otherwise."""
+        if self.sparse:
+            self.out.seek(n, os.SEEK_CUR)
+        else:
+            self._write_zeros(n)
+        self.pos += n
 
     def _write_zeros(self, n: int) -> None:
         while n > 0:

@@ -177,11 +177,8 @@ def verify(snapshot, jobs, quiet, as_json):
 def cat(snapshot, offset, length, region, output):
     """Extract a byte range from SNAP without restoring the rest."""
     from .api import cat as cat_range
-    from .atomic import atomic_output
 
-    data = cat_range(snapshot, offset, length, region)
-    with atomic_output(output) as out:
-        out.write(data)
+    cat_range(snapshot, offset, length, region, output=output)
 
 
 @main.command()
@@ -197,6 +194,58 @@ def demo(workdir, keep):
 @main.group(cls=VmsnapGroup)
 def analyze() -> None:
     """Offline analyses of memory dumps and access traces."""
+
+
+@analyze.command("hotcold")
+@click.argument("scans", nargs=-1, required=True)
+@click.option("-f", "--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "series", "idle", "damon", "dumps"]),
+              help="Scan input format (auto: directory = idle, one file by magic, several = dumps).")
+@click.option("--page-size", type=SIZE, default=None,
+              help="Page size for idle, damon and dumps input (default 4K; series files carry theirs).")
+@click.option("--levels", "n_levels", default=4, show_default=True, type=int,
+              help="Number of activity levels, hottest to coldest (2..250).")
+@click.option("--demote-after", default=1, show_default=True, type=int,
+              help="Idle scans that cost a page one level.")
+@click.option("--promote-by", type=int, default=None,
+              help="Levels a page gains per accessed scan [default: --levels, straight to hottest].")
+@click.option("--damon-target", default=0, show_default=True, type=int,
+              help="Which record (target) of a damo record file to use.")
+@click.option("--damon-min-accesses", default=1, show_default=True, type=int,
+              help="nr_accesses (samples) a DAMON region needs to count as accessed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per period on stdout.")
+@click.option("-o", "--out", "levels_out", metavar="FILE", help="Write the per-page levels file.")
+@click.option("--heatmap", metavar="PNG", help="Write an address x time heatmap (needs matplotlib).")
+@click.option("--heatmap-bins", default=256, show_default=True, type=click.IntRange(1, 65536),
+              help="Address rows of the heatmap.")
+@click.option("--plot", metavar="PNG", help="Write a class-over-time plot (needs matplotlib).")
+@click.option("--save-series", metavar="FILE",
+              help="Also write the input's accessed bitmaps as a vmsnap scan series file.")
+@_quiet_option
+def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon_target,
+                damon_min_accesses, as_json, as_csv, levels_out, heatmap, heatmap_bins, plot,
+                save_series, quiet):
+    """Hot/cold page classes from a scan series (bitmaps, DAMON records or dumps)."""
+    from .analyze import hotcold as hc
+    from .errors import UsageError
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv cannot be used together")
+    res = hc.hotcold(
+        list(scans), fmt, hc.HotColdParams(n_levels, demote_after, promote_by),
+        page_size=page_size, damon_target=damon_target, damon_min_accesses=damon_min_accesses,
+        levels_out=levels_out, heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins,
+        series_out=save_series, progress=_progress(quiet),
+    )
+    if as_json:
+        import json
+
+        click.echo(json.dumps(hc.summary(res), indent=2))
+    elif as_csv:
+        click.echo(hc.csv_text(res), nl=False)
+    elif not quiet:
+        click.echo(hc.text_report(res), nl=False)
 
 
 @analyze.command()

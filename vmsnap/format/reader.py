@@ -317,33 +317,53 @@ class Snapshot:
                 for rows in self.data_pages_view(arg, count):
                     yield memoryview(rows.reshape(-1))
 
-    def read(self, address: int, length: int, region: str | None = None) -> bytes:
-        """`length` bytes from guest-physical `address` (or from offset `address` in `region`).
+    def iter_range(self, address: int, length: int, region: str | None = None) -> Iterator[int | memoryview]:
+        """The bytes [address, address+length) in order, as produced by segments().
 
-        Gaps between regions read as zeros; a range beyond the image is an error.
+        `address` is guest-physical, or an offset within `region`. Gaps between
+        regions read as zeros; a range beyond the image is an error.
         """
         if address < 0 or length < 0:
             raise FormatError("offset and length must not be negative")
-        out = bytearray(length)
-        regions = [self.region(region)] if region is not None else self.regions
-        base_shift = 0 if region is None else regions[0].base
-        lo, hi = address + base_shift, address + base_shift + length
+        if region is not None:
+            regions = [self.region(region)]
+            lo = address + regions[0].base
+        else:
+            regions = sorted(self.regions, key=lambda r: r.base)
+            for a, b in zip(regions, regions[1:]):
+                if b.base < a.end:
+                    raise FormatError(f"regions {a.name!r} and {b.name!r} overlap: name one with --region")
+            lo = address
+        hi = lo + length
         limit = max((r.end for r in regions), default=0)
         if hi > limit:
-            raise FormatError(f"range {address:#x}+{length:#x} is beyond the image end {limit - base_shift:#x}")
+            raise FormatError(f"range {address:#x}+{length:#x} is beyond the image end "
+                              f"{limit - (lo - address):#x}")
         ps = self.page_size
+        pos = lo  # next address to produce
         for r in regions:
             a, b = max(lo, r.base), min(hi, r.end)
             if a >= b:
                 continue
+            if a > pos:
+                yield a - pos  # a gap between regions
             first_page = (a - r.base) // ps
-            pos = first_page * ps + r.base  # guest address of the next byte produced
+            at = r.base + first_page * ps  # address of the next byte segments() yields
             for piece in self.segments(r, first_page, -(-(b - r.base) // ps)):
                 n = piece if isinstance(piece, int) else len(piece)
-                s, e = max(pos, a), min(pos + n, b)
-                if s < e and not isinstance(piece, int):
-                    out[s - lo:e - lo] = memoryview(piece)[s - pos:e - pos]
-                pos += n
+                s, e = max(at, a), min(at + n, b)
+                if s < e:
+                    yield e - s if isinstance(piece, int) else memoryview(piece)[s - at:e - at]
+                at += n
+            pos = b
+        if hi > pos:
+            yield hi - pos
+
+    def read(self, address: int, length: int, region: str | None = None) -> bytes:
+        """`length` bytes from `address`, as iter_range() defines it, in memory."""
+        out = bytearray()
+        for piece in self.iter_range(address, length, region):
+            out += bytes(piece) if isinstance(piece, int) else piece
         return bytes(out)
 
     # -- whole-image passes --------------------------------------------------------------

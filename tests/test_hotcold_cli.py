@@ -1,0 +1,147 @@
+"""`vmsnap analyze hotcold` through click's CliRunner: outputs, exit codes, error lines."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from _hotcold_build import classic_workload, write_dumps, write_idle_dir
+from click.testing import CliRunner
+
+from vmsnap.analyze.hotcold import read_levels
+from vmsnap.cli import main
+
+
+@pytest.fixture
+def dumps(tmp_path):
+    acc, groups = classic_workload(n_pages=25, periods=5)
+    d = tmp_path / "dumps"
+    d.mkdir()
+    return write_dumps(d, acc), acc, groups
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["analyze", "hotcold", *map(str, args)])
+
+
+def test_text_report(dumps):
+    paths, _, groups = dumps
+    r = run(*paths)
+    assert r.exit_code == 0, r.output
+    assert "5 periods, 25 pages" in r.output
+    hot_line = next(line for line in r.output.splitlines() if line.strip().startswith("hot:"))
+    assert int(hot_line.split()[1]) == (groups == 0).sum()
+
+
+def test_json_and_levels_out(dumps, tmp_path):
+    paths, acc, groups = dumps
+    out = tmp_path / "l.bin"
+    r = run(*paths, "--json", "--out", out, "--demote-after", "2", "--levels", "3")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["params"] == {"levels": 3, "level_names": ["never", "cold", "warm", "hot"],
+                             "demote_after": 2, "promote_by": 3}
+    assert doc["input_format"] == "dumps" and doc["inputs"] == paths
+    lf = read_levels(str(out))
+    assert lf.n_levels == 3 and lf.demote_after == 2
+    assert sum(doc["final"]["pages"].values()) == lf.levels.size == 25
+    assert (lf.levels[groups == 4] == 0).all() and (lf.levels[groups == 0] == 3).all()
+
+
+def test_csv(dumps):
+    paths, acc, _ = dumps
+    r = run(*paths, "--csv")
+    assert r.exit_code == 0
+    rows = r.output.strip().splitlines()
+    assert rows[0].startswith("period,timestamp_ns,accessed_pages,wss_bytes,never")
+    assert [int(x.split(",")[2]) for x in rows[1:]] == [int(a.sum()) for a in acc]
+
+
+def test_save_series_then_reanalyse_gives_same_levels(dumps, tmp_path):
+    paths, _, _ = dumps
+    ser, l1, l2 = tmp_path / "s.vmscan", tmp_path / "a.bin", tmp_path / "b.bin"
+    assert run(*paths, "--save-series", ser, "--out", l1).exit_code == 0
+    r = run(ser, "--out", l2, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["input_format"] == "series"
+    np.testing.assert_array_equal(read_levels(str(l1)).levels, read_levels(str(l2)).levels)
+
+
+def test_idle_dir_with_page_size(tmp_path):
+    acc, groups = classic_workload(n_pages=64, periods=4)
+    d = write_idle_dir(tmp_path / "idle", acc)
+    r = run(d, "--json", "--page-size", "2M")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["input_format"] == "idle" and doc["page_size"] == 2 << 20
+    assert doc["final"]["pages"]["hot"] == (groups == 0).sum()
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--json", "--csv"], 2, "cannot be used together"),
+        (["--levels", "1"], 2, "--levels must be"),
+        (["--page-size", "4X"], 2, "not a size"),
+        (["--format", "damon"], 2, "exactly one"),
+    ],
+)
+def test_usage_errors(dumps, args, code, message):
+    paths, _, _ = dumps
+    r = run(*paths, *args)
+    assert r.exit_code == code
+    assert message in r.output
+
+
+def test_bad_inputs_exit_codes(tmp_path, dumps):
+    paths, _, _ = dumps
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01 not a scan")
+    r = run(junk)
+    assert r.exit_code == 3 and "offset 0" in r.output
+    short = tmp_path / "short.raw"
+    short.write_bytes(b"\0" * 4096)
+    r = run(paths[0], short)
+    assert r.exit_code == 3 and "does not match" in r.output
+    ser = tmp_path / "s.vmscan"
+    assert run(*paths, "--save-series", ser).exit_code == 0
+    data = bytearray(ser.read_bytes())
+    data[50] ^= 1
+    ser.write_bytes(bytes(data))
+    r = run(ser)
+    assert r.exit_code == 90 and "digest mismatch" in r.output
+    assert "Traceback" not in r.output
+    r = run(tmp_path / "missing.vmscan")
+    assert r.exit_code == 3 and "no such file" in r.output
+
+
+def test_failed_run_leaves_no_outputs(tmp_path, dumps):
+    paths, _, _ = dumps
+    short = tmp_path / "short.raw"
+    short.write_bytes(b"\0" * 4096)
+    r = run(paths[0], short, "--out", tmp_path / "l.bin", "--save-series", tmp_path / "s.vmscan")
+    assert r.exit_code == 3
+    assert not (tmp_path / "l.bin").exists() and not (tmp_path / "s.vmscan").exists()
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_help_lists_options():
+    r = CliRunner().invoke(main, ["analyze", "hotcold", "--help"])
+    assert r.exit_code == 0
+    for opt in ("--format", "--levels", "--demote-after", "--promote-by", "--json", "--csv",
+                "--out", "--heatmap", "--plot", "--save-series"):
+        assert opt in r.output
+
+
+def test_progress_bar_goes_to_stderr(dumps, capsys):
+    """progress=True draws a tqdm bar on stderr; stdout stays clean for --json."""
+    from vmsnap.analyze import hotcold as hc
+
+    paths, _, _ = dumps
+    res = hc.hotcold(paths, progress=True)
+    err = capsys.readouterr()
+    assert err.out == ""
+    assert "dumps" in err.err and "B" in err.err
+    assert res.n_periods == 5

@@ -1,0 +1,141 @@
+"""A series of memory dumps: changed pages count as accessed; lockstep streaming; mismatched dumps."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from _hotcold_build import PS, classic_workload, write_dumps
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmsnap.errors import InputError, UsageError
+from vmsnap.scans import dumps as dumps_mod
+from vmsnap.scans import open_scans
+from vmsnap.scans.dumps import _blocks
+
+
+@pytest.fixture(autouse=True, params=["mmap", "read"])
+def dump_path(request, monkeypatch):
+    """Run every test on both the raw-file mmap path and the generic read() path."""
+    monkeypatch.setattr(dumps_mod, "USE_MMAP", request.param == "mmap")
+    return request.param
+
+
+def _accessed(paths, **kw):
+    with open_scans(paths, **kw) as s:
+        return s, np.stack([p.accessed.copy() for p in s.periods()])
+
+
+def test_changed_pages_are_accessed(tmp_path, dump_path):
+    acc, _ = classic_workload(n_pages=50, periods=5)
+    paths = write_dumps(tmp_path, acc)
+    s, got = _accessed(paths)
+    assert s.read_path == dump_path
+    assert s.format_name == "dumps" and s.n_pages == 50 and s.n_periods == 5
+    np.testing.assert_array_equal(got, acc)
+    assert s.bytes_read == 6 * 50 * PS  # every dump read exactly once
+
+
+def test_block_boundaries_and_partial_tail(tmp_path, monkeypatch):
+    """Blocks smaller than the dump (many lockstep steps) and a last page of 100 bytes."""
+    monkeypatch.setattr(dumps_mod, "BLOCK", 3 * PS)
+    rng = np.random.default_rng(5)
+    acc = rng.random((4, 11)) < 0.3
+    acc[:, 10] = [True, False, True, False]  # the partial page
+    paths = write_dumps(tmp_path, acc, tail=100)
+    assert os.path.getsize(paths[0]) == 10 * PS + 100
+    s, got = _accessed(paths)
+    assert s.n_pages == 11
+    np.testing.assert_array_equal(got, acc)
+
+
+@pytest.mark.parametrize("page_size", [1024, 8192])
+def test_other_page_sizes(tmp_path, page_size):
+    rng = np.random.default_rng(page_size)
+    acc = rng.random((3, 9)) < 0.5
+    paths = write_dumps(tmp_path, acc, page_size=page_size)
+    _, got = _accessed(paths, page_size=page_size)
+    np.testing.assert_array_equal(got, acc)
+
+
+def test_change_in_last_byte_of_page_counts(tmp_path):
+    a = np.zeros(3 * PS, dtype=np.uint8)
+    b = a.copy()
+    b[2 * PS - 1] = 1  # last byte of page 1
+    a.tofile(tmp_path / "a")
+    b.tofile(tmp_path / "b")
+    _, got = _accessed([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert got.tolist() == [[False, True, False]]
+
+
+def test_size_mismatch(tmp_path):
+    (tmp_path / "a").write_bytes(b"\0" * 2 * PS)
+    (tmp_path / "b").write_bytes(b"\0" * 3 * PS)
+    with pytest.raises(InputError, match="does not match"):
+        _accessed([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_needs_two_dumps_and_no_stdin(tmp_path):
+    (tmp_path / "a").write_bytes(b"\0" * PS)
+    with pytest.raises(UsageError, match="at least two dumps"):
+        open_scans([str(tmp_path / "a")], "dumps")
+    with pytest.raises(UsageError, match="stdin"):
+        open_scans([str(tmp_path / "a"), "-"], "dumps")
+
+
+def test_missing_dump(tmp_path):
+    (tmp_path / "a").write_bytes(b"\0" * PS)
+    with pytest.raises(InputError, match="no such file"):
+        _accessed([str(tmp_path / "a"), str(tmp_path / "nope")], fmt="dumps")
+
+
+def test_dump_truncated_while_reading(tmp_path, monkeypatch):
+    """A dump that shrinks after open is an error with the offset, not a shorter series."""
+    from vmsnap.sources.raw import RawSource
+
+    (tmp_path / "a").write_bytes(b"\1" * 4 * PS)
+    (tmp_path / "b").write_bytes(b"\2" * 4 * PS)
+    real_init = RawSource.__init__
+
+    def init(self, path, *a, **k):
+        real_init(self, path, *a, **k)
+        if path.endswith("b"):
+            os.truncate(path, PS)
+
+    monkeypatch.setattr(RawSource, "__init__", init)
+    with pytest.raises(InputError, match="truncated"):
+        _accessed([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+@settings(max_examples=100, deadline=None)
+@given(chunks=st.lists(st.binary(min_size=0, max_size=40), max_size=12), size=st.integers(1, 32))
+def test_blocks_recut_exactly(chunks, size):
+    out = list(_blocks(iter(chunks), size))
+    assert b"".join(out) == b"".join(chunks)
+    assert all(len(b) == size for b in out[:-1])
+    assert not out or 0 < len(out[-1]) <= size
+
+
+def test_multi_region_reader_with_odd_chunks(tmp_path, monkeypatch):
+    """Any source reader plugs in: regions become segments, odd chunk sizes are re-cut."""
+    from vmsnap import sources
+
+    monkeypatch.setitem(sources.FORMATS, "tworegion", ("_hotcold_build", "TwoRegionSource"))
+    rng = np.random.default_rng(9)
+    acc = rng.random((3, 8)) < 0.5
+    paths = write_dumps(tmp_path, acc)
+    with open_scans(paths, "dumps", source_format="tworegion") as s:
+        got = np.stack([p.accessed.copy() for p in s.periods()])
+        assert s.read_path == "read"  # only raw files are mapped
+        segs = [(g.name, g.base, g.first_page, g.n_pages) for g in s.segments]
+    np.testing.assert_array_equal(got, acc)
+    assert segs == [("low", 0, 0, 3), ("high", 1 << 32, 3, 5)]
+
+
+def test_empty_dumps(tmp_path):
+    (tmp_path / "a").write_bytes(b"")
+    (tmp_path / "b").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        _accessed([str(tmp_path / "a"), str(tmp_path / "b")])
