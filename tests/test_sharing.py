@@ -481,3 +481,28 @@ def test_a_raw_file_that_shrinks_is_truncated_not_shorter(genimages, monkeypatch
     monkeypatch.setattr(S, "_file_ranges", lambda *a: [(o, n + 4096) for o, n in real(*a)])
     with pytest.raises(InputError, match="truncated"):
         analyze(genimages[:1], jobs=2)
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_ctrl_c_exits_130_and_leaves_no_temporary_files(tmp_path, jobs):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dump = tmp_path / "big.raw"
+    with open(dump, "wb") as fh:
+        fh.truncate(2 << 30)  # zero pages: cheap to make, a few seconds to read
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "vmsnap.cli", "analyze", "sharing", "-j", jobs, "--temp-dir",
+                             str(spill), str(dump)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 20
+    while not os.listdir(spill) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert b"interrupted" in err and b"Traceback" not in err and out == b""
+    assert os.listdir(spill) == []
