@@ -446,6 +446,24 @@ def test_stdin_cannot_be_read_by_dask_workers(two_dumps):
     assert result.exit_code == UsageError.exit_code and "stdin" in result.output
 
 
+def test_cli_scheduler_local_prints_the_local_result(two_dumps):
+    pa, pb, _, _ = two_dumps
+    local = run("analyze", "sharing", pa, pb, "--json")
+    dask = run("analyze", "sharing", pa, pb, "--json", "--scheduler", "local", "-j", "2")
+    assert dask.exit_code == 0, dask.output
+    assert json.loads(dask.output) == json.loads(local.output)
+
+
+def test_unreachable_scheduler_is_a_one_line_error(two_dumps, monkeypatch):
+    from vmsnap.analyze import sharing_dask
+
+    monkeypatch.setattr(sharing_dask, "CONNECT_TIMEOUT", "0.5s")
+    result = run("analyze", "sharing", two_dumps[0], "--scheduler", "tcp://127.0.0.1:1")
+    assert result.exit_code == 1
+    assert result.output.startswith("vmsnap: error: cannot reach the Dask scheduler at tcp://127.0.0.1:1")
+    assert result.output.count("\n") == 1
+
+
 def test_help_and_man_page_name_every_option():
     result = run("analyze", "sharing", "--help")
     assert result.exit_code == 0 and "Usage:" in result.output

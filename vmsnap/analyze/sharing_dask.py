@@ -20,6 +20,8 @@ import tempfile
 from ..errors import UsageError, VmsnapError
 from . import sharing as S
 
+CONNECT_TIMEOUT = "10s"
+
 
 def _map(path, index, fmt, page_size, partitions, jobs, buffer_bytes):
     scan, parts = S.scan_dump(path, index, fmt=fmt, page_size=page_size, partitions=partitions, jobs=jobs,
@@ -44,7 +46,7 @@ def _client(scheduler: str, jobs: int):
     if not scheduler.startswith(("tcp://", "tls://", "inproc://", "ws://", "wss://")):
         raise UsageError(f"--scheduler must be 'local' or an address like tcp://HOST:PORT, got {scheduler!r}")
     try:
-        return Client(scheduler, timeout="10s"), None
+        return Client(scheduler, timeout=CONNECT_TIMEOUT), None
     except (OSError, TimeoutError) as exc:
         raise VmsnapError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
 
