@@ -20,10 +20,13 @@ writer uses):
 - assemble: add the partitions up (all sums, so the order of tasks never
   changes the result).
 
-Memory is one batch of pages per worker plus one partition at a time, so it
-stays flat as dumps are added; the local engine keeps the counted records in
-one file per dump under a temporary directory. The Dask engine runs the same
-map and reduce functions as tasks (vmsnap.analyze.sharing_dask).
+Memory is a few batches of pages per worker plus one partition at a time, so
+it stays flat as dumps are added; the local engine keeps the counted records in
+one file per dump under a temporary directory. With --jobs N it reads raw files
+in 64 MiB ranges on N forked worker processes (BLAKE3 over a single page holds
+the GIL, so threads do not scale), other inputs as a stream on N threads. The
+Dask engine runs the same map and reduce functions as tasks
+(vmsnap.analyze.sharing_dask).
 """
 
 from __future__ import annotations
