@@ -122,7 +122,8 @@ def oracle(dumps, page_size=4096, top=10):
     tops.sort(key=lambda t: (-t["pages"], t["digest"]))
     return {
         "page_size": page_size,
-        "policy": "zero and pattern pages are shared within their own VM only; sparse and other pages across all VMs",
+        "sharing_policy": "zero and pattern pages are shared within their own VM only; sparse and other pages "
+                          "across all VMs",
         "dumps": out_dumps,
         "fleet": {
             "dumps": n, "pages": total, "bytes": sum(d["bytes"] for d in out_dumps), "zero_pages": zero,

@@ -634,8 +634,8 @@ def assemble(scans: list[DumpScan], results: Iterable[PartitionResult], page_siz
 
     return {
         "page_size": page_size,
-        "policy": "zero and pattern pages are shared within their own VM only; sparse and other pages "
-                  "across all VMs",
+        "sharing_policy": "zero and pattern pages are shared within their own VM only; sparse and other "
+                          "pages across all VMs",
         "dumps": dumps,
         "fleet": {
             "dumps": n, "pages": total_pages, "bytes": sum(s.bytes for s in scans),
@@ -748,8 +748,11 @@ def analyze(paths: list[str], *, fmt: str = "auto", page_size: int = 4096, top: 
     if partitions is None:
         partitions = choose_partitions(sum(s or 0 for s in sizes), page_size)
     total = None if None in sizes else sum(sizes)
+    import multiprocessing
+
+    processes = jobs > 1 and raw_files > 0 and "fork" in multiprocessing.get_all_start_methods()
     return _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress, total,
-                          processes=jobs > 1 and raw_files > 0)
+                          processes=processes)
 
 
 def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffer_bytes, progress,
