@@ -51,7 +51,7 @@ def format_text(r: dict) -> str:
     pats = [f"#{d['index']} " + ", ".join(f"{k} {v}" for k, v in d["pattern_kinds"].items() if v)
             for d in r["dumps"] if d["pattern_pages"]]
     if pats:
-        lines += ["", "pattern pages by kind: " + "; ".join(pats)]
+        lines += ["", "pattern pages by kind:"] + [f"  {p}" for p in pats]
     f = r["fleet"]
     pol, every = f["policy"], f["everywhere"]
     lines += [
@@ -77,7 +77,7 @@ def format_text(r: dict) -> str:
         for i, row in enumerate(r["matrix"]):
             lines.append(f"{i:>3} " + "".join(f"{v:>{cell}}" for v in row))
     if r["top"]:
-        lines += ["", f"top shared contents:", f"  {'digest':<32} {'pages':>9}  {'class':<16} dumps (pages)"]
+        lines += ["", "top shared contents:", f"  {'digest':<32} {'pages':>9}  {'class':<16} dumps (pages)"]
         for t in r["top"]:
             cls = f"pattern/{t['pattern']}" if t["pattern"] else t["class"]
             where = ", ".join(f"#{w['dump']} ({w['pages']})" for w in t["dumps"][:8])
