@@ -8,8 +8,11 @@ from typing import Callable, Iterator
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, desc: str, enabled: bool | None = None) -> Iterator[Callable[[int], None] | None]:
-    """Yield an update(nbytes) callback, or None when no bar should be shown.
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None,
+                 unit: str = "B") -> Iterator[Callable[[int], None] | None]:
+    """Yield an update(n) callback, or None when no bar should be shown.
+
+    unit "B" counts bytes in binary multiples; any other unit is a plain counter.
 
     enabled=None means: only when stderr is a terminal (never in pipes and CI logs).
     """
@@ -20,6 +23,6 @@ def progress_bar(total: int | None, desc: str, enabled: bool | None = None) -> I
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-              file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, unit=unit if unit == "B" else f" {unit}", unit_scale=True,
+              unit_divisor=1024 if unit == "B" else 1000, file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
         yield bar.update

@@ -1,0 +1,161 @@
+"""`vmsnap analyze mrc` through click's CliRunner: schema fields, exit codes, outputs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vmsnap.cli import main
+from vmsnap.traces.synthetic import loop_pages
+
+CURVE_FIELDS = {
+    "label", "method", "rate", "period", "period_unit", "max_pages", "references", "sampled_references", "traps",
+    "trap_fraction", "distinct_pages", "distinct_bytes", "knee", "target", "error_vs_exact", "points",
+}
+
+
+@pytest.fixture
+def loop_trace(tmp_path):
+    """300 pages scanned 20 times as byte addresses: exact curve known by construction."""
+    p = tmp_path / "loop.u64"
+    (loop_pages(6000, 300) * np.uint64(4096) + np.uint64(123)).astype("<u8").tofile(p)
+    return p
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["analyze", "mrc", *map(str, args)])
+
+
+def test_json_schema_and_values(loop_trace):
+    r = run(loop_trace, "--json", "--target-miss-ratio", "0.1", "--sizes", "1,299,300,2M")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["schema"] == "vmsnap.mrc/1" and doc["method"] == "exact"
+    assert doc["trace"] == {"path": str(loop_trace), "format": "u64", "compressed": False,
+                            "page_size": 4096, "references": 6000}
+    (c,) = doc["curves"]
+    assert set(c) == CURVE_FIELDS
+    assert [p["pages"] for p in c["points"]] == [1, 299, 300, 512]
+    assert [p["bytes"] for p in c["points"]] == [4096, 299 * 4096, 300 * 4096, 2 << 20]
+    assert [p["miss_ratio"] for p in c["points"]] == [1.0, 1.0, 0.05, 0.05]
+    assert c["knee"]["pages"] == 300 and c["target"] == {"miss_ratio": 0.1, "pages": 300, "bytes": 300 * 4096}
+    assert c["distinct_pages"] == 300
+
+
+def test_page_size_2m_and_values_page(loop_trace):
+    r = run(loop_trace, "--json", "--page-size", "2M")
+    doc = json.loads(r.output)
+    assert doc["trace"]["page_size"] == 2 << 20
+    assert doc["curves"][0]["distinct_pages"] == 1  # 300 * 4 KiB fit in one 2 MiB page
+    r = run(loop_trace, "--json", "--values", "page")
+    assert json.loads(r.output)["curves"][0]["distinct_pages"] == 300
+
+
+def test_csv_output(loop_trace):
+    r = run(loop_trace, "--csv", "--method", "untraced", "--rate", "1", "--period", "0", "--period", "500",
+            "--points", "10")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    assert list(rows[0]) == ["label", "method", "rate", "period", "pages", "bytes", "miss_ratio"]
+    assert {row["method"] for row in rows} == {"exact", "untraced"}
+    assert {row["period"] for row in rows if row["method"] == "untraced"} == {"0", "500"}
+    for row in rows:
+        assert int(row["bytes"]) == 4096 * int(row["pages"])
+
+
+def test_untraced_json_reports_traps_and_error(loop_trace):
+    r = run(loop_trace, "--json", "--method", "untraced", "--rate", "1", "--period", "0", "--period", "100000")
+    doc = json.loads(r.output)
+    exact, p0, pbig = doc["curves"]
+    assert exact["method"] == "exact"
+    assert p0["traps"] == 6000 and p0["error_vs_exact"]["mae"] == 0.0
+    assert pbig["traps"] == 300 and pbig["trap_fraction"] == pytest.approx(300 / 6000)
+
+
+def test_shards_compare_exact(loop_trace):
+    r = run(loop_trace, "--json", "--method", "shards", "--rate", "0.5", "--compare-exact")
+    doc = json.loads(r.output)
+    assert [c["method"] for c in doc["curves"]] == ["exact", "shards"]
+    assert doc["curves"][1]["error_vs_exact"]["mae"] >= 0
+    r = run(loop_trace, "--json", "--method", "shards-fixed-size", "--max-pages", "50")
+    assert json.loads(r.output)["curves"][0]["max_pages"] == 50
+
+
+def test_text_output(loop_trace):
+    r = run(loop_trace, "--target-miss-ratio", "0.01")
+    assert r.exit_code == 0
+    assert "exact: 300 distinct pages" in r.output and "unreachable" in r.output
+
+
+def test_plot(loop_trace, tmp_path):
+    out = tmp_path / "mrc.png"
+    r = run(loop_trace, "--method", "untraced", "--rate", "1", "--period", "10", "--plot", out)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mrc.png")] == ["mrc.png"]
+
+
+def test_plot_without_matplotlib_is_a_usage_error(loop_trace, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    r = run(loop_trace, "--plot", tmp_path / "x.png")
+    assert r.exit_code == 2 and "matplotlib" in r.output and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["--json", "--csv"], 2, "exclude"),
+    (["--rate", "0", "--method", "shards"], 2, "sampling rate"),
+    (["--page-size", "3000"], 2, "power of two"),
+    (["--page-size", "lots"], 2, "not a size"),
+    (["--target-miss-ratio", "2"], 2, "between 0 and 1"),
+    (["--column", "2"], 2, "CSV"),
+    (["--method", "untraced", "--period", "-1"], 2, "period"),
+])
+def test_usage_errors(loop_trace, args, code, text):
+    r = run(loop_trace, *args)
+    assert r.exit_code == code and text in r.output and "Traceback" not in r.output
+
+
+def test_input_and_format_errors(tmp_path):
+    r = run(tmp_path / "missing.u64")
+    assert r.exit_code == 3 and "missing.u64" in r.output
+    bad = tmp_path / "bad.lackey"
+    bad.write_bytes(b"I  0400,3\n L zz,8\n")
+    r = run(bad)
+    assert r.exit_code == 4 and "line 2" in r.output
+    short = tmp_path / "short.u64"
+    short.write_bytes(b"\x00" * 12)
+    r = run(short)
+    assert r.exit_code == 3 and "byte offset 8" in r.output
+
+
+def test_period_in_time_units_needs_timestamps(loop_trace, tmp_path):
+    r = run(loop_trace, "--method", "untraced", "--period-unit", "time")
+    assert r.exit_code == 2 and "timestamps" in r.output
+    r = run(loop_trace, "--period-unit", "time")
+    assert r.exit_code == 2 and "untraced" in r.output
+    csvp = tmp_path / "t.csv"
+    csvp.write_text("time,addr\n" + "".join(f"{10 * i},{(i % 7) * 4096}\n" for i in range(200)))
+    r = run(csvp, "--json", "--column", "addr", "--time-column", "time", "--method", "untraced", "--rate", "1",
+            "--period-unit", "time", "--period", "0", "--period", "100")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [c["period_unit"] for c in doc["curves"]] == [None, "time", "time"]
+    # Each page recurs every 70 time units: a 100-unit window hides every other access.
+    per_page = [sum(1 for i in range(200) if i % 7 == k) for k in range(7)]
+    assert [c["traps"] for c in doc["curves"][1:]] == [200, sum((a + 1) // 2 for a in per_page)]
+
+
+def test_plot_file_gets_umask_permissions(loop_trace, tmp_path):
+    import os
+
+    out = tmp_path / "p.png"
+    assert run(loop_trace, "--plot", out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

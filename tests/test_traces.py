@@ -1,0 +1,277 @@
+"""Trace readers: every format against a by-construction reference, malformed
+input naming its line or byte offset, zstd by magic, format detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vmsnap.errors import FormatError, InputError, UsageError
+from vmsnap.traces import detect_format, lackey, open_trace
+from vmsnap.traces.oracle_general import dtype as og_dtype
+from vmsnap.traces.oracle_general import write as og_write
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def pages_of(path, **kw):
+    chunks = list(open_trace(path, **kw))
+    return np.concatenate(chunks) if chunks else np.empty(0, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------- Lackey
+
+record = st.tuples(
+    st.sampled_from("ILSM"),
+    st.integers(0, (1 << 48) - 1),
+    st.integers(0, 64),
+    st.integers(0, 3),  # junk lines before: 0 none, 1 "==pid==", 2 blank, 3 none
+)
+
+
+def lackey_text(recs, crlf=False):
+    out = []
+    for kind, addr, size, junk in recs:
+        if junk == 1:
+            out.append("==4242== some valgrind message, with a comma")
+        elif junk == 2:
+            out.append("")
+        prefix = "I  " if kind == "I" else f" {kind} "
+        out.append(f"{prefix}{addr:08x},{size}")
+    nl = "\r\n" if crlf else "\n"
+    return (nl.join(out) + nl).encode()
+
+
+def lackey_expected(recs, shift, ops="ILSM"):
+    out = []
+    for kind, addr, size, _ in recs:
+        if kind not in ops:
+            continue
+        first = addr >> shift
+        last = (addr + max(size, 1) - 1) >> shift
+        out.extend(range(first, last + 1))
+    return np.array(out, dtype=np.uint64)
+
+
+@SETTINGS
+@given(recs=st.lists(record, max_size=200), shift=st.sampled_from([12, 21, 4]), crlf=st.booleans(),
+       ops=st.sampled_from(["ILSM", "LSM", "S", "IM"]))
+def test_lackey_matches_reference(tmp_path, recs, shift, crlf, ops):
+    p = tmp_path / "t.lackey"
+    p.write_bytes(lackey_text(recs, crlf))
+    got = pages_of(p, page_size=1 << shift, lackey_ops=ops)
+    assert np.array_equal(got, lackey_expected(recs, shift, ops))
+
+
+def test_lackey_blocks_split_anywhere(tmp_path, monkeypatch):
+    rng = np.random.default_rng(5)
+    recs = [("ILSM"[k], int(a), int(s), int(j)) for k, a, s, j in
+            zip(rng.integers(0, 4, 3000), rng.integers(0, 1 << 40, 3000), rng.integers(1, 33, 3000),
+                rng.integers(0, 4, 3000))]
+    p = tmp_path / "t.lackey"
+    p.write_bytes(lackey_text(recs))
+    whole = pages_of(p)
+    monkeypatch.setattr(lackey, "BLOCK", 97)  # blocks end mid-line: carry must work
+    assert np.array_equal(pages_of(p), whole)
+    assert np.array_equal(whole, lackey_expected(recs, 12))
+
+
+def test_lackey_page_crossing_touches_both_pages(tmp_path):
+    p = tmp_path / "t.lackey"
+    p.write_bytes(b" L 00000ffe,4\n M 00001000,4\n")
+    assert pages_of(p).tolist() == [0, 1, 1]  # M counts once
+    assert pages_of(p, page_size=2 << 20).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (b" X 1000,4", "unknown record kind"),
+        (b" L 1000 4", "','"),
+        (b" L 10,00,4", "','"),
+        (b" L 10g0,4", "hexadecimal"),
+        (b" L 1000,4a", "decimal"),
+        (b" L 1000,", "length"),
+        (b" L ,4", "length"),
+        (b" L 11112222333344445,4", "length"),
+        (b"garbage", "unknown record kind"),
+        (b" L ffffffffffffffff,8", "address space"),
+    ],
+)
+def test_lackey_malformed_names_line(tmp_path, bad, why):
+    good = b"I  04000000,3\n L 7ff000028,8\n==1== x\n"
+    p = tmp_path / "bad.lackey"
+    p.write_bytes(good * 3 + bad + b"\n" + good)
+    with pytest.raises(FormatError) as e:
+        pages_of(p)
+    assert "line 10:" in str(e.value) and why in str(e.value)
+
+
+def test_lackey_bad_ops_is_usage_error(tmp_path):
+    p = tmp_path / "t.lackey"
+    p.write_bytes(b"I  0,1\n")
+    with pytest.raises(UsageError):
+        pages_of(p, lackey_ops="X")
+
+
+# ---------------------------------------------------------------- text and CSV
+
+@SETTINGS
+@given(vals=st.lists(st.integers(0, (1 << 64) - 1), max_size=100), hexes=st.lists(st.booleans(), min_size=100, max_size=100),
+       shift=st.sampled_from([12, 21]))
+def test_text_matches_reference(tmp_path, vals, hexes, shift):
+    lines = [f"  {v:#x} " if h else str(v) for v, h in zip(vals, hexes)]
+    p = tmp_path / "t.txt"
+    p.write_text("# comment\n\n" + "\n".join(lines) + "\n")
+    assert pages_of(p, page_size=1 << shift).tolist() == [v >> shift for v in vals]
+    assert pages_of(p, page_size=1 << shift, values="page").tolist() == vals
+
+
+@pytest.mark.parametrize("bad", ["12ab", "0xzz", "-5", str(1 << 64), "1.5"])
+def test_text_malformed_names_line(tmp_path, bad):
+    p = tmp_path / "t.txt"
+    p.write_text("1\n2\n\n" + bad + "\n3\n")
+    with pytest.raises(FormatError, match="line 4:"):
+        pages_of(p)
+
+
+def test_csv_columns_and_header(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("time,addr,size\n1,0x1000,8\n2,8192,8\n3,0x3fff,8\n")
+    assert pages_of(p, column="addr").tolist() == [1, 2, 3]
+    assert pages_of(p, column=2).tolist() == [1, 2, 3]  # header found: field not a number
+    assert pages_of(p, column="2", values="page").tolist() == [0x1000, 8192, 0x3FFF]
+    q = tmp_path / "n.csv"
+    q.write_text("5;4096\n6;8192\n")
+    assert pages_of(q, column=2, delimiter=";").tolist() == [1, 2]
+
+
+def test_csv_errors(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("time,addr\n1,0x1000\n2,zz\n")
+    with pytest.raises(FormatError, match="line 3:"):
+        pages_of(p, column="addr")
+    with pytest.raises(FormatError, match="no column named 'nope'"):
+        pages_of(p, column="nope")
+    q = tmp_path / "s.csv"
+    q.write_text("1,2\n3\n")
+    with pytest.raises(FormatError, match="line 2: only 1 fields"):
+        pages_of(q, column=2)
+
+
+# ---------------------------------------------------------------- binary formats
+
+@SETTINGS
+@given(vals=st.lists(st.integers(0, (1 << 64) - 1), max_size=300))
+def test_u64_round_trip(tmp_path, vals):
+    p = tmp_path / "t.u64"
+    a = np.array(vals, dtype="<u8")
+    p.write_bytes(a.tobytes())
+    assert pages_of(p).tolist() == [v >> 12 for v in vals]
+    assert pages_of(p, values="page").tolist() == vals
+
+
+def test_u64_partial_value_names_offset(tmp_path):
+    p = tmp_path / "t.u64"
+    p.write_bytes(np.arange(5, dtype="<u8").tobytes() + b"\x01\x02\x03")
+    with pytest.raises(InputError, match="byte offset 40"):
+        pages_of(p)
+
+
+def test_oracle_general_layout_and_zero_sizes(tmp_path):
+    p = tmp_path / "t.oracleGeneral"
+    og_write(p, [7, 8, 9, 7])
+    raw = p.read_bytes()
+    assert len(raw) == 4 * 24 and og_dtype().itemsize == 24
+    # Field offsets of the packed record: u32 time, u64 id at 4, u32 size at 12, i64 next at 16.
+    assert int.from_bytes(raw[24 + 4 : 24 + 12], "little") == 8
+    assert int.from_bytes(raw[12:16], "little") == 4096
+    assert pages_of(p).tolist() == [7, 8, 9, 7]
+    rec = np.frombuffer(raw, dtype=og_dtype()).copy()
+    rec["obj_size"][1] = 0
+    p.write_bytes(rec.tobytes())
+    assert pages_of(p).tolist() == [7, 9, 7]
+    assert pages_of(p, values="address").tolist() == [0, 0, 0]
+    p.write_bytes(rec.tobytes()[:-5])
+    with pytest.raises(InputError, match="byte offset 72"):
+        pages_of(p)
+
+
+# ---------------------------------------------------------------- zstd, detection
+
+@pytest.mark.parametrize("name, data, kw", [
+    ("a.lackey", b"I  1000,4\n L 2000,8\n", {}),
+    ("a.txt", b"4096\n0x2000\n", {}),
+    ("a.csv", b"1,4096\n2,0x3000\n", {"column": 2}),
+    ("a.u64", np.arange(10, dtype="<u8").tobytes() * 500, {}),
+])
+def test_zstd_by_magic_gives_same_pages(tmp_path, name, data, kw):
+    plain = tmp_path / name
+    plain.write_bytes(data)
+    comp = tmp_path / ("z-" + name.replace(".", "-"))  # no .zst suffix: magic decides
+    comp.write_bytes(zstandard.ZstdCompressor().compress(data) + zstandard.ZstdCompressor().compress(data))
+    fmt = detect_format(plain)
+    a = pages_of(plain, **kw)
+    b = pages_of(comp, fmt=fmt, **kw)
+    assert np.array_equal(np.concatenate([a, a]), b)  # two frames read across
+    t = open_trace(comp, fmt=fmt, **kw)
+    list(t)
+    assert t.compressed
+
+
+def test_corrupt_zstd_is_input_error(tmp_path):
+    data = zstandard.ZstdCompressor().compress(b"I  1000,4\n" * 1000)
+    p = tmp_path / "c.lackey"
+    p.write_bytes(data[:20] + b"\xff" * 10 + data[30:])
+    with pytest.raises(InputError, match="corrupt zstd"):
+        pages_of(p)
+
+
+def test_detection_by_content(tmp_path):
+    cases = {
+        "l": b"==1== Lackey\nI  04000000,3\n",
+        "t": b"# addresses\n4096\n",
+        "c": b"a,b\n1,2\n",
+        "b": np.arange(4, dtype="<u8").tobytes(),
+    }
+    want = {"l": "lackey", "t": "text", "c": "csv", "b": "u64"}
+    for k, data in cases.items():
+        (tmp_path / k).write_bytes(data)
+        assert detect_format(tmp_path / k) == want[k]
+        (tmp_path / (k + "z")).write_bytes(zstandard.ZstdCompressor().compress(data))
+        assert detect_format(tmp_path / (k + "z")) == want[k]
+    assert detect_format(tmp_path / "x.oracleGeneral.zst") == "oracleGeneral"
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(InputError):
+        open_trace(tmp_path / "missing", fmt="text")
+    (tmp_path / "a.txt").write_text("1\n")
+    with pytest.raises(UsageError):
+        open_trace(tmp_path / "a.txt", page_size=3000)
+    with pytest.raises(UsageError):
+        open_trace(tmp_path / "a.txt", fmt="nope")
+    with pytest.raises(UsageError):
+        open_trace(tmp_path / "a.txt", fmt="lackey", values="page")
+
+
+@SETTINGS
+@given(recs=st.lists(record, min_size=1, max_size=60), pos=st.integers(0, 10_000),
+       byte=st.sampled_from(list(b"0123456789abcdefxILSM ,=\r\n\t-")), ops=st.sampled_from(["ILSM", "LS"]))
+def test_lackey_compiled_and_numpy_parsers_agree(recs, pos, byte, ops):
+    """Mutate one byte of a valid trace: both parsers give the same pages or both reject it."""
+    data = bytearray(lackey_text(recs))
+    data[pos % len(data)] = byte
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    block = bytes(data)
+    results = []
+    for parse in (lackey.parse_block, lackey.parse_block_fast):
+        try:
+            results.append(parse(block, "m", 1, 12, ops).tolist())
+        except FormatError as exc:
+            results.append(str(exc))
+    assert results[0] == results[1]
