@@ -131,7 +131,8 @@ def main() -> None:
         f"| {args.dumps} dumps / ({args.dumps} x one dump) (median of per-run ratios: "
         f"{', '.join(f'{r:.2f}' for r in per_run8)}) | {statistics.median(per_run8):.2f} | <= 1.2 | "
         f"{'yes' if statistics.median(per_run8) <= 1.2 else 'NO'} |",
-        f"| peak RSS, one dump | {rss['one'] / 1024:.0f} MiB | < 300 MiB | {'yes' if rss['one'] < 300 * 1024 else 'NO'} |",
+        f"| peak RSS, one dump | {rss['one'] / 1024:.0f} MiB | < 300 MiB | "
+        f"{'yes' if rss['one'] < 300 * 1024 else 'NO'} |",
         f"| peak RSS, {args.dumps} dumps | {rss['all'] / 1024:.0f} MiB | < 300 MiB | "
         f"{'yes' if rss['all'] < 300 * 1024 else 'NO'} |",
         "",

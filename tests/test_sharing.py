@@ -17,7 +17,7 @@ from vmsnap import pages as P
 from vmsnap.analyze import sharing as S
 from vmsnap.analyze.sharing import analyze, page_batches
 from vmsnap.cli import main
-from vmsnap.errors import FormatError, InputError, IntegrityError, UsageError
+from vmsnap.errors import InputError, IntegrityError, UsageError
 from vmsnap.format.writer import SnapshotWriter
 from vmsnap.sources.base import zero_chunks
 
@@ -51,8 +51,9 @@ def oracle(dumps, page_size=4096, top=10):
         for data in regions:
             n = -(-len(data) // page_size)
             padded = data + bytes(n * page_size - len(data))
-            arr = np.frombuffer(padded, dtype=np.uint8).reshape(n, page_size) if n else np.zeros((0, page_size), np.uint8)
-            k, p = P.classify(np.ascontiguousarray(arr)) if n else (np.zeros(0, np.uint8), np.zeros(0, np.uint16))
+            if n == 0:
+                continue
+            k, p = P.classify(np.frombuffer(padded, dtype=np.uint8).reshape(n, page_size))
             pages += [padded[i * page_size:(i + 1) * page_size] for i in range(n)]
             kinds += k.tolist()
             periods += p.tolist()
