@@ -11,10 +11,13 @@ from .base import Region, Source
 # `vmsnap --help` stays fast.
 FORMATS: dict[str, tuple[str, str]] = {
     "raw": ("vmsnap.sources.raw", "RawSource"),
+    "vms": ("vmsnap.sources.vms", "VmsSource"),
 }
 
 # (magic prefix, format name), tried in order by detect_format. Raw is the fallback.
-MAGICS: list[tuple[bytes, str]] = []
+MAGICS: list[tuple[bytes, str]] = [
+    (b"\x89VMSNAP\n", "vms"),  # vmsnap's own snapshots (vmsnap.sources.vms.MAGIC)
+]
 
 
 def detect_format(head: bytes) -> str:
