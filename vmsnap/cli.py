@@ -320,5 +320,42 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
         click.echo(mrc_output.to_text(doc), nl=False)
 
 
+@analyze.command()
+@click.argument("dumps", nargs=-1, required=True, metavar="DUMP...")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="Input format of every DUMP (auto detects each by magic).")
+@click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
+@click.option("--top", type=click.IntRange(0, 100000), default=10, show_default=True,
+              help="How many of the most shared contents to list.")
+@click.option("--partitions", type=click.IntRange(1, 4096), default=None,
+              help="Digest partitions, a power of two [default: from the total input size].")
+@click.option("--temp-dir", default=None, metavar="DIR", help="Where digest partitions are spilled [default: $TMPDIR].")
+@click.option("--scheduler", default=None, metavar="local|tcp://HOST:PORT",
+              help="Run as Dask tasks: 'local' (an in-process cluster) or a scheduler address; needs vmsnap[dask].")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+              help="Worker threads for classifying, hashing and joining partitions [default: CPUs].")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per dump and per fleet total on stdout.")
+def sharing(dumps, fmt, page_size, top, partitions, temp_dir, scheduler, jobs, quiet, as_json, as_csv):
+    """How much page sharing would save within each DUMP and across all of them."""
+    from .errors import UsageError
+
+    if as_json and as_csv:
+        raise UsageError("--json and --csv cannot be used together")
+    from .analyze.sharing import analyze as analyze_sharing
+
+    result = analyze_sharing(list(dumps), fmt=fmt, page_size=page_size, top=top, jobs=jobs, partitions=partitions,
+                             temp_dir=temp_dir, scheduler=scheduler, progress=_progress(quiet))
+    if as_csv:
+        from .analyze.sharing_report import format_csv
+
+        click.echo(format_csv(result))
+    else:
+        from .analyze.sharing_report import format_text
+
+        _report(result, as_json, False, format_text(result) if not as_json else "")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

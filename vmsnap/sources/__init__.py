@@ -11,6 +11,7 @@ from .base import Region, Source
 # `vmsnap --help` stays fast.
 FORMATS: dict[str, tuple[str, str]] = {
     "raw": ("vmsnap.sources.raw", "RawSource"),
+    "vms": ("vmsnap.sources.vms", "VmsSource"),
     "elf": ("vmsnap.sources.elf", "ElfSource"),
     "qemu": ("vmsnap.sources.qemu_migration", "QemuMigrationSource"),
     "lime": ("vmsnap.sources.lime", "LimeSource"),
@@ -18,6 +19,7 @@ FORMATS: dict[str, tuple[str, str]] = {
 
 # (magic prefix, format name), tried in order by detect_format. Raw is the fallback.
 MAGICS: list[tuple[bytes, str]] = [
+    (b"\x89VMSNAP\n", "vms"),  # vmsnap's own snapshots (vmsnap.sources.vms.MAGIC)
     (b"\x7fELF", "elf"),  # ELF core (dump-guest-memory, virsh dump --memory-only)
     (b"QEVM", "qemu"),  # QEMU migration stream (any version: the reader names a wrong one)
     (b"EMiL", "lime"),  # LiME range header magic 0x4C694D45, little-endian

@@ -73,3 +73,23 @@ def read_exact_chunks(fh: BinaryIO, length: int | None, what: str) -> Iterator[b
         if remaining is not None:
             remaining -= len(buf)
         yield buf
+
+
+# Zero runs a reader already knows about (a .vms zero record, an ELF segment's
+# bss tail) are yielded as views of this one shared buffer: any consumer can use
+# them as ordinary bytes, and one that cares can count them without reading them.
+ZERO_CHUNK = bytes(READ_CHUNK)
+
+
+def zero_chunks(n: int) -> Iterator[memoryview]:
+    """n zero bytes as read-only views of ZERO_CHUNK (nothing is allocated)."""
+    view = memoryview(ZERO_CHUNK)
+    while n > 0:
+        take = min(n, len(view))
+        yield view[:take]
+        n -= take
+
+
+def is_zero_chunk(chunk) -> bool:
+    """True when chunk came from zero_chunks(): all zero, known without reading it."""
+    return isinstance(chunk, memoryview) and chunk.obj is ZERO_CHUNK
