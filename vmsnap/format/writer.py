@@ -22,6 +22,7 @@ from blake3 import blake3
 from .. import pages as P
 from ..atomic import os_error_message
 from ..errors import OutputError, UsageError
+from ..sources.base import page_batches
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
@@ -88,7 +89,16 @@ class SnapshotWriter:
         hasher = BlockHasher(self.block_size)
         size = 0
         ps = self.page_size
-        for batch in _batches(chunks, self.batch_bytes):
+        for batch in page_batches(chunks, ps, self.batch_bytes):
+            if isinstance(batch, int):  # zero pages the source knows without reading them
+                runs = [S.MAX_RUN] * (batch // S.MAX_RUN) + ([batch % S.MAX_RUN] if batch % S.MAX_RUN else [])
+                self._add_runs(np.full(len(runs), S.REC_ZERO, np.uint8), np.zeros(len(runs), np.uint64),
+                               np.array(runs, dtype=np.int64))
+                hasher.update_zero(batch * ps)
+                size += batch * ps
+                if progress:
+                    progress(batch * ps)
+                continue
             n = -(-len(batch) // ps)
             if len(batch) % ps:  # tail shorter than a page: classify it zero-padded
                 padded = np.zeros(n * ps, dtype=np.uint8)
@@ -191,14 +201,19 @@ class SnapshotWriter:
         self._data_pages = nxt
         return np.array(is_new, dtype=bool), args
 
-    def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray) -> None:
-        n = len(rkind)
-        step = _STRIDE[rkind]
-        new = np.ones(n, dtype=bool)
-        new[1:] = (rkind[1:] != rkind[:-1]) | (rarg[1:] != rarg[:-1] + step[1:])
-        starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, n))
-        kinds, args = rkind[starts], rarg[starts]
+    def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Append pages (one per entry), or given runs (with counts), merging runs that continue."""
+        if counts is None:
+            n = len(rkind)
+            step = _STRIDE[rkind]
+            new = np.ones(n, dtype=bool)
+            new[1:] = (rkind[1:] != rkind[:-1]) | (rarg[1:] != rarg[:-1] + step[1:])
+            starts = np.flatnonzero(new)
+            counts = np.diff(np.append(starts, n))
+            kinds, args = rkind[starts], rarg[starts]
+        else:
+            kinds, args = rkind, rarg
+            starts = np.arange(len(kinds))
         first = 0
         run = self._run
         if run is not None and run[0] == kinds[0] and \
@@ -322,29 +337,3 @@ def _compress(data: np.ndarray, level: int) -> tuple[bytes, bytes]:
         window_log=max(10, min(31, (data.nbytes - 1).bit_length())))
     blob = zstandard.ZstdCompressor(compression_params=params).compress(data)
     return blob, S.digest(blob)
-
-
-def _batches(chunks: Iterable[bytes], size: int):
-    """Re-cut chunks of any length into `size`-byte views (the last may be shorter).
-
-    A view is valid until the next one is requested.
-    """
-    buf = bytearray(size)
-    fill = 0
-    for chunk in chunks:
-        mv = memoryview(chunk).cast("B")
-        pos, n = 0, len(mv)
-        if fill == 0:
-            while n - pos >= size:  # aligned fast path: no copy
-                yield mv[pos:pos + size]
-                pos += size
-        while pos < n:
-            take = min(size - fill, n - pos)
-            buf[fill:fill + take] = mv[pos:pos + take]
-            fill += take
-            pos += take
-            if fill == size:
-                yield memoryview(buf)
-                fill = 0
-    if fill:
-        yield memoryview(buf)[:fill]
