@@ -22,7 +22,7 @@ import zstandard
 from construct import ConstructError
 
 from .. import pages as P
-from ..errors import FormatError, InputError, IntegrityError, UnsupportedVersionError
+from ..errors import FormatError, InputError, IntegrityError, UnsupportedVersionError, open_for_reading
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
@@ -49,16 +49,7 @@ class Snapshot:
 
     def __init__(self, path: str):
         self.path = path
-        try:
-            self._fh = open(path, "rb")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory") from None
-        except PermissionError:
-            raise InputError(f"{path}: permission denied") from None
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        self._fh = open_for_reading(path)
         try:
             st = os.fstat(self._fh.fileno())
             if not stat.S_ISREG(st.st_mode):
