@@ -24,6 +24,7 @@ from ..atomic import os_error_message
 from ..errors import OutputError, UsageError
 from ..sources.base import page_batches
 from . import structs as S
+from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
 
 DEFAULT_FRAME_SIZE = 64 << 20
@@ -63,7 +64,7 @@ class SnapshotWriter:
         self._frames: list[tuple[int, int, int, bytes]] = []
         self._framebuf: np.ndarray | None = None
         self._frame_fill = 0
-        self._dedup: dict[bytes, int] = {}
+        self._dedup = DigestIndex()
         self._data_pages = 0
         self._patterns: dict[bytes, int] = {}
         self._sparse_counts: list[np.ndarray] = []
@@ -180,26 +181,13 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Digest each page; the first page with a content becomes a data page."""
-        table = self._dedup
-        nxt = self._data_pages
         flat = memoryview(pages.reshape(-1))
         ps = self.page_size
-        is_new = []
-        args = []
-        for i in idx.tolist():
-            key = blake3(flat[i * ps:(i + 1) * ps]).digest(length=16)
-            dpn = table.get(key)
-            if dpn is None:
-                table[key] = dpn = nxt
-                nxt += 1
-                is_new.append(True)
-            else:
-                is_new.append(False)
-            args.append(dpn)
-        self._data_pages = nxt
-        return np.array(is_new, dtype=bool), args
+        digests = b"".join([blake3(flat[i * ps:(i + 1) * ps]).digest(length=16) for i in idx.tolist()])
+        args, is_new, self._data_pages = self._dedup.assign(digests, self._data_pages)
+        return is_new, args
 
     def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Append pages (one per entry), or given runs (with counts), merging runs that continue."""
