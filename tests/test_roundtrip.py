@@ -232,3 +232,16 @@ def test_resaving_a_snapshot_skips_its_zero_runs(tmp_path, monkeypatch):
     assert b["records"] == a["records"] == 4
     # only the pages around the data were classified, not the 262,144 zero pages
     assert sum(classified) < 4096
+
+
+def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkeypatch):
+    """References beyond the kept canonical pages decode their frame again: same bytes."""
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 1)  # keeps one page
+    spec = [("random", i) for i in range(12)] + [("copy", i) for i in (11, 0, 5, 3, 11, 7)] + \
+           [("random", 50)] * 3 + [("copy", 1)]
+    data = build_image(spec, page_size=512)
+    snap, restored = save_restore(tmp_path, data, page_size=512, frame_size=2 * 512)
+    assert restored == data
+    assert api.info(str(snap))["pages"]["ref"] == 9

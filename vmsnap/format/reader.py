@@ -27,6 +27,7 @@ from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
 SEGMENT_BYTES = 4 << 20  # pattern and sparse runs are produced in pieces of this size
+KEEP_CANONICAL_BYTES = 64 << 20  # canonical pages held for later references during a restore
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ class Snapshot:
         regions = self.regions if regions is None else regions
         canonical = CanonicalPages(self, regions)
         with ThreadPoolExecutor(max(1, jobs)) as pool:
-            self._prefetch = _Prefetcher(self, pool, ahead=max(1, jobs))
+            self._prefetch = _Prefetcher(self, pool, ahead=1)
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
@@ -499,6 +500,9 @@ class CanonicalPages:
         self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
         self.last_use = len(t) - 1 - first_from_end
         self.kept: dict[int, bytes] = {}
+        # Past this many pages, later references decode their frame again instead:
+        # memory stays bounded however many canonical pages a big image holds.
+        self.max_kept = max(1, KEEP_CANONICAL_BYTES // snap.page_size)
         self.expiry: list[tuple[int, int]] = []
         self.delivered = 0  # REF pages delivered so far
 
@@ -507,7 +511,7 @@ class CanonicalPages:
         lo, hi = np.searchsorted(self.wanted, [dpn, dpn + len(rows)])
         for j in range(lo, hi):
             d = int(self.wanted[j])
-            if d not in self.kept:
+            if d not in self.kept and len(self.kept) < self.max_kept:
                 self.kept[d] = rows[d - dpn].tobytes()
                 heapq.heappush(self.expiry, (int(self.last_use[j]), d))
 
