@@ -127,17 +127,20 @@ def save(input, output, fmt, page_size, level, frame_size, description, jobs, qu
 @main.command()
 @click.argument("snapshot", metavar="SNAP")
 @click.option("-o", "--output", required=True, metavar="OUT", help="Image to write ('-' for stdout).")
-@click.option("--region", default=None, help="Write only this region, from offset 0.")
+@click.option("--region", default=None, help="Write only this region (raw: from offset 0).")
+@click.option("--format", "fmt", type=click.Choice(["raw", "elf"]), default="raw", show_default=True,
+              help="raw: flat guest-physical image; elf: ELF core, one PT_LOAD per region.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True,
               help="Leave zero runs as holes in a regular output file.")
 @_jobs_option
 @_quiet_option
 @_json_option
-def restore(snapshot, output, region, sparse, jobs, quiet, as_json):
+def restore(snapshot, output, region, fmt, sparse, jobs, quiet, as_json):
     """Restore SNAP to OUT byte for byte; every digest is checked."""
     from .api import restore as restore_snapshot
 
-    result = restore_snapshot(snapshot, output, region=region, sparse=sparse, jobs=jobs, progress=_progress(quiet))
+    result = restore_snapshot(snapshot, output, region=region, format=fmt, sparse=sparse, jobs=jobs,
+                              progress=_progress(quiet))
     _report(result, as_json and output != "-", quiet, f"restored {result['bytes']} bytes to {output}",
             to_stdout=output != "-")
 
