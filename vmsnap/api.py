@@ -83,8 +83,11 @@ def verify(path: str, *, jobs: int | None = None, progress: bool | None = False)
         total = sum(r.size for r in snap.regions)
         with progress_bar(total, "verify", progress) as update:
             snap.produce(lambda region, piece: None, progress=update, jobs=jobs or default_jobs())
+        for name in snap.attachments:
+            for _ in snap.read_attachment(name):
+                pass
         return {"file": path, "ok": True, "image_bytes": total, "image_digest": snap.image_digest.hex(),
-                "frames": len(snap.frames), "regions": len(snap.regions)}
+                "frames": len(snap.frames), "regions": len(snap.regions), "attachments": len(snap.attachments)}
 
 
 RESTORE_FORMATS = ("raw", "elf")
