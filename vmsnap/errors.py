@@ -53,3 +53,10 @@ class Interrupted(VmsnapError):
     """Ctrl-C: work stopped, no output was left under the target name."""
 
     exit_code = 130
+
+
+class QemuError(VmsnapError):
+    """QEMU could not be driven: QMP socket missing or refused, a QMP command or a
+    migration failed, or the guest is not set up as `vmsnap qemu` needs."""
+
+    exit_code = 7
