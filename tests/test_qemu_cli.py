@@ -55,8 +55,10 @@ class FakeQemu:
                     line, buf = buf.split(b"\n", 1)
                     msg = json.loads(line)
                     self.log.append(msg)
-                    conn.sendall(json.dumps(self._answer(msg)).encode() + b"\n")
-                    conn.sendall(b'{"event": "STOP", "timestamp": {"seconds": 0, "microseconds": 0}}\n')
+                    reply = json.dumps(self._answer(msg)).encode() + b"\n"
+                    if msg["execute"] == "stop":  # an event before the reply, as QEMU sends it
+                        reply = b'{"event": "STOP", "timestamp": {"seconds": 0, "microseconds": 0}}\n' + reply
+                    conn.sendall(reply)
 
     def _answer(self, msg):
         cmd, args = msg["execute"], msg.get("arguments", {})
