@@ -108,3 +108,53 @@ def test_attachment_needs_the_option_and_unique_names(tmp_path):
         w.close()
     with pytest.raises(UsageError, match="duplicate attachment"):
         write(tmp_path / "y.vms", names=("a", "a"))
+
+
+def _rewrite_index(path, change):
+    """Re-build the index (and trailer) after change(index) edits it: a consistent but lying index."""
+    import zstandard
+
+    blob = path.read_bytes()
+    trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
+    body = zstandard.ZstdDecompressor().decompress(blob[trailer.index_offset:trailer.index_offset + trailer.index_size],
+                                                   max_output_size=trailer.index_raw_size)
+    index = S.IndexBodyWithAttachments.parse(body)
+    change(index)
+    body = S.IndexBodyWithAttachments.build(index)
+    stored = zstandard.ZstdCompressor().compress(body)
+    path.write_bytes(blob[:trailer.index_offset] + stored + S.Trailer.build(
+        {"index_offset": trailer.index_offset, "index_size": len(stored), "index_raw_size": len(body),
+         "index_digest": S.digest(stored)}))
+
+
+@pytest.mark.parametrize("delta", [+1, -1, +(1 << 30)])
+def test_frame_length_that_lies_is_an_integrity_error(tmp_path, delta):
+    import numpy as np
+
+    path = tmp_path / "a.vms"
+    write(path)
+
+    def change(index):
+        a = index.attachments[0]
+        frames = np.frombuffer(a.frames, dtype=S.ATTACHMENT_FRAME_DTYPE).copy()
+        frames["raw_size"][0] = int(frames["raw_size"][0]) + delta
+        a.frames = frames.tobytes()
+        a.size += delta
+
+    _rewrite_index(path, change)
+    with Snapshot(str(path)) as snap:
+        with pytest.raises(IntegrityError, match="does not hold the"):
+            for _ in snap.read_attachment("device-state"):
+                pass
+
+
+def test_frames_that_do_not_add_up_are_rejected_at_open(tmp_path):
+    path = tmp_path / "a.vms"
+    write(path)
+
+    def change(index):
+        index.attachments[0].size += 1
+
+    _rewrite_index(path, change)
+    with pytest.raises(FormatError, match="do not add up"):
+        Snapshot(str(path))

@@ -256,10 +256,11 @@ class Snapshot:
             raise FormatError(f"{self.path}: no attachment named {name!r} (have: {have})") from None
 
     def read_attachment(self, name: str) -> Iterator[bytes]:
-        """The attachment's content in pieces (one per stored frame), every digest checked.
+        """The attachment's content in pieces, every digest checked.
 
-        Each frame's digest and size are checked before its bytes are yielded; the
-        digest of the whole content is checked after the last piece (IntegrityError).
+        Each stored frame's digest is checked before any of its bytes are yielded,
+        its length as it is decompressed, and the digest of the whole content after
+        the last piece (IntegrityError).
         """
         a = self.attachment(name)
         dctx = zstandard.ZstdDecompressor()
@@ -269,15 +270,24 @@ class Snapshot:
             stored = self._pread(off, size, f"attachment {name!r} frame")
             if S.digest(stored) != dig.tobytes():
                 raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off} failed its digest")
+            # Streamed in bounded pieces: memory does not depend on what raw_size claims.
+            got = 0
             try:
-                data = dctx.decompress(stored, max_output_size=raw)
+                with dctx.stream_reader(stored, read_across_frames=False) as zr:
+                    while True:
+                        data = zr.read(min(SEGMENT_BYTES, raw - got + 1))
+                        if not data:
+                            break
+                        got += len(data)
+                        if got > raw:
+                            break
+                        total.update(data)
+                        yield data
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off}: {exc}") from None
-            if len(data) != raw:
-                raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off} holds {len(data)} "
-                                     f"bytes, the index says {raw}")
-            total.update(data)
-            yield data
+            if got != raw:
+                raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off} does not hold the "
+                                     f"{raw} bytes the index says")
         if total.digest() != a.digest:
             raise IntegrityError(f"{self.path}: attachment {name!r} failed its digest")
 
