@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import build_image
+from source_builders import simple_stream
 from vmsnap import api
 from vmsnap.cli import main
 from vmsnap.errors import FormatError, QemuError, UsageError
@@ -22,6 +23,18 @@ from vmsnap.qemu import snapshot as Q
 
 MEM = build_image([("random", 1), ("zero",), ("zero",), ("copy", 0), ("fill", 3)] * 8)
 STATE = b"QEVM\x00\x00\x00\x03" + bytes(range(256)) * 100  # stands in for the migration stream
+BIOS = build_image([("random", 9), ("zero",), ("fill", 0xFF)])
+
+
+def full_stream() -> tuple[bytes, int]:
+    """A full migration stream of MEM (pc.ram) and BIOS (pc.bios): pages in a PART section."""
+    pages = []
+    for name, data in (("pc.ram", MEM), ("pc.bios", BIOS)):
+        for off in range(0, len(data), 4096):
+            page = data[off:off + 4096]
+            pages.append(("page", name, off, page) if any(page) else ("zero", name, off, 0))
+    b, ram_end = simple_stream([("pc.ram", len(MEM)), ("pc.bios", len(BIOS))], pages)
+    return b.bytes(), ram_end
 
 
 class FakeQemu:
@@ -84,9 +97,9 @@ class FakeQemu:
             return {"return": {"status": "completed", "total-time": 5}}
         if cmd == "migrate":
             m = re.fullmatch(r"exec:cat > (\S+)", args["uri"])
-            assert m and self.caps["x-ignore-shared"] and not self.running
-            with open(m.group(1), "wb") as fh:
-                fh.write(STATE)
+            assert m and not self.running
+            with open(m.group(1), "wb") as fh:  # device state only, or the whole guest
+                fh.write(STATE if self.caps["x-ignore-shared"] else full_stream()[0])
             self.migrated = True
             return {"return": {}}
         if cmd == "query-status":
@@ -184,7 +197,7 @@ def test_refused_socket(tmp_path, qmp_dir):
 def test_guest_not_file_backed_and_shared(tmp_path, qmp_dir, backend, share):
     fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent", backend=backend, share=share)
     out = tmp_path / "g.vms"
-    result = run("qemu", "save", "--qmp", fake.path, "-o", str(out))
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(out), "--mode", "file")
     fake.close()
     assert result.exit_code == 7, result.output
     assert "not in a shared memory-backend-file" in result.output and "Traceback" not in result.output
@@ -216,3 +229,39 @@ def test_restore_errors(tmp_path, guest):
     result = run("qemu", "restore", str(snap), "--mem-path", "a", "--mem-path", "b")
     assert result.exit_code == UsageError.exit_code and "more than one --mem-path" in result.output
     assert not os.path.exists("a") and not (tmp_path / "m").exists()
+
+
+def test_stream_mode_round_trip(tmp_path, qmp_dir):
+    """A guest without a shared memory-backend-file: the full stream's RAM becomes the
+    regions, and restore rebuilds a stream that reads back to the same RAM and ends
+    with the same device state."""
+    from vmsnap.sources.qemu_migration import QemuMigrationSource
+
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent", backend="memory-backend-ram", share=False)
+    snap = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(snap), "--json")
+    fake.close()
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["mode"] == "stream" and summary["ram_blocks"] == ["pc.ram", "pc.bios"]
+    assert {"execute": "migrate-set-capabilities",
+            "arguments": {"capabilities": [{"capability": "x-ignore-shared", "state": False}]}} in fake.log
+    original, ram_end = full_stream()
+    with Snapshot(str(snap)) as s:
+        assert s.read(0, len(MEM), "pc.ram") == MEM
+        assert s.attachment("qemu.device-state").size == len(original) - ram_end
+    result = run("qemu", "restore", str(snap), "--mem-path", str(tmp_path / "m"))
+    assert result.exit_code == UsageError.exit_code and "no --mem-path" in result.output
+    result = run("qemu", "restore", str(snap))
+    assert result.exit_code == 0, result.output
+    rebuilt = tmp_path / "g.mig"
+    assert f'"uri": "exec:cat {rebuilt}"' in result.output and "x-ignore-shared" not in result.output
+    data = rebuilt.read_bytes()
+    assert data.endswith(original[ram_end:])
+    with QemuMigrationSource(str(rebuilt)) as src:
+        ram = {r.name: b"".join(bytes(c) for c in chunks) for r, chunks in src.regions()}
+        assert ram == {"pc.ram": MEM, "pc.bios": BIOS}
+        assert src.device_state_offset == len(data) - (len(original) - ram_end)
+        assert data[:src.ram_setup_end_offset] == original[:src.ram_setup_end_offset]
+    streamed = CliRunner().invoke(main, ["qemu", "device-state", str(snap)])
+    assert streamed.exit_code == 0 and streamed.stdout_bytes == data

@@ -70,7 +70,16 @@ def _parse_instructions(text: str) -> tuple[list[str], list[str], list[dict]]:
     return objects, args, commands
 
 
-def test_save_kill_restore_resume(tmp_path):
+def _ram_backend(cmd: list[str], mode: str) -> list[str]:
+    """The fixture's command line; for "stream", guest RAM in anonymous memory (not file-backed)."""
+    if mode == "stream":
+        i = cmd.index("-object") + 1
+        cmd[i] = f"memory-backend-ram,id=pc.ram,size={MEM_MIB}M"
+    return cmd
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+def test_save_kill_restore_resume(tmp_path, mode):
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86, "
                     "installed by .ci/run from .ci/apt-packages.txt)")
@@ -90,7 +99,7 @@ def test_save_kill_restore_resume(tmp_path):
     procs = []
     try:
         # 1. boot, wait for the workload and a few ticks
-        cmd1 = mc.qemu_command(accel, MEM_MIB, mem, vmlinuz, initrd, serial1, sock1)
+        cmd1 = _ram_backend(mc.qemu_command(accel, MEM_MIB, mem, vmlinuz, initrd, serial1, sock1), mode)
         q1 = subprocess.Popen(cmd1, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(q1)
         _connect(sock1, q1).close()
@@ -100,31 +109,41 @@ def test_save_kill_restore_resume(tmp_path):
         result = CliRunner().invoke(main, ["qemu", "save", "--qmp", sock1, "-o", snap, "--json"])
         assert result.exit_code == 0, result.output
         saved = json.loads(result.output)
-        assert saved["memory_backends"] == ["pc.ram"] and saved["runstate_after"] != "running"
-        assert 0 < saved["device_state_bytes"] < 4 << 20  # device state only: the RAM is not in the stream
+        assert saved["mode"] == mode and saved["runstate_after"] != "running"
+        if mode == "file":
+            assert saved["memory_backends"] == ["pc.ram"]
+            assert 0 < saved["device_state_bytes"] < 4 << 20  # device state only: the RAM is not in the stream
+        else:
+            assert saved["memory_backends"] == [] and saved["ram_blocks"][0] == "pc.ram"
         time.sleep(1.5)  # a running guest would print another tick by now
         before = _ticks(serial1)
         assert before and before == list(range(before[0], before[-1] + 1)) and before[-1] >= 3
         with Snapshot(snap) as s:
             assert s.region("pc.ram").size == MEM_MIB << 20
-            assert set(s.attachments) == {"qemu.device-state", "qemu.json"}
+            assert set(s.attachments) >= {"qemu.device-state", "qemu.json"}
 
         # 3. kill QEMU, delete its memory
         _stop(q1)
-        os.unlink(mem)
+        if mode == "file":
+            os.unlink(mem)
+        assert not os.path.exists(mem)
 
         # 4. restore
-        result = CliRunner().invoke(main, ["qemu", "restore", snap, "--mem-path", mem])
+        result = CliRunner().invoke(main, ["qemu", "restore", snap] + (["--mem-path", mem] if mode == "file" else []))
         assert result.exit_code == 0, result.output
         objects, args, commands = _parse_instructions(result.output)
-        assert os.path.getsize(mem) == MEM_MIB << 20
-        assert os.stat(mem).st_blocks * 512 < os.path.getsize(mem)  # zero pages are holes
-        # the printed backend is the one of the guest's command line, at the restored file
-        assert cmd1[cmd1.index("-object") + 1] == f"memory-backend-file,id=pc.ram,size={MEM_MIB}M,mem-path={mem},share=on"
-        assert objects == [f"memory-backend-file,id=pc.ram,size={MEM_MIB << 20},mem-path={mem},share=on"]
+        if mode == "file":
+            assert os.path.getsize(mem) == MEM_MIB << 20
+            assert os.stat(mem).st_blocks * 512 < os.path.getsize(mem)  # zero pages are holes
+            # the printed backend is the one of the guest's command line, at the restored file
+            assert cmd1[cmd1.index("-object") + 1] == \
+                f"memory-backend-file,id=pc.ram,size={MEM_MIB}M,mem-path={mem},share=on"
+            assert objects == [f"memory-backend-file,id=pc.ram,size={MEM_MIB << 20},mem-path={mem},share=on"]
+        else:
+            assert objects == [] and not os.path.exists(mem)
 
         # 5. a new QEMU with the printed arguments, the printed QMP commands, then cont
-        cmd2 = mc.qemu_command(accel, MEM_MIB, mem, vmlinuz, initrd, serial2, sock2) + args
+        cmd2 = _ram_backend(mc.qemu_command(accel, MEM_MIB, mem, vmlinuz, initrd, serial2, sock2), mode) + args
         q2 = subprocess.Popen(cmd2, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(q2)
         with _connect(sock2, q2) as qmp:

@@ -372,6 +372,9 @@ def qemu() -> None:
 @qemu.command("save")
 @click.option("--qmp", "qmp_socket", required=True, metavar="SOCKET", help="QEMU's QMP unix socket.")
 @click.option("-o", "--output", required=True, metavar="OUT.vms", help="Snapshot to write ('-' for stdout).")
+@click.option("--mode", type=click.Choice(["auto", "file", "stream"]), default="auto", show_default=True,
+              help="file: RAM from the shared memory-backend-file, device state by migration; stream: the full "
+                   "migration stream; auto: file when the guest has one.")
 @click.option("--resume/--no-resume", default=False, show_default=True,
               help="Resume the guest after the save (if it was running), or leave it stopped.")
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level.")
@@ -381,23 +384,25 @@ def qemu() -> None:
 @_jobs_option
 @_quiet_option
 @_json_option
-def qemu_save(qmp_socket, output, resume, level, frame_size, timeout, jobs, quiet, as_json):
+def qemu_save(qmp_socket, output, mode, resume, level, frame_size, timeout, jobs, quiet, as_json):
     """Stop the guest behind the QMP SOCKET and save it to OUT.vms."""
     from .qemu.snapshot import save as qemu_save_guest
 
-    result = qemu_save_guest(qmp_socket, output, resume=resume, level=level, frame_size=frame_size, jobs=jobs,
+    result = qemu_save_guest(qmp_socket, output, mode=mode, resume=resume, level=level, frame_size=frame_size, jobs=jobs,
                              timeout=timeout, progress=_progress(quiet))
     _report(result, as_json and output != "-", quiet,
-            f"saved {', '.join(result['memory_backends'])} ({result['bytes_in']} bytes) and "
+            f"saved {', '.join(result['memory_backends'] or result['ram_blocks'])} ({result['bytes_in']} bytes) and "
             f"{result['device_state_bytes']} bytes of device state in {result['bytes_out']} bytes to {output}; "
             f"guest {result['runstate_after']}", to_stdout=output != "-")
 
 
 @qemu.command("restore")
 @click.argument("snapshot", metavar="SNAP")
-@click.option("--mem-path", "mem_paths", required=True, multiple=True, metavar="PATH|ID=PATH",
-              help="Memory file to write (ID=PATH for each backend when the guest had several).")
-@click.option("--state-path", default=None, metavar="PATH", help="Device-state file [default: MEM.devstate].")
+@click.option("--mem-path", "mem_paths", multiple=True, metavar="PATH|ID=PATH",
+              help="Memory file to write (ID=PATH for each backend when the guest had several); "
+                   "needed for a file-mode save.")
+@click.option("--state-path", default=None, metavar="PATH",
+              help="Device-state file [default: MEM.devstate; stream mode: SNAP with .mig for .vms].")
 @click.option("--sparse/--no-sparse", default=True, show_default=True, help="Leave zero runs as holes.")
 @_jobs_option
 @_quiet_option

@@ -1,5 +1,8 @@
 """Save a running QEMU guest into one .vms, and prepare its restore.
 
+Two modes. "file" (a guest whose RAM is in shared memory-backend-file objects)
+is described first; "stream" (any other guest) after it.
+
 save: through QMP, the guest is stopped (`stop`) and migrated with the
 `x-ignore-shared` capability to a temporary file, so the migration stream holds
 the device state (CPU, devices, and any RAM block that is *not* shared) but not
@@ -18,6 +21,12 @@ to start QEMU on them: the saved guest's command line with the backend at the
 restored path, plus `-S -incoming defer`, then over QMP `migrate-set-capabilities`
 x-ignore-shared (the destination must skip the shared RAM too, QEMU 7.2 has no
 command-line switch for it) and `migrate-incoming "exec:cat STATE"`, then `cont`.
+
+Stream mode: a full migration (RAM included) to a temporary file; its RAM blocks
+become the regions (read by sources.qemu_migration), the stream's head (up to the
+end of the 'ram' SECTION_START) and tail (after the 'ram' SECTION_END: device
+state) become attachments, and restore rebuilds a complete stream with one
+SECTION_END holding every page (write_stream), loaded with `migrate-incoming`.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ META_VERSION = 1
 IGNORE_SHARED = "x-ignore-shared"
 
 
-def _file_backends(qmp: QMP) -> list[dict]:
+def _file_backends(qmp: QMP) -> tuple[list[dict], list[str]]:
     """Shared memory-backend-file objects: id, size, mem-path."""
     sizes = {m.get("id"): m for m in qmp.execute("query-memdev") or []}
     backends, other = [], []
@@ -57,16 +66,18 @@ def _file_backends(qmp: QMP) -> list[dict]:
             backends.append({"id": name, "size": size, "mem_path": mem_path})
         else:
             other.append(f"{name} ({kind[6:-1]}, share={'on' if shared else 'off'})")
-    if not backends:
-        found = "; found: " + ", ".join(other) if other else ""
-        raise QemuError("the guest's RAM is not in a shared memory-backend-file: start QEMU with "
-                        "-object memory-backend-file,id=ID,size=SIZE,mem-path=FILE,share=on "
-                        "(and -machine memory-backend=ID)" + found)
     for b in backends:
         if os.path.isdir(b["mem_path"]):
             raise QemuError(f"memory backend {b['id']}: mem-path {b['mem_path']} is a directory (QEMU keeps an "
                             f"unlinked file there that vmsnap cannot read); give mem-path a file name")
-    return backends
+    return backends, other
+
+
+def _not_file_backed(other: list[str]) -> QemuError:
+    found = "; found: " + ", ".join(other) if other else ""
+    return QemuError("the guest's RAM is not in a shared memory-backend-file: start QEMU with "
+                     "-object memory-backend-file,id=ID,size=SIZE,mem-path=FILE,share=on "
+                     "(and -machine memory-backend=ID)" + found)
 
 
 def _wait_migration(qmp: QMP, timeout: float) -> dict:
@@ -87,11 +98,20 @@ def _wait_migration(qmp: QMP, timeout: float) -> dict:
         time.sleep(0.05)
 
 
-def save(qmp_socket: str, output: str, *, resume: bool = False, level: int | None = None,
+SAVE_MODES = ("auto", "file", "stream")
+HEAD_ATTACHMENT = "qemu.stream-head"
+
+
+def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = False, level: int | None = None,
          frame_size: int | None = None, jobs: int | None = None, timeout: float = 600.0,
          progress: bool | None = False) -> dict:
     """Stop the guest behind `qmp_socket` and save its device state and memory to `output`.
 
+    mode "file": the RAM is read from the guest's shared memory-backend-file(s) and
+    the migration (x-ignore-shared) carries the device state only; "stream": a full
+    migration, whose RAM blocks become the regions and whose other parts are kept
+    to rebuild the stream on restore; "auto": "file" when the guest has a shared
+    memory-backend-file, else "stream".
     The guest stays stopped afterwards unless `resume` is true, in which case it is
     resumed if it was running before (also when the save fails).
     """
@@ -100,10 +120,17 @@ def save(qmp_socket: str, output: str, *, resume: bool = False, level: int | Non
     from ..sources.base import read_exact_chunks
     from ..sources.raw import open_input
 
+    if mode not in SAVE_MODES:
+        raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(SAVE_MODES)})")
     with QMP(qmp_socket) as qmp:
-        backends = _file_backends(qmp)
+        backends, other = _file_backends(qmp)
+        if mode == "file" and not backends:
+            raise _not_file_backed(other)
+        use_file = bool(backends) and mode != "stream"
+        if not use_file:
+            backends = []
         caps = {c["capability"]: c["state"] for c in qmp.execute("query-migrate-capabilities") or []}
-        if IGNORE_SHARED not in caps:
+        if use_file and IGNORE_SHARED not in caps:
             raise QemuError(f"this QEMU has no migration capability {IGNORE_SHARED} (QEMU 4.0 or later needed)")
         if (qmp.execute("query-migrate") or {}).get("status") in ("active", "setup", "postcopy-active"):
             raise QemuError("a migration is already running on this guest")
@@ -116,15 +143,18 @@ def save(qmp_socket: str, output: str, *, resume: bool = False, level: int | Non
                 qmp.execute("stop")
             t0 = time.monotonic()
             bandwidth = (qmp.execute("query-migrate-parameters") or {}).get("max-bandwidth")
-            qmp.execute("migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED, "state": True}])
+            if IGNORE_SHARED in caps:
+                qmp.execute("migrate-set-capabilities",
+                            capabilities=[{"capability": IGNORE_SHARED, "state": use_file}])
             try:
                 # The guest is stopped: bandwidth only paces the copy, it cannot change the content.
                 qmp.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
                 qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(state_file)}")
                 info = _wait_migration(qmp, timeout)
             finally:  # the guest's own migration settings, as they were
-                qmp.execute("migrate-set-capabilities",
-                            capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
+                if IGNORE_SHARED in caps:
+                    qmp.execute("migrate-set-capabilities",
+                                capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
                 if bandwidth is not None:
                     qmp.execute("migrate-set-parameters", **{"max-bandwidth": bandwidth})
             migrate_s = time.monotonic() - t0
@@ -133,30 +163,36 @@ def save(qmp_socket: str, output: str, *, resume: bool = False, level: int | Non
             state_size = os.path.getsize(state_file)
             meta = {
                 "vmsnap_qemu": META_VERSION,
+                "mode": "file" if use_file else "stream",
                 "qemu_version": qmp.version.get("qemu"),
                 "qemu_package": qmp.version.get("package"),
                 "runstate_before": before.get("status"),
-                "capabilities": {IGNORE_SHARED: True},
+                "capabilities": {IGNORE_SHARED: use_file},
                 "memory_backends": backends,
                 "device_state_bytes": state_size,
                 "migration": {"total-time-ms": info.get("total-time"), "ram": info.get("ram")},
             }
-            total = sum(b["size"] for b in backends)
+            total = sum(b["size"] for b in backends) if use_file else None
             with progress_bar(total, "save", progress) as update:
                 with atomic_output(output) as out:
                     writer = SnapshotWriter(out, level=level or DEFAULT_LEVEL,
                                             frame_size=frame_size or DEFAULT_FRAME_SIZE, jobs=jobs,
                                             source=f"qemu:{', '.join(b['id'] for b in backends)}", attachments=True)
                     try:
-                        with open(state_file, "rb") as fh:
-                            writer.add_attachment(STATE_ATTACHMENT, read_exact_chunks(fh, state_size, state_file))
-                        writer.add_attachment(META_ATTACHMENT, [json.dumps(meta, indent=1, sort_keys=True).encode()])
-                        for b in backends:
-                            fh = open_input(b["mem_path"])
-                            try:
-                                writer.add_region(b["id"], 0, read_exact_chunks(fh, b["size"], b["mem_path"]), update)
-                            finally:
-                                fh.close()
+                        if use_file:
+                            with open(state_file, "rb") as fh:
+                                writer.add_attachment(STATE_ATTACHMENT, read_exact_chunks(fh, state_size, state_file))
+                            writer.add_attachment(META_ATTACHMENT,
+                                                  [json.dumps(meta, indent=1, sort_keys=True).encode()])
+                            for b in backends:
+                                fh = open_input(b["mem_path"])
+                                try:
+                                    writer.add_region(b["id"], 0, read_exact_chunks(fh, b["size"], b["mem_path"]),
+                                                      update)
+                                finally:
+                                    fh.close()
+                        else:
+                            _save_stream(writer, state_file, meta, update)
                         summary = writer.close()
                     except BaseException:
                         writer.abort()
@@ -166,9 +202,118 @@ def save(qmp_socket: str, output: str, *, resume: bool = False, level: int | Non
             if resume and was_running:
                 qmp.execute("cont")
         after = (qmp.execute("query-status") or {}).get("status")
-    summary.update(output=output, memory_backends=[b["id"] for b in backends], device_state_bytes=state_size,
+    summary.update(output=output, mode=meta["mode"], memory_backends=[b["id"] for b in backends],
+                   ram_blocks=[b["region"] for b in meta.get("blocks", [])], device_state_bytes=state_size,
                    migrate_s=round(migrate_s, 3), runstate_before=before.get("status"), runstate_after=after)
     return summary
+
+
+def _save_stream(writer, stream: str, meta: dict, update) -> None:
+    """A full migration stream: RAM blocks as regions, the rest as two attachments.
+
+    qemu.stream-head is the stream up to the end of the 'ram' SECTION_START (file
+    header, configuration, the RAM block list); qemu.device-state is everything
+    after the 'ram' SECTION_END (device sections, EOF, VM description). restore
+    puts one SECTION_END holding every page between them.
+    """
+    from ..sources.base import read_exact_chunks
+    from ..sources.qemu_migration import QemuMigrationSource
+
+    with QemuMigrationSource(stream) as src:
+        head = src.ram_setup_end_offset
+        with open(stream, "rb") as fh:
+            writer.add_attachment(HEAD_ATTACHMENT, read_exact_chunks(fh, head, stream))
+        blocks = []
+        for region, chunks in src.regions():
+            writer.add_region(region.name, region.base, chunks, update)
+            blocks.append({"region": region.name, "length": region.size})
+        tail = src.device_state_offset
+        meta.update(ram_section_id=src.ram_section_id, footers=src.section_footers, page_size=src.page_size,
+                    blocks=blocks, machine=src.machine)
+    size = os.path.getsize(stream)
+    with open(stream, "rb") as fh:
+        fh.seek(tail)
+        writer.add_attachment(STATE_ATTACHMENT, read_exact_chunks(fh, size - tail, stream))
+    meta["device_state_bytes"] = size - tail
+    writer.add_attachment(META_ATTACHMENT, [json.dumps(meta, indent=1, sort_keys=True).encode()])
+
+
+def write_stream(snap, meta: dict, out) -> int:
+    """Rebuild a complete migration stream from a "stream" mode snapshot; return its length.
+
+    Head attachment, then one 'ram' SECTION_END with a record for every page of every
+    block (ZERO records for zero pages, PAGE records with the bytes otherwise, each
+    block's first record naming it), EOS and the footer, then the device state.
+    Every digest is checked on the way (Snapshot.produce).
+    """
+    import numpy as np
+
+    from ..sources import qemu_migration_structs as MQ
+
+    ps, sid = int(meta["page_size"]), int(meta["ram_section_id"])
+    written = 0
+
+    def put(data) -> None:
+        nonlocal written
+        try:
+            out.write(data)
+        except OSError as exc:
+            raise OutputError(os_error_message(exc)) from None
+        written += len(data)
+
+    for piece in snap.read_attachment(HEAD_ATTACHMENT):
+        put(piece)
+    put(bytes([MQ.QEMU_VM_SECTION_END]) + sid.to_bytes(4, "big"))
+    zero_rec = np.dtype([("word", ">u8"), ("fill", "u1")])
+    state = {"region": None, "addr": 0, "pending": bytearray()}
+
+    def header(addr: int, flag: int, region) -> bytes:
+        if state["region"] == region.name:
+            return (addr | flag | MQ.RAM_SAVE_FLAG_CONTINUE).to_bytes(8, "big")
+        state["region"] = region.name
+        name = region.name.encode()
+        return (addr | flag).to_bytes(8, "big") + bytes([len(name)]) + name
+
+    def sink(region, piece) -> None:
+        if isinstance(piece, int):
+            if state["pending"]:
+                raise FormatError(f"{snap.path}: region {region.name} is not a whole number of pages")
+            n, addr = piece // ps, state["addr"]
+            if n == 0:
+                return
+            put(header(addr, MQ.RAM_SAVE_FLAG_ZERO, region) + b"\0")
+            if n > 1:
+                recs = np.zeros(n - 1, dtype=zero_rec)
+                recs["word"] = (np.arange(1, n, dtype=np.uint64) * ps + addr) | (
+                    MQ.RAM_SAVE_FLAG_ZERO | MQ.RAM_SAVE_FLAG_CONTINUE)
+                put(recs.tobytes())
+            state["addr"] = addr + n * ps
+            return
+        data = memoryview(piece).cast("B")
+        if state["pending"]:
+            state["pending"] += data
+            data = memoryview(bytes(state["pending"]))
+            state["pending"] = bytearray()
+        full = len(data) // ps * ps
+        for off in range(0, full, ps):
+            put(header(state["addr"], MQ.RAM_SAVE_FLAG_PAGE, region))
+            put(data[off:off + ps])
+            state["addr"] += ps
+        if full < len(data):
+            state["pending"] += data[full:]
+
+    regions = [snap.region(b["region"]) for b in meta["blocks"]]
+    for r in regions:
+        state["addr"] = 0
+        snap.produce(sink, [r])
+        if state["pending"] or state["addr"] != r.size:
+            raise FormatError(f"{snap.path}: region {r.name} is not a whole number of {ps}-byte pages")
+    put(MQ.RAM_SAVE_FLAG_EOS.to_bytes(8, "big"))
+    if meta["footers"]:
+        put(bytes([MQ.QEMU_VM_SECTION_FOOTER]) + sid.to_bytes(4, "big"))
+    for piece in snap.read_attachment(STATE_ATTACHMENT):
+        put(piece)
+    return written
 
 
 def _meta(snap, path: str) -> dict:
@@ -204,7 +349,7 @@ def _mem_targets(meta: dict, mem_paths, path: str) -> dict[str, str]:
     return targets
 
 
-def restore(snapshot: str, mem_paths, *, state_path: str | None = None, sparse: bool = True,
+def restore(snapshot: str, mem_paths=None, *, state_path: str | None = None, sparse: bool = True,
             jobs: int | None = None, progress: bool | None = False) -> dict:
     """Write the guest memory back to `mem_paths` and the device state beside it.
 
@@ -216,6 +361,22 @@ def restore(snapshot: str, mem_paths, *, state_path: str | None = None, sparse: 
 
     with Snapshot(snapshot) as snap:
         meta = _meta(snap, snapshot)
+        if meta.get("mode") == "stream":
+            if mem_paths:
+                raise UsageError(f"{snapshot}: the guest was not file-backed, its RAM goes back through the "
+                                 "migration stream: no --mem-path")
+            state_path = state_path or (snapshot[:-4] if snapshot.endswith(".vms") else snapshot) + ".mig"
+            with atomic_output(state_path) as out:
+                written = write_stream(snap, meta, out)
+            return {
+                "file": snapshot, "mode": "stream", "memory": [], "device_state": state_path,
+                "device_state_bytes": written, "qemu_version": meta.get("qemu_version"),
+                "memory_backend_objects": [], "qemu_args": ["-S", "-incoming", "defer"],
+                "qmp_commands": [{"execute": "migrate-incoming",
+                                  "arguments": {"uri": f"exec:cat {shlex.quote(os.path.abspath(state_path))}"}}],
+            }
+        if not mem_paths:
+            raise UsageError(f"{snapshot}: --mem-path is needed (the guest's memory backend file)")
         targets = _mem_targets(meta, mem_paths, snapshot)
         first = targets[meta["memory_backends"][0]["id"]]
         state_path = state_path or first + ".devstate"
@@ -233,6 +394,7 @@ def restore(snapshot: str, mem_paths, *, state_path: str | None = None, sparse: 
                "share=on" for b in meta["memory_backends"]]
     return {
         "file": snapshot,
+        "mode": "file",
         "memory": memory,
         "device_state": state_path,
         "device_state_bytes": written,
@@ -250,9 +412,14 @@ def restore(snapshot: str, mem_paths, *, state_path: str | None = None, sparse: 
 def format_restore(result: dict) -> str:
     """The restore result as instructions for a person (what `vmsnap qemu restore` prints)."""
     lines = [f"restored memory backend {m['id']} ({m['bytes']} bytes) to {m['path']}" for m in result["memory"]]
-    lines.append(f"wrote the device state ({result['device_state_bytes']} bytes) to {result['device_state']}")
-    lines.append("start QEMU with the saved guest's command line, its memory backend(s) being")
-    lines += [f"  -object {o}" for o in result["memory_backend_objects"]]
+    if result.get("mode") == "stream":
+        lines.append(f"wrote the migration stream, RAM and device state ({result['device_state_bytes']} bytes), "
+                     f"to {result['device_state']}")
+        lines.append("start QEMU with the saved guest's command line (same RAM size and devices)")
+    else:
+        lines.append(f"wrote the device state ({result['device_state_bytes']} bytes) to {result['device_state']}")
+        lines.append("start QEMU with the saved guest's command line, its memory backend(s) being")
+        lines += [f"  -object {o}" for o in result["memory_backend_objects"]]
     lines.append("plus:")
     lines.append("  " + " ".join(shlex.quote(a) for a in result["qemu_args"]))
     lines.append("then send these QMP commands:")
@@ -266,8 +433,10 @@ def device_state(snapshot: str, output: str = "-") -> int:
     from ..format.reader import Snapshot
 
     with Snapshot(snapshot) as snap:
-        _meta(snap, snapshot)
+        meta = _meta(snap, snapshot)
         with atomic_output(output) as out:
+            if meta.get("mode") == "stream":
+                return write_stream(snap, meta, out)
             return _copy(snap.read_attachment(STATE_ATTACHMENT), out)
 
 
