@@ -208,3 +208,40 @@ def test_realistic_1gib_dump_round_trip(tmp_path):
     out = tmp_path / "restored.raw"
     api.restore(str(snap), str(out))
     assert filecmp.cmp(raw, out, shallow=False)
+
+
+def test_resaving_a_snapshot_skips_its_zero_runs(tmp_path, monkeypatch):
+    """A .vms input hands zero runs over without bytes; the new snapshot is the same image."""
+    from vmsnap import pages as P
+
+    raw = tmp_path / "big.raw"
+    with open(raw, "wb") as fh:
+        fh.write(build_image([("random", 1), ("fill", 2)]))
+        fh.truncate(1 << 30)  # 1 GiB, almost all of it a hole
+        fh.seek((1 << 30) - 4096)
+        fh.write(build_image([("random", 3)]))
+    first = tmp_path / "a.vms"
+    api.save(str(raw), str(first))
+    classified = []
+    real = P.classify
+    monkeypatch.setattr(P, "classify", lambda pages, *a, **k: classified.append(len(pages)) or real(pages, *a, **k))
+    second = tmp_path / "b.vms"
+    api.save(str(first), str(second), format="vms")
+    a, b = api.info(str(first)), api.info(str(second))
+    assert a["image_digest"] == b["image_digest"] and a["pages"] == b["pages"]
+    assert b["records"] == a["records"] == 4
+    # only the pages around the data were classified, not the 262,144 zero pages
+    assert sum(classified) < 4096
+
+
+def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkeypatch):
+    """References beyond the kept canonical pages decode their frame again: same bytes."""
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 1)  # keeps one page
+    spec = [("random", i) for i in range(12)] + [("copy", i) for i in (11, 0, 5, 3, 11, 7)] + \
+           [("random", 50)] * 3 + [("copy", 1)]
+    data = build_image(spec, page_size=512)
+    snap, restored = save_restore(tmp_path, data, page_size=512, frame_size=2 * 512)
+    assert restored == data
+    assert api.info(str(snap))["pages"]["ref"] == 9

@@ -139,3 +139,24 @@ def test_empty_dumps(tmp_path):
     (tmp_path / "b").write_bytes(b"")
     with pytest.raises(InputError, match="empty"):
         _accessed([str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+def test_dump_cut_between_blocks_of_the_mmap_path_is_an_input_error(tmp_path, monkeypatch):
+    """A dump truncated after the first block was compared: an error, not a SIGBUS."""
+    from vmsnap.scans import dumps
+    from vmsnap.scans.dumps import DumpScans
+
+    monkeypatch.setattr(dumps, "BLOCK", 2 * PS)
+    (tmp_path / "a").write_bytes(b"\1" * 8 * PS)
+    (tmp_path / "b").write_bytes(b"\2" * 8 * PS)
+    cut = []
+
+    def progress(n):
+        if not cut:
+            cut.append(n)
+            os.truncate(tmp_path / "b", 3 * PS)
+
+    scans = DumpScans([str(tmp_path / "a"), str(tmp_path / "b")], page_size=PS, progress=progress, use_mmap=True)
+    with pytest.raises(InputError, match="truncated while being read"):
+        list(scans.periods())
+    assert cut

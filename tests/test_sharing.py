@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from vmsnap import pages as P
 from vmsnap.analyze import sharing as S
-from vmsnap.analyze.sharing import analyze, page_batches
+from vmsnap.analyze.sharing import analyze
+from vmsnap.sources.base import page_batches
 from vmsnap.cli import main
 from vmsnap.errors import InputError, IntegrityError, UsageError
 from vmsnap.format.writer import SnapshotWriter

@@ -60,3 +60,17 @@ class QemuError(VmsnapError):
     migration failed, or the guest is not set up as `vmsnap qemu` needs."""
 
     exit_code = 7
+
+
+def open_for_reading(path: str):
+    """open(path, "rb"), with the OS error turned into one InputError line."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None

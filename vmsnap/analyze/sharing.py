@@ -102,52 +102,6 @@ class DumpScan:
     classes: dict = field(default_factory=lambda: {CLS_SPARSE: [0, 0, 0], CLS_OTHER: [0, 0, 0]})
 
 
-def page_batches(chunks: Iterable, page_size: int, batch_bytes: int = BATCH_BYTES) -> Iterator:
-    """Re-cut a region's chunks into batches of whole pages.
-
-    Yields an int k for k zero pages known from zero chunks (never read), or a
-    bytes-like batch that no later batch overwrites (safe to hand to a thread);
-    the last batch may end in a partial page.
-    """
-    from ..sources.base import is_zero_chunk
-
-    batch_bytes = max(page_size, batch_bytes - batch_bytes % page_size)
-    buf = None
-    fill = 0
-    for chunk in chunks:
-        mv = memoryview(chunk).cast("B")
-        pos, n = 0, len(mv)
-        if is_zero_chunk(chunk):
-            if fill % page_size:  # complete the partial page with zeros
-                take = min(n, page_size - fill % page_size)
-                buf[fill:fill + take] = mv[:take]
-                fill += take
-                pos = take
-            whole = (n - pos) // page_size
-            if whole:
-                if fill:
-                    yield memoryview(buf)[:fill]
-                    buf, fill = None, 0
-                yield whole
-                pos += whole * page_size
-        if fill == 0:
-            while n - pos >= batch_bytes:  # aligned fast path: views of the chunk, no copy
-                yield mv[pos:pos + batch_bytes]
-                pos += batch_bytes
-        while pos < n:
-            if buf is None:
-                buf = bytearray(batch_bytes)
-            take = min(batch_bytes - fill, n - pos)
-            buf[fill:fill + take] = mv[pos:pos + take]
-            fill += take
-            pos += take
-            if fill == batch_bytes:
-                yield memoryview(buf)
-                buf, fill = None, 0
-    if fill:
-        yield memoryview(buf)[:fill]
-
-
 def scan_batch(batch, page_size: int):
     """Classify and digest one batch: (zero, {unit: pages}, sparse, other, raw records)."""
     import numpy as np
@@ -299,6 +253,7 @@ def scan_dump(path: str, index: int, *, fmt: str = "auto", page_size: int = 4096
     stream and its batches go to `jobs` threads.
     """
     from ..sources import open_source
+    from ..sources.base import page_batches
 
     scan = DumpScan(index=index, path=path)
     work = tempfile.mkdtemp(prefix=f"dump{index}-", dir=spill_dir) if spill_dir is not None else None

@@ -23,11 +23,12 @@ from blake3 import blake3
 from construct import ConstructError
 
 from .. import pages as P
-from ..errors import FormatError, InputError, IntegrityError, UnsupportedVersionError
+from ..errors import FormatError, InputError, IntegrityError, UnsupportedVersionError, open_for_reading
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
 SEGMENT_BYTES = 4 << 20  # pattern and sparse runs are produced in pieces of this size
+KEEP_CANONICAL_BYTES = 64 << 20  # canonical pages held for later references during a restore
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,7 @@ class Snapshot:
 
     def __init__(self, path: str):
         self.path = path
-        try:
-            self._fh = open(path, "rb")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise InputError(f"{path}: is a directory") from None
-        except PermissionError:
-            raise InputError(f"{path}: permission denied") from None
-        except OSError as exc:
-            raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
+        self._fh = open_for_reading(path)
         try:
             st = os.fstat(self._fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -454,7 +446,7 @@ class Snapshot:
         regions = self.regions if regions is None else regions
         canonical = CanonicalPages(self, regions)
         with ThreadPoolExecutor(max(1, jobs)) as pool:
-            self._prefetch = _Prefetcher(self, pool, ahead=max(1, jobs))
+            self._prefetch = _Prefetcher(self, pool, ahead=1)
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
@@ -591,6 +583,9 @@ class CanonicalPages:
         self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
         self.last_use = len(t) - 1 - first_from_end
         self.kept: dict[int, bytes] = {}
+        # Past this many pages, later references decode their frame again instead:
+        # memory stays bounded however many canonical pages a big image holds.
+        self.max_kept = max(1, KEEP_CANONICAL_BYTES // snap.page_size)
         self.expiry: list[tuple[int, int]] = []
         self.delivered = 0  # REF pages delivered so far
 
@@ -599,7 +594,7 @@ class CanonicalPages:
         lo, hi = np.searchsorted(self.wanted, [dpn, dpn + len(rows)])
         for j in range(lo, hi):
             d = int(self.wanted[j])
-            if d not in self.kept:
+            if d not in self.kept and len(self.kept) < self.max_kept:
                 self.kept[d] = rows[d - dpn].tobytes()
                 heapq.heappush(self.expiry, (int(self.last_use[j]), d))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import zstandard
@@ -22,7 +22,9 @@ from blake3 import blake3
 from .. import pages as P
 from ..atomic import os_error_message
 from ..errors import OutputError, UsageError
+from ..sources.base import page_batches
 from . import structs as S
+from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
 
 DEFAULT_FRAME_SIZE = 64 << 20
@@ -63,7 +65,7 @@ class SnapshotWriter:
         self._frames: list[tuple[int, int, int, bytes]] = []
         self._framebuf: np.ndarray | None = None
         self._frame_fill = 0
-        self._dedup: dict[bytes, int] = {}
+        self._dedup = DigestIndex()
         self._data_pages = 0
         self._patterns: dict[bytes, int] = {}
         self._sparse_counts: list[np.ndarray] = []
@@ -93,7 +95,16 @@ class SnapshotWriter:
         hasher = BlockHasher(self.block_size)
         size = 0
         ps = self.page_size
-        for batch in _batches(chunks, self.batch_bytes):
+        for batch in page_batches(chunks, ps, self.batch_bytes):
+            if isinstance(batch, int):  # zero pages the source knows without reading them
+                runs = [S.MAX_RUN] * (batch // S.MAX_RUN) + ([batch % S.MAX_RUN] if batch % S.MAX_RUN else [])
+                self._add_runs(np.full(len(runs), S.REC_ZERO, np.uint8), np.zeros(len(runs), np.uint64),
+                               np.array(runs, dtype=np.int64))
+                hasher.update_zero(batch * ps)
+                size += batch * ps
+                if progress:
+                    progress(batch * ps)
+                continue
             n = -(-len(batch) // ps)
             if len(batch) % ps:  # tail shorter than a page: classify it zero-padded
                 padded = np.zeros(n * ps, dtype=np.uint8)
@@ -139,8 +150,7 @@ class SnapshotWriter:
             frames.append((self._pos, len(blob), raw, dig))
             self._write(blob)
 
-        for piece in _batches(chunks, S.ATTACHMENT_FRAME_BYTES):
-            data = bytes(piece)  # a view of a reused buffer: copy before handing it to a thread
+        for data in _cut(chunks, S.ATTACHMENT_FRAME_BYTES):
             total.update(data)
             size += len(data)
             pending.append((self._pool.submit(_compress_bytes, data, self.level), len(data)))
@@ -213,35 +223,27 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Digest each page; the first page with a content becomes a data page."""
-        table = self._dedup
-        nxt = self._data_pages
         flat = memoryview(pages.reshape(-1))
         ps = self.page_size
-        is_new = []
-        args = []
-        for i in idx.tolist():
-            key = blake3(flat[i * ps:(i + 1) * ps]).digest(length=16)
-            dpn = table.get(key)
-            if dpn is None:
-                table[key] = dpn = nxt
-                nxt += 1
-                is_new.append(True)
-            else:
-                is_new.append(False)
-            args.append(dpn)
-        self._data_pages = nxt
-        return np.array(is_new, dtype=bool), args
+        digests = b"".join([blake3(flat[i * ps:(i + 1) * ps]).digest(length=16) for i in idx.tolist()])
+        args, is_new, self._data_pages = self._dedup.assign(digests, self._data_pages)
+        return is_new, args
 
-    def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray) -> None:
-        n = len(rkind)
-        step = _STRIDE[rkind]
-        new = np.ones(n, dtype=bool)
-        new[1:] = (rkind[1:] != rkind[:-1]) | (rarg[1:] != rarg[:-1] + step[1:])
-        starts = np.flatnonzero(new)
-        counts = np.diff(np.append(starts, n))
-        kinds, args = rkind[starts], rarg[starts]
+    def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
+        """Append pages (one per entry), or given runs (with counts), merging runs that continue."""
+        if counts is None:
+            n = len(rkind)
+            step = _STRIDE[rkind]
+            new = np.ones(n, dtype=bool)
+            new[1:] = (rkind[1:] != rkind[:-1]) | (rarg[1:] != rarg[:-1] + step[1:])
+            starts = np.flatnonzero(new)
+            counts = np.diff(np.append(starts, n))
+            kinds, args = rkind[starts], rarg[starts]
+        else:
+            kinds, args = rkind, rarg
+            starts = np.arange(len(kinds))
         first = 0
         run = self._run
         if run is not None and run[0] == kinds[0] and \
@@ -377,27 +379,13 @@ def _compress_bytes(data: bytes, level: int) -> tuple[bytes, bytes]:
     return blob, S.digest(blob)
 
 
-def _batches(chunks: Iterable[bytes], size: int):
-    """Re-cut chunks of any length into `size`-byte views (the last may be shorter).
-
-    A view is valid until the next one is requested.
-    """
-    buf = bytearray(size)
-    fill = 0
+def _cut(chunks: Iterable, size: int) -> Iterator[bytes]:
+    """Re-cut chunks of any length into `size`-byte pieces (the last may be shorter)."""
+    buf = bytearray()
     for chunk in chunks:
-        mv = memoryview(chunk).cast("B")
-        pos, n = 0, len(mv)
-        if fill == 0:
-            while n - pos >= size:  # aligned fast path: no copy
-                yield mv[pos:pos + size]
-                pos += size
-        while pos < n:
-            take = min(size - fill, n - pos)
-            buf[fill:fill + take] = mv[pos:pos + take]
-            fill += take
-            pos += take
-            if fill == size:
-                yield memoryview(buf)
-                fill = 0
-    if fill:
-        yield memoryview(buf)[:fill]
+        buf += memoryview(chunk).cast("B")
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)

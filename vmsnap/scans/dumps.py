@@ -187,8 +187,9 @@ class DumpScans(ScanSeries):
         """Fast path for raw regular files: compare straight out of the page cache via
         read-only mmap, no copies. Returns False (generic path) for any other reader.
 
-        The sizes are checked against what the reader saw at open; a dump cut *during*
-        the run would fault (SIGBUS), so dumps must not be truncated while analysed.
+        The sizes are checked against what the reader saw at open and again before
+        each block; only a dump cut during the compare of one block (milliseconds)
+        can still fault (SIGBUS).
         """
         import mmap
 
@@ -219,6 +220,13 @@ class DumpScans(ScanSeries):
             parts = []
             for off in range(0, size, block):
                 n = min(block, size - off)
+                # A dump cut under us would fault (SIGBUS) on its first missing page: check
+                # the sizes before each block, so only a cut within this block's compare can.
+                for src, fd in zip(sources, fds):
+                    now = os.fstat(fd).st_size
+                    if now < size:
+                        raise InputError(f"{src.path}: offset {now}: truncated while being read, "
+                                         f"{size - now} bytes missing")
                 views = [np.frombuffer(m, dtype=np.uint8, count=n, offset=off) for m in maps]
                 parts.append(np.stack([compare(views[i], views[i + 1]) for i in range(len(views) - 1)]))
                 del views  # release the buffers before the maps close

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import InputError, UsageError
+from ..errors import UsageError
 from .base import Region, Source
 
 # format name -> (module, class). Readers are imported only when used, so

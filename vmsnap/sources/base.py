@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import InputError
 
@@ -93,3 +93,47 @@ def zero_chunks(n: int) -> Iterator[memoryview]:
 def is_zero_chunk(chunk) -> bool:
     """True when chunk came from zero_chunks(): all zero, known without reading it."""
     return isinstance(chunk, memoryview) and chunk.obj is ZERO_CHUNK
+
+
+def page_batches(chunks: Iterable, page_size: int, batch_bytes: int = 4 << 20) -> Iterator:
+    """Re-cut a region's chunks into batches of whole pages.
+
+    Yields an int k for k zero pages known from zero chunks (never read), or a
+    bytes-like batch that no later batch overwrites (safe to hand to a thread);
+    the last batch may end in a partial page.
+    """
+    batch_bytes = max(page_size, batch_bytes - batch_bytes % page_size)
+    buf = None
+    fill = 0
+    for chunk in chunks:
+        mv = memoryview(chunk).cast("B")
+        pos, n = 0, len(mv)
+        if is_zero_chunk(chunk):
+            if fill % page_size:  # complete the partial page with zeros
+                take = min(n, page_size - fill % page_size)
+                buf[fill:fill + take] = mv[:take]
+                fill += take
+                pos = take
+            whole = (n - pos) // page_size
+            if whole:
+                if fill:
+                    yield memoryview(buf)[:fill]
+                    buf, fill = None, 0
+                yield whole
+                pos += whole * page_size
+        if fill == 0:
+            while n - pos >= batch_bytes:  # aligned fast path: views of the chunk, no copy
+                yield mv[pos:pos + batch_bytes]
+                pos += batch_bytes
+        while pos < n:
+            if buf is None:
+                buf = bytearray(batch_bytes)
+            take = min(batch_bytes - fill, n - pos)
+            buf[fill:fill + take] = mv[pos:pos + take]
+            fill += take
+            pos += take
+            if fill == batch_bytes:
+                yield memoryview(buf)
+                buf, fill = None, 0
+    if fill:
+        yield memoryview(buf)[:fill]

@@ -49,7 +49,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import FormatError, OutputError
 from . import qemu_migration_structs as Q
-from .base import READ_CHUNK, Region, Source
+from .base import READ_CHUNK, Region, Source, zero_chunks
 from .binio import Cursor, check_magic, parse_struct, read_struct
 from .raw import open_input
 
@@ -64,7 +64,6 @@ MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
 
 _BE64 = struct.Struct(">Q")
-_ZERO_CHUNK = bytes(READ_CHUNK)
 
 
 def _next_data(fd: int, pos: int) -> int:
@@ -800,7 +799,7 @@ class QemuMigrationSource(Source):
             if data_at < pos:
                 data_at = _next_data(fd, pos)
             if data_at >= pos + n:
-                yield _ZERO_CHUNK if n == READ_CHUNK else bytes(n)
+                yield from zero_chunks(n)  # consumers skip these without reading them
             else:
                 yield self._pread(pos, n)
             pos += n

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import BinaryIO, Iterator
 
-from ..errors import InputError
+from ..errors import open_for_reading
 from .base import Region, Source, read_exact_chunks
 
 
@@ -47,17 +47,7 @@ def open_input(path: str) -> BinaryIO:
     """Open a file (or '-' for stdin) for binary reading, mapping OS errors to InputError."""
     if path == "-":
         return sys.stdin.buffer
-    try:
-        fh = open(path, "rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open: {exc.strerror or exc}") from None
-    return fh
+    return open_for_reading(path)
 
 
 def _regular_file_size(fh: BinaryIO) -> int | None:
