@@ -6,10 +6,11 @@ import struct
 
 import pytest
 from blake3 import blake3
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import build_image
 from vmsnap import api
-from vmsnap.errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError
+from vmsnap.errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError, VmsnapError
 from vmsnap.format import structs as S
 from vmsnap.format.reader import Snapshot
 from vmsnap.format.writer import SnapshotWriter
@@ -158,3 +159,55 @@ def test_frames_that_do_not_add_up_are_rejected_at_open(tmp_path):
     _rewrite_index(path, change)
     with pytest.raises(FormatError, match="do not add up"):
         Snapshot(str(path))
+
+
+def _small(tmp_path):
+    """A small file with attachments before and after its region (frames of every kind interleaved)."""
+    path = tmp_path / "small.vms"
+    with open(path, "wb") as out:
+        w = SnapshotWriter(out, page_size=512, frame_size=1024, source="c", attachments=True)
+        w.add_attachment("head", [b"stream head " * 30])
+        w.add_region("ram", 0, [DATA[:8192]])
+        w.add_attachment("tail", [bytes(range(256)) * 20])
+        w.close()
+    return path, path.read_bytes()
+
+
+def _check_damaged(tmp_path, blob, good):
+    """A damaged file fails verify; reading an attachment fails or gives the original bytes."""
+    path = tmp_path / "bad.vms"
+    path.write_bytes(blob)
+    with pytest.raises(VmsnapError):
+        api.verify(str(path))
+    for name, content in good.items():
+        try:
+            with Snapshot(str(path)) as snap:
+                got = b"".join(snap.read_attachment(name))
+        except VmsnapError:
+            continue
+        assert got == content
+
+
+def test_flip_at_every_attachment_structure_boundary(tmp_path):
+    path, blob = _small(tmp_path)
+    with Snapshot(str(path)) as snap:
+        good = {n: b"".join(snap.read_attachment(n)) for n in snap.attachments}
+        offsets = {0, 10, snap.header_size - 1, snap.index_offset, len(blob) - 64, len(blob) - 1}
+        for a in snap.attachments.values():
+            for off, size in zip(a.frames["offset"].tolist(), a.frames["size"].tolist()):
+                offsets |= {off - 1, off, off + size // 2, off + size - 1}
+    for o in sorted(offsets):
+        damaged = bytearray(blob)
+        damaged[o] ^= 0x01
+        _check_damaged(tmp_path, bytes(damaged), good)
+
+
+@given(st.data())
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_corruption_of_a_file_with_attachments(tmp_path, data):
+    path, blob = _small(tmp_path)
+    with Snapshot(str(path)) as snap:
+        good = {n: b"".join(snap.read_attachment(n)) for n in snap.attachments}
+    damaged = bytearray(blob)
+    damaged[data.draw(st.integers(0, len(blob) - 1))] ^= data.draw(st.integers(1, 255))
+    _check_damaged(tmp_path, bytes(damaged), good)
