@@ -43,6 +43,11 @@ def test_round_trip_and_verify(tmp_path):
         with pytest.raises(FormatError, match="no attachment named 'x'"):
             snap.attachment("x")
     assert api.verify(str(path))["attachments"] == 1
+    from vmsnap.report import format_info
+
+    text = format_info(api.info(str(path)))
+    line = next(ln for ln in text.splitlines() if ln.startswith("device-state"))
+    assert line.split()[1] == str(len(STATE))  # name, size, stored, digest
     out = tmp_path / "r.raw"
     api.restore(str(path), str(out))
     assert out.read_bytes() == DATA

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import build_image
+from qemu_fixture import qemu_capture  # noqa: F401  (pytest fixture)
 from vmsnap import api, elfcore
 from vmsnap.cli import main
 from vmsnap.errors import UsageError
@@ -160,5 +161,3 @@ def _digest(chunks):
         h.update(c)
     return h.hexdigest()
 
-
-from qemu_fixture import qemu_capture  # noqa: E402,F401  (pytest fixture)
