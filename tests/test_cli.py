@@ -42,6 +42,18 @@ def test_every_command_has_help_and_a_man_page(cmd):
         assert name.replace("-", r"\-") in text, f"{name} missing from {page}"
 
 
+@pytest.mark.parametrize("cmd,page", [(("qemu", "save"), "qemu-save"), (("qemu", "restore"), "qemu-restore"),
+                                      (("qemu", "device-state"), "qemu-restore")])
+def test_qemu_commands_have_help_and_a_man_page(cmd, page):
+    result = run(*cmd, "--help")
+    assert result.exit_code == 0 and "Usage:" in result.output
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "man", f"vmsnap-{page}.1")) as fh:
+        text = fh.read()
+    for name in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", result.output)) - {"--help"}:
+        assert name.replace("-", r"\-") in text, f"{name} missing from vmsnap-{page}.1"
+
+
 def test_save_info_verify_restore_cat(tmp_path, image):
     data, raw = image
     snap = tmp_path / "s.vms"

@@ -16,7 +16,7 @@ from conftest import build_image
 def decode(blob: bytes) -> dict:
     assert blob[:8] == b"\x89VMSNAP\n"
     version, flags, page_size, n = struct.unpack_from("<HHIH", blob, 8)
-    assert (version, flags) == (1, 0)
+    assert version == 1 and flags in (0, 1)  # bit 0: attachments
     header_len = 18 + n
     assert blake3(blob[:header_len]).digest() == blob[header_len:header_len + 32]
     source = blob[18:header_len].decode()
@@ -52,6 +52,25 @@ def decode(blob: bytes) -> dict:
                             record_count=record_count, first_block=first_block, digest=take_bytes(32)))
     units = [take_bytes(take("<B")[0]) for _ in range(take("<I")[0])]
     tables = [take_bytes(take("<Q")[0]) for _ in range(5)]
+    attachments = {}
+    stored_units = []  # (offset, size) of every zstd frame between header and index
+    if flags & 1:
+        for _ in range(take("<I")[0]):
+            name = take_bytes(take("<H")[0]).decode()
+            size, = take("<Q")
+            content_digest = take_bytes(32)
+            table = take_bytes(take("<Q")[0])
+            content = b""
+            for i in range(0, len(table), 48):
+                off, fsize, raw = struct.unpack_from("<QII", table, i)
+                frame = blob[off:off + fsize]
+                assert blake3(frame).digest() == table[i + 16:i + 48]
+                piece = zstandard.ZstdDecompressor().decompress(frame, max_output_size=raw)
+                assert len(piece) == raw
+                content += piece
+                stored_units.append((off, fsize))
+            assert len(content) == size and blake3(content).digest() == content_digest
+            attachments[name] = content
     assert pos == len(body)
     frames_raw, records_raw, sparse_off_raw, sparse_words_raw, blocks_raw = tables
 
@@ -60,8 +79,14 @@ def decode(blob: bytes) -> dict:
         off, size, pages = struct.unpack_from("<QII", frames_raw, i)
         frame = blob[off:off + size]
         assert blake3(frame).digest() == frames_raw[i + 16:i + 48]
+        stored_units.append((off, size))
         data += zstandard.ZstdDecompressor().decompress(frame, max_output_size=pages * page_size)
     assert len(data) == data_pages * page_size
+    end = header_len + 32  # frames of both kinds tile the file from the header to the index
+    for off, size in sorted(stored_units):
+        assert off == end
+        end += size
+    assert end == index_offset
     offsets = [struct.unpack_from("<Q", sparse_off_raw, i)[0] for i in range(0, len(sparse_off_raw), 8)]
     words = [struct.unpack_from("<IQ", sparse_words_raw, i) for i in range(0, len(sparse_words_raw), 12)]
     records = [struct.unpack_from("<B3xIQ", records_raw, i) for i in range(0, len(records_raw), 16)]
@@ -96,7 +121,8 @@ def decode(blob: bytes) -> dict:
         img_hash.update(r["base"].to_bytes(8, "little") + r["size"].to_bytes(8, "little") + r["digest"])
         image[r["name"]] = out
     assert img_hash.digest() == image_digest
-    return {"source": source, "page_size": page_size, "regions": image}
+    return {"source": source, "page_size": page_size, "regions": image, "attachments": attachments,
+            "flags": flags}
 
 
 def test_man_page_decoder_rebuilds_the_image(tmp_path):
@@ -110,3 +136,23 @@ def test_man_page_decoder_rebuilds_the_image(tmp_path):
     decoded = decode(snap.read_bytes())
     assert decoded["source"] == "doc test \u00e9" and decoded["page_size"] == 1024
     assert decoded["regions"] == {"ram": data}
+    assert decoded["flags"] == 0 and decoded["attachments"] == {}  # a plain snapshot uses no extension
+
+
+def test_man_page_decoder_reads_attachments(tmp_path):
+    from vmsnap.format.writer import SnapshotWriter
+
+    data = build_image([("random", 3), ("zero",), ("copy", 0), ("fill", 9)], page_size=1024)
+    state = bytes(range(256)) * 40000 + b"tail"  # 10 MB: three attachment frames
+    path = tmp_path / "a.vms"
+    with open(path, "wb") as out:
+        w = SnapshotWriter(out, page_size=1024, frame_size=2048, source="att", attachments=True)
+        w.add_attachment("first", [b"hello ", b"world"])  # before any region
+        w.add_region("ram", 0x1000, [data])
+        w.add_attachment("device-state", [state[:12345], state[12345:]])
+        w.add_attachment("empty", [])
+        w.close()
+    decoded = decode(path.read_bytes())
+    assert decoded["flags"] == 1
+    assert decoded["regions"] == {"ram": data}
+    assert decoded["attachments"] == {"first": b"hello world", "device-state": state, "empty": b""}

@@ -61,3 +61,30 @@ def test_header_round_trip_and_digest(source, page_size):
     damaged[12] ^= 1  # inside page_size
     with pytest.raises(ChecksumError):
         S.Header.parse(bytes(damaged))
+
+
+@given(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(min_size=32, max_size=32))
+def test_attachment_frame_struct_matches_dtype(offset, size, raw_size, digest):
+    data, _ = common(S.AttachmentFrame, {"offset": offset, "size": size, "raw_size": raw_size, "digest": digest},
+                     S.ATTACHMENT_FRAME_DTYPE.itemsize)
+    view = np.frombuffer(data, dtype=S.ATTACHMENT_FRAME_DTYPE)[0]
+    assert (int(view["offset"]), int(view["size"]), int(view["raw_size"]), view["digest"].tobytes()) == \
+        (offset, size, raw_size, digest)
+
+
+@given(st.text(max_size=40), st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32),
+       st.binary(max_size=96).map(lambda b: b[:len(b) // 48 * 48]))
+def test_attachment_entry_round_trip(name, size, digest, frames):
+    data, obj = common(S.Attachment, {"name": name, "size": size, "digest": digest, "frames": frames})
+    assert len(data) == 2 + len(name.encode()) + 8 + 32 + 8 + len(frames)
+    assert (obj.name, obj.size, obj.digest, obj.frames) == (name, size, digest, frames)
+
+
+def test_index_with_attachments_is_the_plain_index_then_the_table():
+    fields = {"frame_pages": 1, "data_pages": 0, "image_digest": bytes(32), "regions": [], "patterns": [],
+              "frames": b"", "records": b"", "sparse_offsets": bytes(8), "sparse_words": b"", "block_digests": b""}
+    plain = S.IndexBody.build(fields)
+    att = [{"name": "x", "size": 0, "digest": bytes(32), "frames": b""}]
+    extended = S.IndexBodyWithAttachments.build(fields | {"attachments": att})
+    assert extended == plain + S.IndexAttachments.build({"attachments": att})
+    assert S.KNOWN_FLAGS == S.FLAG_ATTACHMENTS == 1

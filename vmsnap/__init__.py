@@ -19,6 +19,10 @@ _LAZY = {
 
 
 def __getattr__(name: str):
+    if name == "qemu":  # vmsnap.qemu.save / restore: a subpackage, loaded on first use
+        import importlib
+
+        return importlib.import_module("vmsnap.qemu")
     if name in _LAZY:
         import importlib
 
@@ -27,4 +31,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'vmsnap' has no attribute {name!r}")
 
 
-__all__ = ["save", "restore", "verify", "open", "Snapshot", "__version__"]
+__all__ = ["save", "restore", "verify", "open", "Snapshot", "qemu", "__version__"]

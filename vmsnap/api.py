@@ -6,7 +6,7 @@ import os
 from typing import BinaryIO
 
 from .atomic import atomic_output, os_error_message
-from .errors import FormatError, OutputError
+from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
 from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, SnapshotWriter, default_jobs
 from .progress import progress_bar
@@ -83,29 +83,49 @@ def verify(path: str, *, jobs: int | None = None, progress: bool | None = False)
         total = sum(r.size for r in snap.regions)
         with progress_bar(total, "verify", progress) as update:
             snap.produce(lambda region, piece: None, progress=update, jobs=jobs or default_jobs())
+        for name in snap.attachments:
+            for _ in snap.read_attachment(name):
+                pass
         return {"file": path, "ok": True, "image_bytes": total, "image_digest": snap.image_digest.hex(),
-                "frames": len(snap.frames), "regions": len(snap.regions)}
+                "frames": len(snap.frames), "regions": len(snap.regions), "attachments": len(snap.attachments)}
 
 
-def restore(path: str, output: str, *, region: str | None = None, sparse: bool = True, jobs: int | None = None,
-            progress: bool | None = False) -> dict:
+RESTORE_FORMATS = ("raw", "elf")
+
+
+def restore(path: str, output: str, *, region: str | None = None, format: str = "raw", sparse: bool = True,
+            jobs: int | None = None, progress: bool | None = False) -> dict:
     """Restore the image to `output` ('-' for stdout), byte for byte, every digest checked.
 
-    The image is laid out flat by guest-physical address (a raw dump: the original
-    file); with `region`, only that region is written, from offset 0.
+    format="raw": the image laid out flat by guest-physical address (a raw dump:
+    the original file; gaps are holes); with `region`, only that region, from
+    offset 0. format="elf": an ELF64 core file with one PT_LOAD per region
+    (p_paddr = its base), as QEMU's dump-guest-memory writes (see vmsnap.elfcore).
     """
+    if format not in RESTORE_FORMATS:
+        raise UsageError(f"unknown output format {format!r} (choose from {', '.join(RESTORE_FORMATS)})")
     with Snapshot(path) as snap:
         regions = [snap.region(region)] if region is not None else sorted(snap.regions, key=lambda r: r.base)
-        placement = {r.name: (r.base if region is None else 0) for r in regions}
-        _check_overlap(regions, path)
-        total = max((placement[r.name] + r.size for r in regions), default=0)
+        header = b""
+        if format == "elf":
+            from .elfcore import layout
+
+            core = layout(regions, snap.page_size)
+            placement = {r.name: off for r, off in zip(regions, core.offsets)}
+            header, total = core.headers, core.size
+        else:
+            placement = {r.name: (r.base if region is None else 0) for r in regions}
+            _check_overlap(regions, path)
+            total = max((placement[r.name] + r.size for r in regions), default=0)
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
             with atomic_output(output) as out:
                 sink = _Sink(out, sparse=sparse and output != "-" and _seekable(out), placement=placement)
+                sink.write_header(header)
                 snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs())
                 sink.finish(total)
-        return {"file": path, "output": output, "bytes": total, "regions": [r.name for r in regions],
-                "sparse": sink.sparse, "image_digest": snap.image_digest.hex()}
+        return {"file": path, "output": output, "format": format, "bytes": total,
+                "regions": [r.name for r in regions], "sparse": sink.sparse,
+                "image_digest": snap.image_digest.hex()}
 
 
 def _check_overlap(regions: list[RegionInfo], path: str) -> None:
@@ -145,6 +165,13 @@ class _Sink:
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
 
+    def write_header(self, data: bytes) -> None:
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            raise OutputError(os_error_message(exc)) from None
+        self.pos += len(data)
+
     def _zeros(self, n: int) -> None:
         """n zero bytes: a hole in a sparse regular file, written out otherwise."""
         if self.sparse:
@@ -160,6 +187,12 @@ class _Sink:
             n -= k
 
     def finish(self, total: int) -> None:
+        if self.pos < total and not self.sparse:
+            try:
+                self._write_zeros(total - self.pos)  # an empty region at the end of an ELF core
+            except OSError as exc:
+                raise OutputError(os_error_message(exc)) from None
+            self.pos = total
         if self.sparse:
             try:
                 self.out.truncate(total)

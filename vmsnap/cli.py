@@ -127,17 +127,20 @@ def save(input, output, fmt, page_size, level, frame_size, description, jobs, qu
 @main.command()
 @click.argument("snapshot", metavar="SNAP")
 @click.option("-o", "--output", required=True, metavar="OUT", help="Image to write ('-' for stdout).")
-@click.option("--region", default=None, help="Write only this region, from offset 0.")
+@click.option("--region", default=None, help="Write only this region (raw: from offset 0).")
+@click.option("--format", "fmt", type=click.Choice(["raw", "elf"]), default="raw", show_default=True,
+              help="raw: flat guest-physical image; elf: ELF core, one PT_LOAD per region.")
 @click.option("--sparse/--no-sparse", default=True, show_default=True,
               help="Leave zero runs as holes in a regular output file.")
 @_jobs_option
 @_quiet_option
 @_json_option
-def restore(snapshot, output, region, sparse, jobs, quiet, as_json):
+def restore(snapshot, output, region, fmt, sparse, jobs, quiet, as_json):
     """Restore SNAP to OUT byte for byte; every digest is checked."""
     from .api import restore as restore_snapshot
 
-    result = restore_snapshot(snapshot, output, region=region, sparse=sparse, jobs=jobs, progress=_progress(quiet))
+    result = restore_snapshot(snapshot, output, region=region, format=fmt, sparse=sparse, jobs=jobs,
+                              progress=_progress(quiet))
     _report(result, as_json and output != "-", quiet, f"restored {result['bytes']} bytes to {output}",
             to_stdout=output != "-")
 
@@ -359,3 +362,69 @@ def sharing(dumps, fmt, page_size, top, partitions, temp_dir, scheduler, jobs, q
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.group(cls=VmsnapGroup)
+def qemu() -> None:
+    """Save a running QEMU guest (device state and memory) and resume it later."""
+
+
+@qemu.command("save")
+@click.option("--qmp", "qmp_socket", required=True, metavar="SOCKET", help="QEMU's QMP unix socket.")
+@click.option("-o", "--output", required=True, metavar="OUT.vms", help="Snapshot to write ('-' for stdout).")
+@click.option("--mode", type=click.Choice(["auto", "file", "stream"]), default="auto", show_default=True,
+              help="file: RAM from the shared memory-backend-file, device state by migration; stream: the full "
+                   "migration stream; auto: file when the guest has one.")
+@click.option("--resume/--no-resume", default=False, show_default=True,
+              help="Resume the guest after the save (if it was running), or leave it stopped.")
+@click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level.")
+@click.option("--frame-size", type=SIZE, default="64M", show_default=True, help="Stored page data per zstd frame.")
+@click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
+              help="Seconds to wait for QEMU's migration to complete.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def qemu_save(qmp_socket, output, mode, resume, level, frame_size, timeout, jobs, quiet, as_json):
+    """Stop the guest behind the QMP SOCKET and save it to OUT.vms."""
+    from .qemu.snapshot import save as qemu_save_guest
+
+    result = qemu_save_guest(qmp_socket, output, mode=mode, resume=resume, level=level, frame_size=frame_size, jobs=jobs,
+                             timeout=timeout, progress=_progress(quiet))
+    _report(result, as_json and output != "-", quiet,
+            f"saved {', '.join(result['memory_backends'] or result['ram_blocks'])} ({result['bytes_in']} bytes) and "
+            f"{result['device_state_bytes']} bytes of device state in {result['bytes_out']} bytes to {output}; "
+            f"guest {result['runstate_after']}", to_stdout=output != "-")
+
+
+@qemu.command("restore")
+@click.argument("snapshot", metavar="SNAP")
+@click.option("--mem-path", "mem_paths", multiple=True, metavar="PATH|ID=PATH",
+              help="Memory file to write (ID=PATH for each backend when the guest had several); "
+                   "needed for a file-mode save.")
+@click.option("--state-path", default=None, metavar="PATH",
+              help="Device-state file [default: MEM.devstate; stream mode: SNAP with .mig for .vms].")
+@click.option("--sparse/--no-sparse", default=True, show_default=True, help="Leave zero runs as holes.")
+@_jobs_option
+@_quiet_option
+@_json_option
+def qemu_restore(snapshot, mem_paths, state_path, sparse, jobs, quiet, as_json):
+    """Write SNAP's memory and device state back and print how to start QEMU on them."""
+    from .qemu.snapshot import format_restore, restore as qemu_restore_guest
+
+    result = qemu_restore_guest(snapshot, list(mem_paths), state_path=state_path, sparse=sparse, jobs=jobs,
+                                progress=_progress(quiet))
+    if as_json:
+        _report(result, True, quiet, "")
+    else:
+        click.echo(format_restore(result))
+
+
+@qemu.command("device-state")
+@click.argument("snapshot", metavar="SNAP")
+@click.option("-o", "--output", default="-", show_default=True, metavar="FILE",
+              help="Where to write the migration stream ('-' for stdout).")
+def qemu_device_state(snapshot, output):
+    """Write SNAP's saved device state (a QEMU migration stream), e.g. for -incoming exec:."""
+    from .qemu.snapshot import device_state
+
+    device_state(snapshot, output)

@@ -55,6 +55,13 @@ class Interrupted(VmsnapError):
     exit_code = 130
 
 
+class QemuError(VmsnapError):
+    """QEMU could not be driven: QMP socket missing or refused, a QMP command or a
+    migration failed, or the guest is not set up as `vmsnap qemu` needs."""
+
+    exit_code = 7
+
+
 def open_for_reading(path: str):
     """open(path, "rb"), with the OS error turned into one InputError line."""
     try:

@@ -40,4 +40,8 @@ def format_info(s: dict) -> str:
     ]
     for r in s["regions"]:
         lines.append(f"{r['name']:<16} {r['base']:#18x} {r['size']:>14}  {r['digest'][:16]}...")
+    if s.get("attachments"):
+        lines += ["", f"{'attachment':<24} {'size':>14} {'stored':>14}  digest"]
+        for a in s["attachments"]:
+            lines.append(f"{a['name']:<24} {a['size']:>14} {a['stored']:>14}  {a['digest'][:16]}...")
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import zstandard
+from blake3 import blake3
 from construct import ConstructError
 
 from .. import pages as P
@@ -43,6 +44,18 @@ class RegionInfo:
     @property
     def end(self) -> int:
         return self.base + self.size
+
+
+@dataclass(frozen=True)
+class AttachmentInfo:
+    name: str
+    size: int
+    digest: bytes
+    frames: np.ndarray  # ATTACHMENT_FRAME_DTYPE
+
+    @property
+    def stored(self) -> int:
+        return int(self.frames["size"].sum(dtype=np.uint64))
 
 
 class Snapshot:
@@ -82,8 +95,10 @@ class Snapshot:
         if prefix.version != S.FORMAT_VERSION:
             raise UnsupportedVersionError(f"{self.path}: format version {prefix.version} is not supported "
                                           f"(this vmsnap reads version {S.FORMAT_VERSION})")
-        if prefix.flags:
-            raise UnsupportedVersionError(f"{self.path}: unknown header flags {prefix.flags:#x}")
+        if prefix.flags & ~S.KNOWN_FLAGS:
+            raise UnsupportedVersionError(f"{self.path}: unknown header flags {prefix.flags & ~S.KNOWN_FLAGS:#x} "
+                                          f"(written by a newer vmsnap)")
+        self.flags = prefix.flags
         try:
             header = S.Header.parse(head)
         except ConstructError as exc:
@@ -121,7 +136,7 @@ class Snapshot:
             raise IntegrityError(f"{self.path}: corrupted trailer: index holds {len(body)} bytes, "
                                  f"trailer says {trailer.index_raw_size}")
         try:
-            index = S.IndexBody.parse(body)
+            index = (S.IndexBodyWithAttachments if self.flags & S.FLAG_ATTACHMENTS else S.IndexBody).parse(body)
         except ConstructError as exc:
             raise FormatError(f"{self.path}: malformed index: {exc}") from None
         self.index_offset = trailer.index_offset
@@ -138,6 +153,12 @@ class Snapshot:
         self.sparse_words = _array(index.sparse_words, S.SPARSE_WORD_DTYPE, "sparse words", self.path)
         self.block_digests = _array(index.block_digests, np.dtype(f"V{S.BLOCK_DIGEST_SIZE}"), "block digests",
                                     self.path)
+        self.attachments: dict[str, AttachmentInfo] = {}
+        for a in index.get("attachments", []):
+            if a.name in self.attachments:
+                raise FormatError(f"{self.path}: inconsistent index: duplicate attachment {a.name!r}")
+            frames = _array(a.frames, S.ATTACHMENT_FRAME_DTYPE, f"attachment {a.name!r} frames", self.path)
+            self.attachments[a.name] = AttachmentInfo(a.name, a.size, a.digest, frames)
         self.block_size = block_size_for(self.page_size)
         self._check_index()
 
@@ -152,10 +173,25 @@ class Snapshot:
             raise bad("frames do not hold the stored data pages")
         if len(fr) > 1 and np.any(fr["pages"][:-1] != self.frame_pages):
             raise bad("a frame other than the last is not full")
-        ends = fr["offset"].astype(np.uint64) + fr["size"]
-        if len(fr) and (fr["offset"][0] < self.header_size or np.any(fr["offset"][1:] != ends[:-1])
-                        or ends[-1] != self.index_offset):
+        # Data frames and attachment frames, together, tile the file between header and index.
+        offsets = np.concatenate([fr["offset"].astype(np.uint64)]
+                                 + [a.frames["offset"].astype(np.uint64) for a in self.attachments.values()])
+        sizes = np.concatenate([fr["size"].astype(np.uint64)]
+                               + [a.frames["size"].astype(np.uint64) for a in self.attachments.values()])
+        order = np.argsort(offsets, kind="stable")
+        offsets, ends = offsets[order], offsets[order] + sizes[order]
+        if len(offsets) and (offsets[0] != self.header_size or np.any(offsets[1:] != ends[:-1])
+                             or ends[-1] != self.index_offset):
             raise bad("frames do not tile the file between header and index")
+        if not len(offsets) and self.index_offset != self.header_size:
+            raise bad("bytes between header and index that no frame accounts for")
+        if np.any(np.diff(fr["offset"].astype(np.int64)) <= 0):
+            raise bad("data frames out of file order")
+        for a in self.attachments.values():
+            if int(a.frames["raw_size"].sum(dtype=np.uint64)) != a.size:
+                raise bad(f"attachment {a.name!r} frames do not add up to its size")
+            if np.any(np.diff(a.frames["offset"].astype(np.int64)) <= 0):
+                raise bad(f"attachment {a.name!r} frames out of file order")
         if len(self.sparse_offsets) < 1 or self.sparse_offsets[0] != 0 or np.any(np.diff(
                 self.sparse_offsets.astype(np.int64)) < 0) or self.sparse_offsets[-1] != len(self.sparse_words):
             raise bad("sparse table offsets")
@@ -203,6 +239,49 @@ class Snapshot:
             if r.name == name:
                 return r
         raise FormatError(f"{self.path}: no region named {name!r} (have: {', '.join(r.name for r in self.regions)})")
+
+    def attachment(self, name: str) -> AttachmentInfo:
+        try:
+            return self.attachments[name]
+        except KeyError:
+            have = ", ".join(self.attachments) or "none"
+            raise FormatError(f"{self.path}: no attachment named {name!r} (have: {have})") from None
+
+    def read_attachment(self, name: str) -> Iterator[bytes]:
+        """The attachment's content in pieces, every digest checked.
+
+        Each stored frame's digest is checked before any of its bytes are yielded,
+        its length as it is decompressed, and the digest of the whole content after
+        the last piece (IntegrityError).
+        """
+        a = self.attachment(name)
+        dctx = zstandard.ZstdDecompressor()
+        total = blake3()
+        for off, size, raw, dig in zip(a.frames["offset"].tolist(), a.frames["size"].tolist(),
+                                       a.frames["raw_size"].tolist(), a.frames["digest"]):
+            stored = self._pread(off, size, f"attachment {name!r} frame")
+            if S.digest(stored) != dig.tobytes():
+                raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off} failed its digest")
+            # Streamed in bounded pieces: memory does not depend on what raw_size claims.
+            got = 0
+            try:
+                with dctx.stream_reader(stored, read_across_frames=False) as zr:
+                    while True:
+                        data = zr.read(min(SEGMENT_BYTES, raw - got + 1))
+                        if not data:
+                            break
+                        got += len(data)
+                        if got > raw:
+                            break
+                        total.update(data)
+                        yield data
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off}: {exc}") from None
+            if got != raw:
+                raise IntegrityError(f"{self.path}: attachment {name!r} frame at offset {off} does not hold the "
+                                     f"{raw} bytes the index says")
+        if total.digest() != a.digest:
+            raise IntegrityError(f"{self.path}: attachment {name!r} failed its digest")
 
     def _frame(self, k: int) -> np.ndarray:
         """Decoded frame k, its stored bytes checked against the digest first."""
@@ -409,7 +488,11 @@ class Snapshot:
             "sparse_pages": len(self.sparse_offsets) - 1,
             "pages_shared": int(np.unique(ref_targets).size),
             "pages_sharing": int(ref_targets.size),
-            "stored_bytes": {"data_frames": data_bytes, "index": self.index_size,
+            "attachments": [{"name": a.name, "size": a.size, "stored": a.stored, "digest": a.digest.hex()}
+                            for a in self.attachments.values()],
+            "stored_bytes": {"data_frames": data_bytes,
+                             "attachments": sum(a.stored for a in self.attachments.values()),
+                             "index": self.index_size,
                              "header_and_trailer": self.header_size + S.TRAILER_SIZE},
             "data_pages": self.data_pages,
             "frames": len(self.frames),

@@ -3,8 +3,8 @@
 Layout, all integers little-endian:
 
     Header    magic, version, flags, page size, source description, BLAKE3 of the header
-    Frames    zstd frames of stored page data, back to back, no framing of ours
-    Index     one zstd frame holding IndexBody
+    Frames    zstd frames of stored page data (and of attachments), back to back
+    Index     one zstd frame holding IndexBody (+ IndexAttachments when FLAG_ATTACHMENTS)
     Trailer   64 bytes: where the index is, its size and BLAKE3 digest, and an end magic
 
 The writer appends only (a pipe works); a reader finds the index from the trailer.
@@ -51,6 +51,14 @@ REC_REF = 4  # page i has the content of stored data page `arg + i` (canonical i
 RECORD_KINDS = {REC_ZERO: "zero", REC_PATTERN: "pattern", REC_SPARSE: "sparse", REC_DATA: "data", REC_REF: "ref"}
 MAX_RUN = 0xFFFFFFFF  # a longer run is split into several records
 
+# Header flags. A reader rejects a file with a flag it does not know (version 1
+# readers know none), so a file using an extension is refused by older vmsnap
+# with "unknown header flags" (exit 5), never misread; a file without it is
+# byte for byte what older vmsnap writes.
+FLAG_ATTACHMENTS = 0x0001  # the index body is followed by IndexAttachments
+KNOWN_FLAGS = FLAG_ATTACHMENTS
+ATTACHMENT_FRAME_BYTES = 4 << 20  # raw bytes per attachment frame (the last may hold fewer)
+
 
 def digest(data) -> bytes:
     return blake3(data).digest()
@@ -59,7 +67,7 @@ def digest(data) -> bytes:
 HeaderBody = Struct(
     "magic" / Const(MAGIC),
     "version" / Int16ul,
-    "flags" / Int16ul,  # no flags are defined in version 1; a reader rejects any set bit
+    "flags" / Int16ul,  # FLAG_*; a reader rejects any bit it does not know
     "page_size" / Int32ul,
     "source" / PascalString(Int16ul, "utf8"),
 )
@@ -128,6 +136,31 @@ IndexBody = Struct(
     "sparse_words" / _table("SparseWord array, SPARSE_WORD_DTYPE"),
     "block_digests" / _table("16-byte truncated BLAKE3 of each 1 MiB block of each region"),
 )
+
+
+# Attachments: named byte streams stored beside the memory image (for example a
+# QEMU guest's device state), each as its own zstd frames among the data frames.
+AttachmentFrame = Struct(
+    "offset" / Int64ul,  # file offset of the zstd frame
+    "size" / Int32ul,  # stored bytes
+    "raw_size" / Int32ul,  # bytes it decompresses to
+    "digest" / Bytes(DIGEST_SIZE),  # BLAKE3 of the stored bytes
+)
+ATTACHMENT_FRAME_DTYPE = np.dtype([("offset", "<u8"), ("size", "<u4"), ("raw_size", "<u4"), ("digest", "V32")])
+
+Attachment = Struct(
+    "name" / PascalString(Int16ul, "utf8"),  # unique among the attachments
+    "size" / Int64ul,  # bytes of content
+    "digest" / Bytes(DIGEST_SIZE),  # BLAKE3 of the whole content
+    "frames" / _table("AttachmentFrame array, ATTACHMENT_FRAME_DTYPE"),
+)
+
+IndexAttachments = Struct(
+    "attachments" / PrefixedArray(Int32ul, Attachment),
+)
+
+# The index body of a file with FLAG_ATTACHMENTS: IndexBody, then IndexAttachments.
+IndexBodyWithAttachments = Struct(*IndexBody.subcons, *IndexAttachments.subcons)
 
 
 def image_digest(regions) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 import zstandard
@@ -45,7 +45,8 @@ def default_jobs() -> int:
 
 class SnapshotWriter:
     def __init__(self, out: BinaryIO, *, page_size: int = 4096, level: int = DEFAULT_LEVEL,
-                 frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, source: str = ""):
+                 frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, source: str = "",
+                 attachments: bool = False):
         check_page_size(page_size)
         if not 1 <= level <= 22:
             raise UsageError(f"zstd level must be 1..22, got {level}")
@@ -76,7 +77,11 @@ class SnapshotWriter:
         self._regions: list[dict] = []
         self._blocks: list[bytes] = []
         self.bytes_in = 0
-        header = S.Header.build({"body": {"value": {"version": S.FORMAT_VERSION, "flags": 0,
+        # Only a file that may hold attachments sets the flag, so a plain snapshot stays
+        # readable by vmsnap versions that know no flags.
+        self._attachments: list[dict] | None = [] if attachments else None
+        flags = S.FLAG_ATTACHMENTS if attachments else 0
+        header = S.Header.build({"body": {"value": {"version": S.FORMAT_VERSION, "flags": flags,
                                                     "page_size": page_size, "source": source}}})
         self._write(header)
 
@@ -122,6 +127,43 @@ class SnapshotWriter:
             "first_block": len(self._blocks), "digest": region_digest(blocks),
         })
         self._blocks.extend(blocks)
+
+    def add_attachment(self, name: str, chunks: Iterable[bytes]) -> dict:
+        """Store a named byte stream (read from `chunks`) as its own zstd frames.
+
+        Needs SnapshotWriter(attachments=True). May be called before, between or
+        after regions: frames are placed where the file has got to, and memory stays
+        bounded by one attachment frame (ATTACHMENT_FRAME_BYTES) per worker.
+        """
+        if self._attachments is None:
+            raise UsageError("this snapshot was not opened for attachments (SnapshotWriter(attachments=True))")
+        if any(a["name"] == name for a in self._attachments):
+            raise UsageError(f"duplicate attachment name {name!r}")
+        frames: list[tuple[int, int, int, bytes]] = []
+        total = blake3()
+        size = 0
+        pending: deque = deque()  # (future, raw bytes), written in order
+
+        def write_one():
+            future, raw = pending.popleft()
+            blob, dig = future.result()
+            frames.append((self._pos, len(blob), raw, dig))
+            self._write(blob)
+
+        for data in _cut(chunks, S.ATTACHMENT_FRAME_BYTES):
+            total.update(data)
+            size += len(data)
+            pending.append((self._pool.submit(_compress_bytes, data, self.level), len(data)))
+            while len(pending) > self.jobs:
+                write_one()
+        while pending:
+            write_one()
+        table = np.zeros(len(frames), dtype=S.ATTACHMENT_FRAME_DTYPE)
+        for i, frame in enumerate(frames):
+            table[i] = frame
+        entry = {"name": name, "size": size, "digest": total.digest(), "frames": table.tobytes()}
+        self._attachments.append(entry)
+        return {"name": name, "size": size, "stored": int(table["size"].sum(dtype=np.uint64))}
 
     def _hash_blocks(self, hasher: BlockHasher, batch, kind: np.ndarray) -> None:
         per_block = self.block_size // self.page_size
@@ -283,7 +325,7 @@ class SnapshotWriter:
         np.cumsum(counts, out=offsets[1:])
         words = np.concatenate(self._sparse_words) if self._sparse_words else np.zeros(0, S.SPARSE_WORD_DTYPE)
         units = [u for u, _ in sorted(self._patterns.items(), key=lambda kv: kv[1])]
-        body = S.IndexBody.build({
+        fields = {
             "frame_pages": self.frame_pages,
             "data_pages": self._data_pages,
             "image_digest": S.image_digest(self._regions),
@@ -294,7 +336,11 @@ class SnapshotWriter:
             "sparse_offsets": offsets.tobytes(),
             "sparse_words": words.tobytes(),
             "block_digests": b"".join(self._blocks),
-        })
+        }
+        if self._attachments is None:
+            body = S.IndexBody.build(fields)
+        else:
+            body = S.IndexBodyWithAttachments.build(fields | {"attachments": self._attachments})
         stored = zstandard.ZstdCompressor(level=3).compress(body)
         index_offset = self._pos
         self._write(stored)
@@ -305,7 +351,8 @@ class SnapshotWriter:
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         return {"bytes_in": self.bytes_in, "bytes_out": self._pos, "regions": len(self._regions),
-                "records": len(records), "data_pages": self._data_pages, "frames": len(frames)}
+                "records": len(records), "data_pages": self._data_pages, "frames": len(frames),
+                "attachments": len(self._attachments or ())}
 
     def abort(self) -> None:
         for future, _ in self._pending:
@@ -325,3 +372,20 @@ def _compress(data: np.ndarray, level: int) -> tuple[bytes, bytes]:
         window_log=max(10, min(31, (data.nbytes - 1).bit_length())))
     blob = zstandard.ZstdCompressor(compression_params=params).compress(data)
     return blob, S.digest(blob)
+
+
+def _compress_bytes(data: bytes, level: int) -> tuple[bytes, bytes]:
+    blob = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
+    return blob, S.digest(blob)
+
+
+def _cut(chunks: Iterable, size: int) -> Iterator[bytes]:
+    """Re-cut chunks of any length into `size`-byte pieces (the last may be shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        buf += memoryview(chunk).cast("B")
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)

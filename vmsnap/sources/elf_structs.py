@@ -7,6 +7,9 @@ an ET_CORE file: one PT_NOTE with the CPU states, then one PT_LOAD per
 contiguous range of guest-physical RAM, p_paddr = guest-physical address. When
 there are 0xffff or more program headers, e_phnum is PN_XNUM and the real count
 is in section header 0's sh_info.
+
+The same definitions build the cores vmsnap writes (vmsnap/elfcore.py,
+`vmsnap restore --format elf`): ELF64, little-endian, ET_CORE.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ ELFDATA2LSB, ELFDATA2MSB = 1, 2
 EV_CURRENT = 1
 
 ET_CORE = 4
+EM_X86_64 = 62
 PT_NULL, PT_LOAD, PT_NOTE = 0, 1, 4
+PF_X, PF_W, PF_R = 1, 2, 4
 PN_XNUM = 0xFFFF
+ELFOSABI_NONE = 0
 
 Ident = Struct(
     "magic" / Const(ELF_MAGIC),

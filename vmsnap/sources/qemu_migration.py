@@ -272,6 +272,7 @@ class QemuMigrationSource(Source):
         self.records = {"page": 0, "zero": 0, "xbzrle": 0, "compressed": 0}
         self.unsent_pages: dict[str, int] = {}
         self.device_state_offset: int | None = None
+        self.ram_setup_end_offset: int | None = None  # end of the 'ram' SECTION_START (and footer)
         self._started = False
         try:
             self._cur = Cursor(self._fh, path, chunk=self.read_chunk)
@@ -285,6 +286,16 @@ class QemuMigrationSource(Source):
         super().__init__(f"qemu:{name}")
 
     # ------------------------------------------------------------ errors
+
+    @property
+    def ram_section_id(self) -> int | None:
+        """The section id of the 'ram' live section."""
+        return self._ram_id
+
+    @property
+    def section_footers(self) -> bool:
+        """Whether this stream ends every section with a footer (QEMU 2.4+ machine types)."""
+        return bool(self._footers)
 
     def _err(self, offset: int, msg: str) -> FormatError:
         return FormatError(f"{self.path}: {msg} at offset {offset}")
@@ -377,6 +388,7 @@ class QemuMigrationSource(Source):
             self._ram_id = sid
             self._ram_records()
             self._footer(sid)
+            self.ram_setup_end_offset = cur.offset
         elif kind in (Q.QEMU_VM_SECTION_PART, Q.QEMU_VM_SECTION_END):
             sid = cur.be32("section id")
             if self._ram_id is None or sid != self._ram_id:

@@ -1,0 +1,267 @@
+"""`vmsnap qemu save/restore` against a scripted QMP server: the protocol, the errors,
+and that no output file is left behind (the real QEMU run is test_qemu_resume.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import build_image
+from source_builders import simple_stream
+from vmsnap import api
+from vmsnap.cli import main
+from vmsnap.errors import FormatError, QemuError, UsageError
+from vmsnap.format.reader import Snapshot
+from vmsnap.qemu import snapshot as Q
+
+MEM = build_image([("random", 1), ("zero",), ("zero",), ("copy", 0), ("fill", 3)] * 8)
+STATE = b"QEVM\x00\x00\x00\x03" + bytes(range(256)) * 100  # stands in for the migration stream
+BIOS = build_image([("random", 9), ("zero",), ("fill", 0xFF)])
+
+
+def full_stream() -> tuple[bytes, int]:
+    """A full migration stream of MEM (pc.ram) and BIOS (pc.bios): pages in a PART section."""
+    pages = []
+    for name, data in (("pc.ram", MEM), ("pc.bios", BIOS)):
+        for off in range(0, len(data), 4096):
+            page = data[off:off + 4096]
+            pages.append(("page", name, off, page) if any(page) else ("zero", name, off, 0))
+    b, ram_end = simple_stream([("pc.ram", len(MEM)), ("pc.bios", len(BIOS))], pages)
+    return b.bytes(), ram_end
+
+
+class FakeQemu:
+    """A QMP server on a unix socket answering like QEMU 7.2 for one guest."""
+
+    def __init__(self, sock_path, mem_path, backend="memory-backend-file", share=True, migrate_status="completed"):
+        self.path, self.mem_path = sock_path, mem_path
+        self.backend, self.share, self.migrate_status = backend, share, migrate_status
+        self.log: list[dict] = []
+        self.running = True
+        self.caps = {"x-ignore-shared": False, "xbzrle": False}
+        self.migrated = False
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(sock_path)
+        self.srv.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.srv.accept()
+        with conn:
+            conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 22}}, '
+                         b'"capabilities": ["oob"]}}\n')
+            buf = b""
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    msg = json.loads(line)
+                    self.log.append(msg)
+                    reply = json.dumps(self._answer(msg)).encode() + b"\n"
+                    if msg["execute"] == "stop":  # an event before the reply, as QEMU sends it
+                        reply = b'{"event": "STOP", "timestamp": {"seconds": 0, "microseconds": 0}}\n' + reply
+                    conn.sendall(reply)
+
+    def _answer(self, msg):
+        cmd, args = msg["execute"], msg.get("arguments", {})
+        if cmd == "query-memdev":
+            return {"return": [{"id": "pc.ram", "size": len(MEM), "share": self.share}]}
+        if cmd == "qom-list":
+            return {"return": [{"name": "type", "type": "string"}, {"name": "pc.ram", "type": f"child<{self.backend}>"}]}
+        if cmd == "qom-get":
+            return {"return": {"share": self.share, "mem-path": self.mem_path, "size": len(MEM)}[args["property"]]}
+        if cmd == "query-migrate-capabilities":
+            return {"return": [{"capability": k, "state": v} for k, v in self.caps.items()]}
+        if cmd == "migrate-set-capabilities":
+            for c in args["capabilities"]:
+                self.caps[c["capability"]] = c["state"]
+            return {"return": {}}
+        if cmd == "query-migrate-parameters":
+            return {"return": {"max-bandwidth": 134217728}}
+        if cmd == "query-migrate":
+            if not self.migrated:
+                return {"return": {}}
+            if self.migrate_status == "failed":
+                return {"return": {"status": "failed", "error-desc": "Unable to write to command: Broken pipe"}}
+            return {"return": {"status": "completed", "total-time": 5}}
+        if cmd == "migrate":
+            m = re.fullmatch(r"exec:cat > (\S+)", args["uri"])
+            assert m and not self.running
+            with open(m.group(1), "wb") as fh:  # device state only, or the whole guest
+                fh.write(STATE if self.caps["x-ignore-shared"] else full_stream()[0])
+            self.migrated = True
+            return {"return": {}}
+        if cmd == "query-status":
+            return {"return": {"status": "running" if self.running else "postmigrate", "running": self.running}}
+        if cmd == "stop":
+            self.running = False
+            return {"return": {}}
+        if cmd == "cont":
+            self.running = True
+            return {"return": {}}
+        if cmd in ("qmp_capabilities", "migrate-set-parameters"):
+            return {"return": {}}
+        return {"error": {"class": "CommandNotFound", "desc": f"The command {cmd} has not been found"}}
+
+    def commands(self):
+        return [m["execute"] for m in self.log]
+
+    def close(self):
+        self.srv.close()
+
+
+@pytest.fixture
+def qmp_dir():
+    d = tempfile.mkdtemp(prefix="vmsnap-fakeqmp-")  # short: sun_path is 108 bytes
+    yield d
+    import shutil
+
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def guest(tmp_path, qmp_dir):
+    mem = tmp_path / "guest.mem"
+    mem.write_bytes(MEM)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), str(mem))
+    yield fake
+    fake.close()
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_save_then_restore_round_trip(guest, tmp_path):
+    out = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", guest.path, "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["device_state_bytes"] == len(STATE) and summary["runstate_after"] == "postmigrate"
+    cmds = guest.commands()
+    assert cmds.index("stop") < cmds.index("migrate") and "cont" not in cmds
+    assert guest.caps["x-ignore-shared"] is False  # set back after the migration
+    with Snapshot(str(out)) as snap:
+        assert [r.name for r in snap.regions] == ["pc.ram"]
+        assert b"".join(snap.read_attachment("qemu.device-state")) == STATE
+    mem2 = tmp_path / "restored.mem"
+    result = run("qemu", "restore", str(out), "--mem-path", str(mem2))
+    assert result.exit_code == 0, result.output
+    assert mem2.read_bytes() == MEM
+    state = tmp_path / "restored.mem.devstate"
+    assert state.read_bytes() == STATE
+    assert "-S -incoming defer" in result.output
+    assert f'"uri": "exec:cat {state}"' in result.output
+    assert '"capability": "x-ignore-shared", "state": true' in result.output
+    result = CliRunner().invoke(main, ["qemu", "device-state", str(out)])
+    assert result.exit_code == 0 and result.stdout_bytes == STATE
+
+
+def test_resume_option_continues_the_guest(guest, tmp_path):
+    result = run("qemu", "save", "--qmp", guest.path, "-o", str(tmp_path / "g.vms"), "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert guest.commands()[-2:] == ["cont", "query-status"] and guest.running
+
+
+def test_missing_socket(tmp_path):
+    out = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", str(tmp_path / "nope.sock"), "-o", str(out))
+    assert result.exit_code == QemuError.exit_code == 7
+    assert result.output.strip() == f"vmsnap: error: {tmp_path / 'nope.sock'}: no such QMP socket"
+    assert os.listdir(tmp_path) == []
+
+
+def test_refused_socket(tmp_path, qmp_dir):
+    path = os.path.join(qmp_dir, "dead.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # bound, nobody listening: ECONNREFUSED
+    result = run("qemu", "save", "--qmp", path, "-o", str(tmp_path / "g.vms"))
+    assert result.exit_code == 7 and "connection refused" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("backend,share", [("memory-backend-ram", False), ("memory-backend-file", False),
+                                           ("memory-backend-memfd", True)])
+def test_guest_not_file_backed_and_shared(tmp_path, qmp_dir, backend, share):
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent", backend=backend, share=share)
+    out = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(out), "--mode", "file")
+    fake.close()
+    assert result.exit_code == 7, result.output
+    assert "not in a shared memory-backend-file" in result.output and "Traceback" not in result.output
+    assert "stop" not in fake.commands()  # checked before the guest is touched
+    assert os.listdir(tmp_path) == []
+
+
+def test_migration_failure_leaves_no_file(tmp_path, qmp_dir):
+    mem = tmp_path / "guest.mem"
+    mem.write_bytes(MEM)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), str(mem), migrate_status="failed")
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(tmp_path / "g.vms"))
+    fake.close()
+    assert result.exit_code == 7
+    assert result.output.strip() == "vmsnap: error: migration failed: Unable to write to command: Broken pipe"
+    assert sorted(os.listdir(tmp_path)) == ["guest.mem"]
+    assert fake.caps["x-ignore-shared"] is False and not fake.running  # left stopped: the default
+
+
+def test_restore_errors(tmp_path, guest):
+    raw = tmp_path / "plain.raw"
+    raw.write_bytes(MEM)
+    plain = tmp_path / "plain.vms"
+    api.save(str(raw), str(plain))
+    result = run("qemu", "restore", str(plain), "--mem-path", str(tmp_path / "m"))
+    assert result.exit_code == FormatError.exit_code and "not a `vmsnap qemu save` snapshot" in result.output
+    snap = tmp_path / "g.vms"
+    Q.save(guest.path, str(snap))
+    result = run("qemu", "restore", str(snap), "--mem-path", "a", "--mem-path", "b")
+    assert result.exit_code == UsageError.exit_code and "more than one --mem-path" in result.output
+    assert not os.path.exists("a") and not (tmp_path / "m").exists()
+
+
+def test_stream_mode_round_trip(tmp_path, qmp_dir):
+    """A guest without a shared memory-backend-file: the full stream's RAM becomes the
+    regions, and restore rebuilds a stream that reads back to the same RAM and ends
+    with the same device state."""
+    from vmsnap.sources.qemu_migration import QemuMigrationSource
+
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent", backend="memory-backend-ram", share=False)
+    snap = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(snap), "--json")
+    fake.close()
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["mode"] == "stream" and summary["ram_blocks"] == ["pc.ram", "pc.bios"]
+    assert {"execute": "migrate-set-capabilities",
+            "arguments": {"capabilities": [{"capability": "x-ignore-shared", "state": False}]}} in fake.log
+    original, ram_end = full_stream()
+    with Snapshot(str(snap)) as s:
+        assert s.read(0, len(MEM), "pc.ram") == MEM
+        assert s.attachment("qemu.device-state").size == len(original) - ram_end
+    result = run("qemu", "restore", str(snap), "--mem-path", str(tmp_path / "m"))
+    assert result.exit_code == UsageError.exit_code and "no --mem-path" in result.output
+    result = run("qemu", "restore", str(snap))
+    assert result.exit_code == 0, result.output
+    rebuilt = tmp_path / "g.mig"
+    assert f'"uri": "exec:cat {rebuilt}"' in result.output and "x-ignore-shared" not in result.output
+    data = rebuilt.read_bytes()
+    assert data.endswith(original[ram_end:])
+    with QemuMigrationSource(str(rebuilt)) as src:
+        ram = {r.name: b"".join(bytes(c) for c in chunks) for r, chunks in src.regions()}
+        assert ram == {"pc.ram": MEM, "pc.bios": BIOS}
+        assert src.device_state_offset == len(data) - (len(original) - ram_end)
+        assert data[:src.ram_setup_end_offset] == original[:src.ram_setup_end_offset]
+    streamed = CliRunner().invoke(main, ["qemu", "device-state", str(snap)])
+    assert streamed.exit_code == 0 and streamed.stdout_bytes == data
