@@ -11,6 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = [
     ("save.md", "Save and restore: vmsnap vs zstd --long (issue 2)", "bench/bench_save.py --size 1G --big 8G --runs 3"),
     ("readers.md", "Input readers and QEMU's migration stream (issue 3)", "bench/bench_readers.py"),
+    ("qemu.md", "A real QEMU guest: .vms vs QEMU's migration stream (issue 3)", "bench/bench_qemu.py"),
     ("sharing.md", "Sharing analysis (issue 4)", "bench/bench_sharing.py"),
     ("mrc.md", "Miss-ratio curves vs libCacheSim (issue 5)", "bench/bench_mrc.py"),
     ("hotcold.md", "Hot/cold classes (issue 5)", "bench/bench_hotcold.py"),
