@@ -108,3 +108,29 @@ def sparse_words(page_words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(word indices, values) of the non-zero 8-byte words of one page."""
     idx = np.flatnonzero(page_words)
     return idx.astype(np.uint32), page_words[idx]
+
+
+def as_pages(batch, page_size: int) -> np.ndarray:
+    """A batch of bytes as an (n, page_size) array; a short last page is zero-padded.
+
+    Padding is how a region's tail is classified and digested everywhere, so the
+    writer and the analyses agree on it.
+    """
+    n = -(-len(batch) // page_size)
+    if len(batch) % page_size == 0:
+        return np.frombuffer(batch, dtype=np.uint8).reshape(n, page_size)
+    padded = np.zeros(n * page_size, dtype=np.uint8)
+    padded[:len(batch)] = np.frombuffer(batch, dtype=np.uint8)
+    return padded.reshape(n, page_size)
+
+
+def page_digests(pages: np.ndarray, rows: np.ndarray) -> bytes:
+    """The 16-byte BLAKE3 digests of pages[rows], concatenated: the identity of a content.
+
+    One call per page: BLAKE3 holds the GIL below 64 KiB, so threads would not help.
+    """
+    from blake3 import blake3
+
+    page_size = pages.shape[1]
+    flat = memoryview(pages.reshape(-1))
+    return b"".join([blake3(flat[i * page_size:(i + 1) * page_size]).digest(length=16) for i in rows.tolist()])

@@ -105,23 +105,15 @@ class DumpScan:
 def scan_batch(batch, page_size: int):
     """Classify and digest one batch: (zero, {unit: pages}, sparse, other, raw records)."""
     import numpy as np
-    from blake3 import blake3
 
     from .. import pages as P
 
-    n = -(-len(batch) // page_size)
-    if len(batch) % page_size:  # a region's tail: classified and digested zero-padded, like the writer
-        padded = np.zeros(n * page_size, dtype=np.uint8)
-        padded[:len(batch)] = np.frombuffer(batch, dtype=np.uint8)
-        pages = padded.reshape(n, page_size)
-    else:
-        pages = np.frombuffer(batch, dtype=np.uint8).reshape(n, page_size)
+    pages = P.as_pages(batch, page_size)  # a region's tail: zero-padded, like the writer
     kind, period = P.classify(pages)
     counts = np.bincount(kind, minlength=4)
     patterns = _pattern_units(pages, kind, period)
     idx = np.flatnonzero(kind >= P.SPARSE)
-    flat = memoryview(pages.reshape(-1))
-    digests = b"".join([blake3(flat[i * page_size:(i + 1) * page_size]).digest(length=16) for i in idx.tolist()])
+    digests = P.page_digests(pages, idx)
     raw = np.empty(len(idx), dtype=raw_dtype())
     raw["d"] = np.frombuffer(digests, dtype="V16")
     raw["k"] = kind[idx]

@@ -105,13 +105,7 @@ class SnapshotWriter:
                 if progress:
                     progress(batch * ps)
                 continue
-            n = -(-len(batch) // ps)
-            if len(batch) % ps:  # tail shorter than a page: classify it zero-padded
-                padded = np.zeros(n * ps, dtype=np.uint8)
-                padded[:len(batch)] = np.frombuffer(batch, dtype=np.uint8)
-                pages = padded.reshape(n, ps)
-            else:
-                pages = np.frombuffer(batch, dtype=np.uint8).reshape(n, ps)
+            pages = P.as_pages(batch, ps)
             kind, period = P.classify(pages)
             self._hash_blocks(hasher, batch, kind)
             self._encode(pages, kind, period)
@@ -225,10 +219,7 @@ class SnapshotWriter:
 
     def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Digest each page; the first page with a content becomes a data page."""
-        flat = memoryview(pages.reshape(-1))
-        ps = self.page_size
-        digests = b"".join([blake3(flat[i * ps:(i + 1) * ps]).digest(length=16) for i in idx.tolist()])
-        args, is_new, self._data_pages = self._dedup.assign(digests, self._data_pages)
+        args, is_new, self._data_pages = self._dedup.assign(P.page_digests(pages, idx), self._data_pages)
         return is_new, args
 
     def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
