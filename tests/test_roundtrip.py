@@ -245,3 +245,14 @@ def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkey
     snap, restored = save_restore(tmp_path, data, page_size=512, frame_size=2 * 512)
     assert restored == data
     assert api.info(str(snap))["pages"]["ref"] == 9
+
+
+def test_page_access_and_bytes_per_kind(tmp_path):
+    data = build_image([("random", 1), ("zero",), ("fill", 4)], tail=b"end")
+    snap, _ = save_restore(tmp_path, data)
+    with vmsnap.open(str(snap)) as s:
+        assert [s.page(i) for i in range(4)] == [data[0:4096], data[4096:8192], data[8192:12288], b"end"]
+        with pytest.raises(vmsnap.errors.FormatError, match="no page 4"):
+            s.page(4)
+        stats = s.stats()
+    assert stats["image_bytes_by_kind"] == {"zero": 4096, "pattern": 4096, "sparse": 4096, "data": 4096, "ref": 0}

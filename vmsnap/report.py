@@ -20,13 +20,14 @@ def format_info(s: dict) -> str:
         f"image        {human_bytes(s['image_bytes'])} ({s['image_bytes']} bytes)",
         f"snapshot     {human_bytes(s['snapshot_bytes'])} ({s['compression_ratio']:.1f}x smaller)",
         "",
-        f"{'pages':<12} {'count':>12} {'share':>7}  stored as",
+        f"{'pages':<12} {'count':>12} {'bytes':>14} {'share':>7}  stored as",
     ]
     stored_as = {"zero": "record only", "pattern": f"record + {s['patterns']} pattern units",
                  "sparse": "record + non-zero words", "data": "zstd frames (canonical copies)",
                  "ref": "reference to a data page"}
     for kind, count in s["pages"].items():
-        lines.append(f"{kind:<12} {count:>12} {100 * count / total_pages:>6.1f}%  {stored_as[kind]}")
+        lines.append(f"{kind:<12} {count:>12} {human_bytes(s['image_bytes_by_kind'][kind]):>14} "
+                     f"{100 * count / total_pages:>6.1f}%  {stored_as[kind]}")
     if s["pattern_pages"]:
         lines.append("patterns     " + ", ".join(f"{k} {v}" for k, v in sorted(s["pattern_pages"].items())))
     lines += [

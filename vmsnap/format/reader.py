@@ -430,6 +430,18 @@ class Snapshot:
         if hi > pos:
             yield hi - pos
 
+    def page(self, index: int, region: str | None = None) -> bytes:
+        """Page `index` of `region` (default: the only region), cut at the region's end."""
+        if region is None:
+            if len(self.regions) != 1:
+                raise FormatError(f"{self.path}: {len(self.regions)} regions: name one")
+            region = self.regions[0].name
+        r = self.region(region)
+        if not 0 <= index < -(-r.size // self.page_size):
+            raise FormatError(f"{self.path}: region {region!r} has no page {index}")
+        start = index * self.page_size
+        return self.read(start, min(self.page_size, r.size - start), region)
+
     def read(self, address: int, length: int, region: str | None = None) -> bytes:
         """`length` bytes from `address`, as iter_range() defines it, in memory."""
         out = bytearray()
@@ -483,6 +495,7 @@ class Snapshot:
             "snapshot_bytes": self.file_size,
             "compression_ratio": image_bytes / self.file_size if self.file_size else 0.0,
             "pages": pages_by_kind,
+            "image_bytes_by_kind": {k: v * ps for k, v in pages_by_kind.items()},
             "pattern_pages": pattern_pages,
             "patterns": len(self.patterns),
             "sparse_pages": len(self.sparse_offsets) - 1,
