@@ -162,6 +162,8 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(raw_source, "read_exact_chunks", chunks_then_interrupt)
+    monkeypatch.setattr(raw_source, "sparse_file_chunks", lambda fd, start, length, what: chunks_then_interrupt(
+        open(src, "rb"), length, what))
     monkeypatch.setattr("vmsnap.sources.base.READ_CHUNK", 8192)
     target = tmp_path / "out.vms"
     with pytest.raises(KeyboardInterrupt):

@@ -256,3 +256,32 @@ def test_page_access_and_bytes_per_kind(tmp_path):
             s.page(4)
         stats = s.stats()
     assert stats["image_bytes_by_kind"] == {"zero": 4096, "pattern": 4096, "sparse": 4096, "data": 4096, "ref": 0}
+
+
+@pytest.mark.parametrize("page_size", [4096, 2 << 20])
+def test_holes_of_a_sparse_input_are_not_read(tmp_path, monkeypatch, page_size):
+    """A memory-backend-file's untouched pages are holes: saved as zero pages without reading them."""
+    from vmsnap import pages as P
+    from vmsnap.sources import base
+
+    raw = tmp_path / "sparse.raw"
+    data = build_image([("random", 1), ("random", 2)], page_size=4096)
+    layout = [(0, data), (5 << 20, data[:4096]), ((5 << 20) + 8192, data), (100 << 20, b"tail")]
+    with open(raw, "wb") as fh:
+        for offset, blob in layout:
+            fh.seek(offset)
+            fh.write(blob)
+    expected = bytearray((100 << 20) + 4)
+    for offset, blob in layout:
+        expected[offset:offset + len(blob)] = blob
+    classified = []
+    real = P.classify
+    monkeypatch.setattr(P, "classify", lambda pages, *a, **k: classified.append(pages.size) or real(pages, *a, **k))
+    monkeypatch.setattr(base, "MIN_HOLE", 16384)
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap), page_size=page_size)
+    out = tmp_path / "out.raw"
+    api.restore(str(snap), str(out))
+    assert out.read_bytes() == bytes(expected)
+    if page_size == 4096:  # only the data extents' pages went through the classifier
+        assert sum(classified) < (12 << 20)

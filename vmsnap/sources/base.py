@@ -8,6 +8,8 @@ region once, in order, as an iterator of byte chunks of any length; the consumer
 from __future__ import annotations
 
 import abc
+import errno
+import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
@@ -79,6 +81,60 @@ def read_exact_chunks(fh: BinaryIO, length: int | None, what: str) -> Iterator[b
 # bss tail) are yielded as views of this one shared buffer: any consumer can use
 # them as ordinary bytes, and one that cares can count them without reading them.
 ZERO_CHUNK = bytes(READ_CHUNK)
+
+
+MIN_HOLE = 1 << 20  # shorter holes are read like data: not worth the extra seeks and pieces
+
+
+def next_data(fd: int, pos: int) -> int:
+    """Offset of the first data byte at or after pos in a sparse file (SEEK_DATA)."""
+    try:
+        return os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # only a hole (or end of file) from pos on
+            return 1 << 62
+        return pos  # SEEK_DATA unsupported here: read everything
+
+
+def next_hole(fd: int, pos: int, end: int) -> int:
+    """Offset of the first hole at or after pos (the end of file counts as one)."""
+    try:
+        return min(end, os.lseek(fd, pos, os.SEEK_HOLE))
+    except OSError:
+        return end
+
+
+def sparse_file_chunks(fd: int, start: int, length: int, what: str) -> Iterator:
+    """The bytes [start, start+length) of a regular file, holes as zero_chunks() (not read).
+
+    Data is read with pread in READ_CHUNK pieces cut at multiples of READ_CHUNK from
+    `start`, so consumers get aligned pieces; a file that shrinks is an InputError.
+    """
+    end = start + length
+    pos = start
+    while pos < end:
+        data = min(end, next_data(fd, pos))
+        if data == end and os.fstat(fd).st_size < end:  # no data left because the file shrank
+            size = os.fstat(fd).st_size
+            raise InputError(f"{what}: truncated at offset {size}, {end - size} bytes missing")
+        if data - pos >= MIN_HOLE or data == end:
+            yield from zero_chunks(data - pos)
+            pos = data
+            continue
+        stop = next_hole(fd, data, end)
+        while stop < end and next_data(fd, stop) - stop < MIN_HOLE:  # skip small holes
+            stop = next_hole(fd, min(end, next_data(fd, stop)), end)
+        while pos < stop:
+            n = min(READ_CHUNK - (pos - start) % READ_CHUNK, stop - pos)
+            try:
+                buf = os.pread(fd, n, pos)
+            except OSError as exc:
+                raise InputError(f"{what}: read failed at offset {pos}: {exc.strerror or exc}") from None
+            if len(buf) < n:
+                raise InputError(f"{what}: truncated at offset {pos + len(buf)}, "
+                                 f"{end - pos - len(buf)} bytes missing")
+            yield buf
+            pos += n
 
 
 def zero_chunks(n: int) -> Iterator[memoryview]:

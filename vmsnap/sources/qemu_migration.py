@@ -39,7 +39,6 @@ before the end of RAM, postcopy / COLO commands, RDMA hooks, multifd streams
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import tempfile
@@ -49,7 +48,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import FormatError, OutputError
 from . import qemu_migration_structs as Q
-from .base import READ_CHUNK, Region, Source, zero_chunks
+from .base import READ_CHUNK, Region, Source, next_data, zero_chunks
 from .binio import Cursor, check_magic, parse_struct, read_struct
 from .raw import open_input
 
@@ -64,16 +63,6 @@ MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
 
 _BE64 = struct.Struct(">Q")
-
-
-def _next_data(fd: int, pos: int) -> int:
-    """Offset of the first data byte at or after pos in a sparse file (SEEK_DATA)."""
-    try:
-        return os.lseek(fd, pos, os.SEEK_DATA)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # only a hole (or end of file) from pos on
-            return 1 << 62
-        return pos  # SEEK_DATA unsupported here: read everything
 
 
 class PageStates:
@@ -797,7 +786,7 @@ class QemuMigrationSource(Source):
         while pos < end:
             n = min(READ_CHUNK, end - pos)
             if data_at < pos:
-                data_at = _next_data(fd, pos)
+                data_at = next_data(fd, pos)
             if data_at >= pos + n:
                 yield from zero_chunks(n)  # consumers skip these without reading them
             else:

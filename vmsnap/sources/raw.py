@@ -11,7 +11,7 @@ import sys
 from typing import BinaryIO, Iterator
 
 from ..errors import open_for_reading
-from .base import Region, Source, read_exact_chunks
+from .base import Region, Source, read_exact_chunks, sparse_file_chunks
 
 
 class RawSource(Source):
@@ -25,6 +25,7 @@ class RawSource(Source):
             fh = open_input(path)
         self._fh = fh
         self._size = _regular_file_size(fh)
+        self._regular = _is_regular(fh)
         name = "stdin" if path == "-" else os.path.basename(path)
         super().__init__(f"raw:{name}")
 
@@ -35,8 +36,12 @@ class RawSource(Source):
     def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
         region = Region(self.region_name, 0, self._size)
         # A regular file is read to its size at open time: if it shrinks under us,
-        # that is a truncated input, not a smaller memory image.
-        yield region, read_exact_chunks(self._fh, self._size, self.path)
+        # that is a truncated input, not a smaller memory image. Its holes (untouched
+        # guest memory in a memory-backend-file) are handed over as zeros, unread.
+        if self._size is not None and self._regular:
+            yield region, sparse_file_chunks(self._fh.fileno(), self._fh.tell(), self._size, self.path)
+        else:
+            yield region, read_exact_chunks(self._fh, self._size, self.path)
 
     def close(self) -> None:
         if self._own:
@@ -48,6 +53,15 @@ def open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     return open_for_reading(path)
+
+
+def _is_regular(fh: BinaryIO) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _regular_file_size(fh: BinaryIO) -> int | None:
