@@ -118,31 +118,27 @@ class PageStates:
     def zero_range_if_no_data(self, start: int, count: int) -> bool:
         """Mark pages [start, start + count) received as zero, unless one of them holds
         data in the temporary file: then change nothing and return False."""
-        spans = []
-        i, end = start, start + count
-        while i < end:
-            key = i >> self.CHUNK_BITS
-            stop = min(end, (key + 1) << self.CHUNK_BITS)
-            recv, data = self._chunk(key)
-            lo, hi = i & self._MASK, ((stop - 1) & self._MASK) + 1
-            if _any_bits(data, lo, hi):
-                return False
-            spans.append((recv, lo, hi))
-            i = stop
-        for recv, lo, hi in spans:
+        spans = list(self._spans(start, count))
+        if any(_any_bits(data, lo, hi) for _, data, lo, hi in spans):
+            return False
+        for recv, _, lo, hi in spans:
             _set_bits(recv, lo, hi)
         return True
 
     def set_data_range(self, start: int, count: int) -> None:
         """Mark pages [start, start + count) received, with data in the temporary file."""
+        for recv, data, lo, hi in self._spans(start, count):
+            _set_bits(recv, lo, hi)
+            _set_bits(data, lo, hi)
+
+    def _spans(self, start: int, count: int):
+        """(received bits, data bits, lo, hi) of each bookkeeping chunk that [start, start+count) touches."""
         i, end = start, start + count
         while i < end:
             key = i >> self.CHUNK_BITS
             stop = min(end, (key + 1) << self.CHUNK_BITS)
             recv, data = self._chunk(key)
-            lo, hi = i & self._MASK, ((stop - 1) & self._MASK) + 1
-            _set_bits(recv, lo, hi)
-            _set_bits(data, lo, hi)
+            yield recv, data, i & self._MASK, ((stop - 1) & self._MASK) + 1
             i = stop
 
     def count_unsent(self) -> int:
