@@ -12,7 +12,9 @@ def build_image(spec, page_size=4096, tail=b""):
     """Bytes of an image from a list of page specs whose kinds are known by construction.
 
     ("zero",) | ("fill", byte) | ("unit", bytes) | ("sparse", {word: value}) |
-    ("random", seed) | ("copy", earlier page index)
+    ("random", seed) | ("copy", earlier page index) |
+    ("shift", earlier page index, byte offset): the bytes at that offset of the
+    earlier page followed by the page after it (a copy off a page boundary)
     """
     pages = []
     for item in spec:
@@ -33,6 +35,9 @@ def build_image(spec, page_size=4096, tail=b""):
             page = np.random.default_rng(item[1]).integers(0, 256, page_size, dtype=np.uint8).tobytes()
         elif kind == "copy":
             page = pages[item[1]]
+        elif kind == "shift":
+            src, offset = item[1], item[2]
+            page = (pages[src] + pages[min(src + 1, len(pages) - 1)])[offset:offset + page_size]
         else:
             raise ValueError(kind)
         pages.append(page)

@@ -59,10 +59,10 @@ def test_header_flag_only_when_the_extension_is_used(tmp_path):
     api_raw.write_bytes(DATA)
     api.save(str(api_raw), str(plain))
     write(ext)
-    # Version 1 readers before the extension reject any set flag bit: such a reader
-    # refuses the file with attachments and reads the plain one as before.
-    assert struct.unpack_from("<HH", plain.read_bytes(), 8) == (1, 0)
-    assert struct.unpack_from("<HH", ext.read_bytes(), 8) == (1, S.FLAG_ATTACHMENTS)
+    # Version 1 readers before an extension reject any flag bit they do not know, so
+    # a reader without attachments refuses the file with them and reads the plain one.
+    assert struct.unpack_from("<HH", plain.read_bytes(), 8) == (1, S.FLAG_SLICES)
+    assert struct.unpack_from("<HH", ext.read_bytes(), 8) == (1, S.FLAG_ATTACHMENTS | S.FLAG_SLICES)
 
 
 def _set_flags(path, flags):

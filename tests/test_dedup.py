@@ -1,6 +1,7 @@
 """The numpy digest index assigns data pages exactly like a dict would."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from vmsnap.format.dedup import DigestIndex
@@ -34,19 +35,47 @@ def test_matches_a_dict(batches, low_bits_collide):
 
     digests = [[digest(i) for i in batch] for batch in batches]
     expected, expected_next = dict_reference(digests)
-    index, nxt = DigestIndex(capacity=4), 0
+    index, counter = DigestIndex(capacity=4), Counter()
     for batch, (vals, firsts) in zip(digests, expected):
-        got, is_first, nxt = index.assign(b"".join(batch), nxt)
+        calls = len(counter.rows_seen)
+        got, is_first = index.assign(b"".join(batch), counter)
         assert got.tolist() == vals
         assert is_first.tolist() == firsts
-    assert nxt == expected_next == len(index)
+        # place() is asked once per batch with new contents, for exactly their first positions
+        assert counter.rows_seen[calls:] == ([np.flatnonzero(is_first).tolist()] if any(firsts) else [])
+    assert counter.next == expected_next == len(index)
+
+
+class Counter:
+    """A `place` callback numbering new contents in order, remembering what it was asked."""
+
+    def __init__(self):
+        self.next = 0
+        self.rows_seen = []
+
+    def __call__(self, rows):
+        self.rows_seen.append(rows.tolist())
+        values = np.arange(self.next, self.next + len(rows), dtype=np.uint64)
+        self.next += len(rows)
+        return values
 
 
 def test_grows_past_its_first_capacity():
     index = DigestIndex(capacity=16)
     rng = np.random.default_rng(1)
     keys = rng.integers(0, 256, (5000, 16), dtype=np.uint8)
-    vals, first, nxt = index.assign(keys.tobytes(), 0)
-    assert nxt == 5000 and first.all() and sorted(vals.tolist()) == list(range(5000))
-    again, first, nxt = index.assign(keys[::-1].tobytes(), nxt)
-    assert nxt == 5000 and not first.any() and again.tolist() == vals[::-1].tolist()
+    counter = Counter()
+    vals, first = index.assign(keys.tobytes(), counter)
+    assert counter.next == 5000 and first.all() and vals.tolist() == list(range(5000))
+    again, first = index.assign(keys[::-1].tobytes(), counter)
+    assert counter.next == 5000 and not first.any() and again.tolist() == vals[::-1].tolist()
+
+
+def test_values_are_whatever_place_gives():
+    # the writer places some contents as slices of the stream: values need not be consecutive
+    index = DigestIndex(capacity=16)
+    keys = np.arange(64, dtype=np.uint8).repeat(16).reshape(-1, 16)
+    vals, first = index.assign(keys.tobytes(), lambda rows: (rows * 1000 + 7).astype(np.uint64))
+    assert vals.tolist() == [i * 1000 + 7 for i in range(64)]
+    again, first = index.assign(keys[:3].tobytes(), lambda rows: pytest.fail("nothing is new"))
+    assert again.tolist() == [7, 1007, 2007] and not first.any()

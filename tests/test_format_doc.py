@@ -16,7 +16,7 @@ from conftest import build_image
 def decode(blob: bytes) -> dict:
     assert blob[:8] == b"\x89VMSNAP\n"
     version, flags, page_size, n = struct.unpack_from("<HHIH", blob, 8)
-    assert version == 1 and flags in (0, 1)  # bit 0: attachments
+    assert version == 1 and flags & ~3 == 0  # bit 0: attachments, bit 1: slice records
     header_len = 18 + n
     assert blake3(blob[:header_len]).digest() == blob[header_len:header_len + 32]
     source = blob[18:header_len].decode()
@@ -101,6 +101,9 @@ def decode(blob: bytes) -> dict:
             for w, v in words[offsets[arg]:offsets[arg + 1]]:
                 p[8 * w:8 * w + 8] = v.to_bytes(8, "little")
             return bytes(p)
+        if kind == 5:
+            assert flags & 2
+            return data[arg:arg + page_size]
         return data[arg * page_size:(arg + 1) * page_size]  # data and ref alike
 
     image = {}
@@ -110,7 +113,7 @@ def decode(blob: bytes) -> dict:
         out = b""
         for kind, count, arg in records[r["first_record"]:r["first_record"] + r["record_count"]]:
             for i in range(count):
-                out += page(kind, arg + (i if kind in (2, 3, 4) else 0))
+                out += page(kind, arg + {2: i, 3: i, 4: i, 5: i * page_size}.get(kind, 0))
         out = out[:r["size"]]
         nblocks = -(-r["size"] // block_size)
         blocks = blocks_raw[16 * r["first_block"]:16 * (r["first_block"] + nblocks)]
@@ -127,7 +130,7 @@ def decode(blob: bytes) -> dict:
 
 def test_man_page_decoder_rebuilds_the_image(tmp_path):
     spec = [("zero",), ("fill", 1), ("unit", b"abcde"), ("sparse", {0: 1, 100: 2}), ("random", 1),
-            ("random", 2), ("copy", 4), ("zero",)] * 3
+            ("random", 2), ("copy", 4), ("zero",), ("shift", 4, 512)] * 3
     data = build_image(spec, page_size=1024, tail=b"\x07" * 77)
     raw = tmp_path / "in.raw"
     raw.write_bytes(data)
@@ -136,7 +139,10 @@ def test_man_page_decoder_rebuilds_the_image(tmp_path):
     decoded = decode(snap.read_bytes())
     assert decoded["source"] == "doc test \u00e9" and decoded["page_size"] == 1024
     assert decoded["regions"] == {"ram": data}
-    assert decoded["flags"] == 0 and decoded["attachments"] == {}  # a plain snapshot uses no extension
+    assert decoded["flags"] == 2 and decoded["attachments"] == {}  # slices announced, no attachments
+    plain = tmp_path / "plain.vms"
+    api.save(str(raw), str(plain), page_size=1024, frame_size=3 * 1024, slice_window=0)
+    assert decode(plain.read_bytes())["flags"] == 0  # without the slice finder: no extension at all
 
 
 def test_man_page_decoder_reads_attachments(tmp_path):
@@ -153,6 +159,6 @@ def test_man_page_decoder_reads_attachments(tmp_path):
         w.add_attachment("empty", [])
         w.close()
     decoded = decode(path.read_bytes())
-    assert decoded["flags"] == 1
+    assert decoded["flags"] == 1 | 2
     assert decoded["regions"] == {"ram": data}
     assert decoded["attachments"] == {"first": b"hello world", "device-state": state, "empty": b""}

@@ -31,6 +31,12 @@ def images(draw):
         if specs:
             src = draw(st.integers(0, len(specs) - 1))
             specs.insert(draw(st.integers(src + 1, len(specs))), ("copy", src))
+    # copies at 512-byte offsets across two earlier pages (slices of the stored data)
+    for _ in range(draw(st.integers(0, 4))):
+        if specs:
+            src = draw(st.integers(0, len(specs) - 1))
+            offset = 512 * draw(st.integers(1, max(1, page_size // 512 - 1)))
+            specs.insert(draw(st.integers(src + 1, len(specs))), ("shift", src, offset % page_size))
     tail = draw(st.binary(max_size=page_size - 1))
     return page_size, build_image(specs, page_size, tail)
 
@@ -69,10 +75,67 @@ def test_page_kinds_become_the_right_records(tmp_path):
     snap, restored = save_restore(tmp_path, data)
     assert restored == data
     stats = api.info(str(snap))
-    assert stats["pages"] == {"zero": 5, "pattern": 4, "sparse": 1, "data": 2, "ref": 3}
+    assert stats["pages"] == {"zero": 5, "pattern": 4, "sparse": 1, "data": 2, "ref": 3, "slice": 0}
     assert stats["pattern_pages"] == {"byte": 3, "word32": 1}
     assert stats["pages_shared"] == 2 and stats["pages_sharing"] == 3
     assert stats["data_pages"] == 2
+
+
+def test_copies_off_a_page_boundary_become_slices(tmp_path):
+    # pages 0-3 random and stored back to back; then copies starting 512, 1536 and 3584
+    # bytes into page 0, 1 and 2 (a tar member's content sits 512 bytes past a header)
+    spec = [("random", i) for i in range(4)] + [("shift", 0, 512), ("shift", 1, 512), ("shift", 2, 512),
+                                                ("shift", 1, 1536), ("zero",), ("shift", 0, 3584), ("shift", 0, 512)]
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data)
+    assert restored == data
+    stats = api.info(str(snap))
+    assert stats["pages"] == {"zero": 1, "pattern": 0, "sparse": 0, "data": 4, "ref": 0, "slice": 6}
+    with vmsnap.open(str(snap)) as s:
+        assert [s.page(i) for i in range(len(spec))] == [data[i * 4096:(i + 1) * 4096] for i in range(len(spec))]
+        # three consecutive stream spans are one record
+        slices = s.records[s.records["kind"] == S.REC_SLICE]
+        assert slices["arg"].tolist() == [512, 4096 + 1536, 3584, 512]
+        assert slices["count"].tolist() == [3, 1, 1, 1]
+
+
+def test_slice_records_need_the_slices_flag(tmp_path):
+    from test_attachments import _set_flags
+
+    data = build_image([("random", 0), ("random", 1), ("shift", 0, 512)])
+    snap, _ = save_restore(tmp_path, data)
+    _set_flags(snap, 0)  # as a writer that never announced slices
+    with pytest.raises(vmsnap.errors.FormatError, match="unknown record kind"):
+        vmsnap.open(str(snap))
+
+
+def test_slices_off_restore_the_same_image_larger(tmp_path):
+    from genimage import image_bytes
+
+    data = image_bytes(8 << 20, seed=11)
+    with_slices, restored = save_restore(tmp_path, data)
+    assert restored == data
+    raw = tmp_path / "in.raw"
+    without = tmp_path / "plain.vms"
+    api.save(str(raw), str(without), slice_window=0)
+    a, b = api.info(str(with_slices)), api.info(str(without))
+    assert a["pages"]["slice"] > 0 and b["pages"]["slice"] == 0
+    assert a["image_digest"] == b["image_digest"]
+    assert a["data_pages"] + a["pages"]["slice"] == b["data_pages"]
+    out = tmp_path / "plain.raw"
+    api.restore(str(without), str(out))
+    assert out.read_bytes() == data
+
+
+def test_restore_with_a_tiny_canonical_cache_reads_slices_again(tmp_path, monkeypatch):
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 1)  # keeps one page
+    spec = [("random", i) for i in range(8)] + [("shift", i, 512 * (1 + i % 7)) for i in (6, 0, 3, 6, 1)]
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data, frame_size=2 * 4096)
+    assert restored == data
+    assert api.info(str(snap))["pages"]["slice"] == 5
 
 
 def test_zero_runs_collapse_into_one_record(tmp_path):
@@ -141,7 +204,7 @@ def test_two_page_sizes_and_large_pages(tmp_path):
     data = build_image([("random", 1), ("zero",), ("fill", 3), ("copy", 0)], page_size=2 << 20)
     snap, restored = save_restore(tmp_path, data, page_size=2 << 20, frame_size=4 << 20)
     assert restored == data
-    assert api.info(str(snap))["pages"] == {"zero": 1, "pattern": 1, "sparse": 0, "data": 1, "ref": 1}
+    assert api.info(str(snap))["pages"] == {"zero": 1, "pattern": 1, "sparse": 0, "data": 1, "ref": 1, "slice": 0}
 
 
 def test_read_rejects_ranges_beyond_the_image(tmp_path):
@@ -255,7 +318,7 @@ def test_page_access_and_bytes_per_kind(tmp_path):
         with pytest.raises(vmsnap.errors.FormatError, match="no page 4"):
             s.page(4)
         stats = s.stats()
-    assert stats["image_bytes_by_kind"] == {"zero": 4096, "pattern": 4096, "sparse": 4096, "data": 4096, "ref": 0}
+    assert stats["image_bytes_by_kind"] == {"zero": 4096, "pattern": 4096, "sparse": 4096, "data": 4096, "ref": 0, "slice": 0}
 
 
 @pytest.mark.parametrize("page_size", [4096, 2 << 20])

@@ -87,4 +87,4 @@ def test_index_with_attachments_is_the_plain_index_then_the_table():
     att = [{"name": "x", "size": 0, "digest": bytes(32), "frames": b""}]
     extended = S.IndexBodyWithAttachments.build(fields | {"attachments": att})
     assert extended == plain + S.IndexAttachments.build({"attachments": att})
-    assert S.KNOWN_FLAGS == S.FLAG_ATTACHMENTS == 1
+    assert S.KNOWN_FLAGS == S.FLAG_ATTACHMENTS | S.FLAG_SLICES == 3

@@ -8,7 +8,7 @@ from typing import BinaryIO
 from .atomic import atomic_output, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
-from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, SnapshotWriter, default_jobs
+from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, SnapshotWriter, default_jobs
 from .progress import progress_bar
 from .sources import open_source
 
@@ -17,13 +17,18 @@ _ZEROS = bytes(1 << 20)
 
 def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096, level: int = DEFAULT_LEVEL,
          frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, description: str | None = None,
+         slice_window: int = DEFAULT_SLICE_WINDOW, long_matching: bool = False,
          progress: bool | None = False) -> dict:
-    """Save the memory image `input` ('-' for stdin) as the snapshot `output` ('-' for stdout)."""
+    """Save the memory image `input` ('-' for stdin) as the snapshot `output` ('-' for stdout).
+
+    slice_window: bytes of recently stored data searched for copies at 512-byte
+    offsets (0: none); long_matching: zstd long-distance matching within frames.
+    """
     with open_source(input, format) as source:
         with progress_bar(source.size_hint, "save", progress) as update:
             with atomic_output(output) as out:
                 writer = SnapshotWriter(out, page_size=page_size, level=level, frame_size=frame_size,
-                                        jobs=jobs, source=description if description is not None
+                                        jobs=jobs, slice_window=slice_window, long_matching=long_matching, source=description if description is not None
                                         else source.description)
                 try:
                     for region, chunks in source.regions():

@@ -107,18 +107,24 @@ def _progress(quiet: bool):
 @click.option("--format", "fmt", default="auto", show_default=True, help="Input format (auto detects by magic).")
 @click.option("--page-size", type=SIZE, default="4K", show_default=True, help="Page size, a power of two.")
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level of data frames.")
-@click.option("--frame-size", type=SIZE, default="64M", show_default=True,
+@click.option("--frame-size", type=SIZE, default="16M", show_default=True,
               help="Stored page data per zstd frame (larger finds more redundancy; cat decodes one frame).")
+@click.option("--slice-window", type=SIZE, default="1G", show_default=True,
+              help="Recently stored data searched for copies at 512-byte offsets (0: off).")
+@click.option("--long/--no-long", "long_matching", default=False, show_default=True,
+              help="zstd long-distance matching within each frame.")
 @click.option("--description", default=None, help="Source description stored in the header.")
 @_jobs_option
 @_quiet_option
 @_json_option
-def save(input, output, fmt, page_size, level, frame_size, description, jobs, quiet, as_json):
+def save(input, output, fmt, page_size, level, frame_size, slice_window, long_matching, description, jobs, quiet,
+         as_json):
     """Save the memory image INPUT ('-' for stdin) as a .vms snapshot."""
     from .api import save as save_snapshot
 
     result = save_snapshot(input, output, format=fmt, page_size=page_size, level=level, frame_size=frame_size,
-                           jobs=jobs, description=description, progress=_progress(quiet))
+                           slice_window=slice_window, long_matching=long_matching, jobs=jobs,
+                           description=description, progress=_progress(quiet))
     ratio = result["bytes_in"] / result["bytes_out"] if result["bytes_out"] else 0.0
     _report(result, as_json, quiet, f"saved {result['bytes_in']} bytes in {result['bytes_out']} bytes "
             f"({ratio:.1f}x) to {output}", to_stdout=output != "-")
@@ -378,7 +384,7 @@ def qemu() -> None:
 @click.option("--resume/--no-resume", default=False, show_default=True,
               help="Resume the guest after the save (if it was running), or leave it stopped.")
 @click.option("--level", type=click.IntRange(1, 22), default=3, show_default=True, help="zstd level.")
-@click.option("--frame-size", type=SIZE, default="64M", show_default=True, help="Stored page data per zstd frame.")
+@click.option("--frame-size", type=SIZE, default="16M", show_default=True, help="Stored page data per zstd frame.")
 @click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
               help="Seconds to wait for QEMU's migration to complete.")
 @_jobs_option

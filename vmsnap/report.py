@@ -24,7 +24,7 @@ def format_info(s: dict) -> str:
     ]
     stored_as = {"zero": "record only", "pattern": f"record + {s['patterns']} pattern units",
                  "sparse": "record + non-zero words", "data": "zstd frames (canonical copies)",
-                 "ref": "reference to a data page"}
+                 "ref": "reference to a data page", "slice": "offset into the stored data (512-byte aligned copy)"}
     for kind, count in s["pages"].items():
         lines.append(f"{kind:<12} {count:>12} {human_bytes(s['image_bytes_by_kind'][kind]):>14} "
                      f"{100 * count / total_pages:>6.1f}%  {stored_as[kind]}")

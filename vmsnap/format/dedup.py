@@ -1,12 +1,14 @@
-"""Digest index of stored pages: 16-byte BLAKE3 digest -> data page number.
+"""Digest index of stored contents: 16-byte BLAKE3 digest -> where the content is kept.
 
 A Python dict costs about 150 bytes per entry (a bytes key, an int, a slot), so
 it grew the writer's memory with the number of distinct pages (120 MiB for an
-8 GiB guest). This open-addressing table in numpy arrays costs 21 bytes per slot
+8 GiB guest). This open-addressing table in numpy arrays costs 25 bytes per slot
 at most twice the entries, and is queried a whole batch of pages at a time.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -17,37 +19,35 @@ class DigestIndex:
     def __init__(self, capacity: int = 1 << 16):
         cap = 1 << max(4, (capacity - 1).bit_length())
         self._keys = np.zeros(cap, dtype=_KEY)
-        self._vals = np.zeros(cap, dtype=np.uint32)  # data page numbers; 2^32 pages = 16 TiB stored
+        self._vals = np.zeros(cap, dtype=np.uint64)
         self._used = np.zeros(cap, dtype=bool)
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
-    def assign(self, digests: bytes, next_value: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """Look up each 16-byte digest; give each new content the next value, in order.
+    def assign(self, digests: bytes, place: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Look up each 16-byte digest; contents never seen before get a value from `place`.
 
-        Returns (values, is_first, next_value): values[i] is the data page of digest i,
-        is_first[i] tells the first occurrence of a content never seen before.
+        place(rows) is called once with the positions (ascending) of the first
+        occurrences of new contents and returns their values, in that order.
+        Returns (values, is_first): values[i] for digest i, and whether digest i is
+        the first occurrence of a content never seen before.
         """
         keys = np.frombuffer(digests, dtype=_KEY)
         m = len(keys)
         if m == 0:
-            return np.zeros(0, np.uint64), np.zeros(0, bool), next_value
+            return np.zeros(0, np.uint64), np.zeros(0, bool)
         uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
         values, found = self._find(uniq)
         new = np.flatnonzero(~found)
         if new.size:
-            if next_value + new.size > 1 << 32:
-                raise OverflowError("more than 2^32 distinct stored pages")
-            ranks = np.empty(new.size, dtype=np.int64)
-            ranks[np.argsort(first[new], kind="stable")] = np.arange(new.size)
-            values[new] = next_value + ranks
-            self._insert(uniq[new], values[new].astype(np.uint32))
-            next_value += new.size
+            new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
+            values[new] = place(first[new])
+            self._insert(uniq[new], values[new])
         is_first = (~found)[inverse] & (first[inverse] == np.arange(m))
-        return values[inverse], is_first, next_value
+        return values[inverse], is_first
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         return (keys["lo"] & np.uint64(len(self._used) - 1)).astype(np.int64)  # digests are uniform already
@@ -91,7 +91,7 @@ class DigestIndex:
         keys, vals = self._keys[self._used], self._vals[self._used]
         cap = 1 << (2 * need - 1).bit_length()
         self._keys = np.zeros(cap, dtype=_KEY)
-        self._vals = np.zeros(cap, dtype=np.uint32)
+        self._vals = np.zeros(cap, dtype=np.uint64)
         self._used = np.zeros(cap, dtype=bool)
         self._n = 0
         self._insert(keys, vals)

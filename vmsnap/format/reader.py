@@ -201,10 +201,13 @@ class Snapshot:
             raise bad("pattern unit length")
         rec = self.records
         kinds, counts, args = rec["kind"], rec["count"].astype(np.uint64), rec["arg"]
-        if np.any(kinds > S.REC_REF) or np.any(counts == 0):
+        last_kind = S.REC_SLICE if self.flags & S.FLAG_SLICES else S.REC_REF
+        if np.any(kinds > last_kind) or np.any(counts == 0):
             raise bad("unknown record kind or empty run")
+        # (limit, stride): the arg of a run's last page must stay below the limit
         limits = {S.REC_PATTERN: (len(self.patterns), 0), S.REC_SPARSE: (len(self.sparse_offsets) - 1, 1),
-                  S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1)}
+                  S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1),
+                  S.REC_SLICE: ((self.data_pages - 1) * ps + 1 if self.data_pages else 0, ps)}
         for kind, (limit, stride) in limits.items():
             sel = kinds == kind
             last = args[sel] + (counts[sel] - 1) * stride
@@ -353,6 +356,8 @@ class Snapshot:
             count -= skip
             if kind in (S.REC_SPARSE, S.REC_DATA, S.REC_REF):  # runs whose arg advances per page
                 arg += skip
+            elif kind == S.REC_SLICE:
+                arg += skip * ps
             for piece in self._run(kind, count, arg, canonical):
                 n = piece if isinstance(piece, int) else len(piece)
                 if n > remaining:
@@ -381,12 +386,28 @@ class Snapshot:
                     canonical.offer(arg, rows)
                 arg += len(rows)
                 yield memoryview(rows.reshape(-1))
-        else:  # REC_REF
+        elif kind == S.REC_REF:
             if canonical is not None:
                 yield from canonical.take(arg, count)
             else:
                 for rows in self.data_pages_view(arg, count):
                     yield memoryview(rows.reshape(-1))
+        else:  # REC_SLICE
+            for done in range(0, count, per_piece):
+                n = min(per_piece, count - done)
+                offset = arg + done * ps
+                if canonical is not None:
+                    yield canonical.take_slice(offset, n)
+                else:
+                    yield self.stream_bytes(offset, n * ps)
+
+    def stream_bytes(self, offset: int, length: int) -> memoryview:
+        """Bytes [offset, offset+length) of the data page stream (all data pages in order)."""
+        ps = self.page_size
+        first = offset // ps
+        pages = [rows.reshape(-1) for rows in self.data_pages_view(first, -(-(offset + length) // ps) - first)]
+        joined = pages[0] if len(pages) == 1 else np.concatenate(pages)
+        return memoryview(joined)[offset - first * ps:offset - first * ps + length]
 
     def iter_range(self, address: int, length: int, region: str | None = None) -> Iterator[int | memoryview]:
         """The bytes [address, address+length) in order, as produced by segments().
@@ -586,11 +607,8 @@ class CanonicalPages:
 
     def __init__(self, snap: Snapshot, regions: list[RegionInfo]):
         self.snap = snap
-        targets = []
-        for r in regions:
-            rec = snap.records[r.first_record:r.first_record + r.record_count]
-            sel = rec["kind"] == S.REC_REF
-            targets.append(_expand_runs(rec["arg"][sel], rec["count"][sel]))
+        targets = [_referenced_pages(snap.records[r.first_record:r.first_record + r.record_count], snap.page_size)
+                   for r in regions]
         t = np.concatenate(targets) if targets else np.zeros(0, np.uint64)
         # For each referenced data page: the ordinal of its last reference among all REF pages.
         self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
@@ -612,16 +630,48 @@ class CanonicalPages:
                 heapq.heappush(self.expiry, (int(self.last_use[j]), d))
 
     def take(self, dpn: int, count: int) -> Iterator[bytes]:
+        pages = self._pages(dpn, count)
+        self._delivered(count)
+        yield b"".join(pages)
+
+    def take_slice(self, offset: int, count: int) -> memoryview:
+        """`count` pages of a slice run at byte `offset` of the data page stream."""
+        ps = self.snap.page_size
+        first, shift = divmod(offset, ps)
+        joined = b"".join(self._pages(first, count + (shift != 0)))
+        self._delivered(count * (2 if shift else 1))  # as _referenced_pages counts them
+        return memoryview(joined)[shift:shift + count * ps]
+
+    def _pages(self, dpn: int, count: int) -> list[bytes]:
         pages = []
         for d in range(dpn, dpn + count):
             page = self.kept.get(d)
             if page is None:  # not decoded in this pass (a partial restore): decode it now
                 page = next(self.snap.data_pages_view(d, 1)).tobytes()
             pages.append(page)
-        self.delivered += count
+        return pages
+
+    def _delivered(self, n: int) -> None:
+        self.delivered += n
         while self.expiry and self.expiry[0][0] < self.delivered:
             self.kept.pop(heapq.heappop(self.expiry)[1], None)
-        yield b"".join(pages)
+
+
+def _referenced_pages(rec: np.ndarray, page_size: int) -> np.ndarray:
+    """Data pages that REF and SLICE records read, in restore order.
+
+    A REF page reads one data page; a SLICE page at an unaligned offset reads the
+    two data pages it straddles (an aligned one reads one).
+    """
+    sel = (rec["kind"] == S.REC_REF) | (rec["kind"] == S.REC_SLICE)
+    kinds, args, counts = rec["kind"][sel], rec["arg"][sel], rec["count"][sel]
+    is_slice = kinds == S.REC_SLICE
+    first = np.where(is_slice, args // np.uint64(page_size), args)
+    dpn = _expand_runs(first, counts)
+    straddles = np.repeat(is_slice & (args % np.uint64(page_size) != 0), counts.astype(np.int64))
+    reads = 1 + straddles.astype(np.int64)
+    within = np.arange(int(reads.sum())) - np.repeat(np.cumsum(reads) - reads, reads)
+    return np.repeat(dpn, reads) + within.astype(np.uint64)
 
 
 def _expand_runs(args: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -48,7 +48,11 @@ REC_PATTERN = 1  # every page is pattern `arg` (index into the pattern table)
 REC_SPARSE = 2  # page i is sparse page `arg + i` of the sparse table
 REC_DATA = 3  # page i is stored data page `arg + i` (the data page stream, cut into frames)
 REC_REF = 4  # page i has the content of stored data page `arg + i` (canonical instance)
-RECORD_KINDS = {REC_ZERO: "zero", REC_PATTERN: "pattern", REC_SPARSE: "sparse", REC_DATA: "data", REC_REF: "ref"}
+# page i is the page_size bytes at byte offset `arg + i * page_size` of the data page
+# stream (all stored data pages back to back): content stored off a page boundary
+REC_SLICE = 5
+RECORD_KINDS = {REC_ZERO: "zero", REC_PATTERN: "pattern", REC_SPARSE: "sparse", REC_DATA: "data", REC_REF: "ref",
+                REC_SLICE: "slice"}
 MAX_RUN = 0xFFFFFFFF  # a longer run is split into several records
 
 # Header flags. A reader rejects a file with a flag it does not know (version 1
@@ -56,7 +60,8 @@ MAX_RUN = 0xFFFFFFFF  # a longer run is split into several records
 # with "unknown header flags" (exit 5), never misread; a file without it is
 # byte for byte what older vmsnap writes.
 FLAG_ATTACHMENTS = 0x0001  # the index body is followed by IndexAttachments
-KNOWN_FLAGS = FLAG_ATTACHMENTS
+FLAG_SLICES = 0x0002  # records may be REC_SLICE
+KNOWN_FLAGS = FLAG_ATTACHMENTS | FLAG_SLICES
 ATTACHMENT_FRAME_BYTES = 4 << 20  # raw bytes per attachment frame (the last may hold fewer)
 
 

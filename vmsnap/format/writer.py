@@ -2,8 +2,10 @@
 
 Each region is read in batches of whole pages. Pattern, zero and sparse pages
 become records only; every other page is hashed (BLAKE3, 128 bits) and either
-stored once as a data page (its first occurrence is the canonical instance) or
-recorded as a reference to the data page that already holds its content.
+stored once as a data page (its first occurrence is the canonical instance),
+recorded as a reference to the data page that already holds its content, or,
+when its bytes already occur in the stored data at a 512-byte offset (a file and
+its copy in a tar archive), recorded as a slice of the data page stream.
 Data pages are cut into frames of `frame_pages` pages, compressed by a pool of
 threads (zstandard releases the GIL) and written in order.
 """
@@ -26,12 +28,17 @@ from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
+from .slices import GRAIN, SliceFinder
 
-DEFAULT_FRAME_SIZE = 64 << 20
+DEFAULT_FRAME_SIZE = 16 << 20
 DEFAULT_LEVEL = 3
+DEFAULT_SLICE_WINDOW = 1 << 30
 BATCH_BYTES = 4 << 20
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
-_STRIDE = np.array([0, 0, 1, 1, 1], dtype=np.uint64)  # arg step per page, by record kind
+# zstd parameters that differ from the level's defaults, measured on guest data pages
+# left after pattern, duplicate and slice pages are taken out (bench/RESULTS.md): at
+# level 3, 64k-entry tables and 6-byte minimum matches compress 24% faster for 0.3% more.
+_TUNED = {3: {"hash_log": 16, "chain_log": 14, "min_match": 6}}
 
 
 def check_page_size(page_size: int) -> None:
@@ -46,7 +53,8 @@ def default_jobs() -> int:
 class SnapshotWriter:
     def __init__(self, out: BinaryIO, *, page_size: int = 4096, level: int = DEFAULT_LEVEL,
                  frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, source: str = "",
-                 attachments: bool = False):
+                 attachments: bool = False, slice_window: int = DEFAULT_SLICE_WINDOW,
+                 long_matching: bool = False):
         check_page_size(page_size)
         if not 1 <= level <= 22:
             raise UsageError(f"zstd level must be 1..22, got {level}")
@@ -57,6 +65,7 @@ class SnapshotWriter:
         self.batch_bytes = max(BATCH_BYTES, self.block_size)
         self.frame_pages = frame_size // page_size
         self.level = level
+        self.long_matching = long_matching
         self.jobs = jobs or default_jobs()
         self._out = out
         self._pos = 0
@@ -67,6 +76,11 @@ class SnapshotWriter:
         self._frame_fill = 0
         self._dedup = DigestIndex()
         self._data_pages = 0
+        # Contents are placed in units of the data page stream: 512-byte grains when
+        # slices are looked for (slice_window > 0), whole pages otherwise.
+        self._slices = SliceFinder(page_size, slice_window) if slice_window and page_size >= 2 * GRAIN else None
+        self._unit = GRAIN if self._slices else page_size
+        self._stride = np.array([0, 0, 1, 1, 1, page_size], dtype=np.uint64)  # arg step per page, by record kind
         self._patterns: dict[bytes, int] = {}
         self._sparse_counts: list[np.ndarray] = []
         self._sparse_words: list[np.ndarray] = []
@@ -80,7 +94,7 @@ class SnapshotWriter:
         # Only a file that may hold attachments sets the flag, so a plain snapshot stays
         # readable by vmsnap versions that know no flags.
         self._attachments: list[dict] | None = [] if attachments else None
-        flags = S.FLAG_ATTACHMENTS if attachments else 0
+        flags = (S.FLAG_ATTACHMENTS if attachments else 0) | (S.FLAG_SLICES if self._slices else 0)
         header = S.Header.build({"body": {"value": {"version": S.FORMAT_VERSION, "flags": flags,
                                                     "page_size": page_size, "source": source}}})
         self._write(header)
@@ -186,10 +200,13 @@ class SnapshotWriter:
             rarg[idx] = self._add_sparse(pages, idx)
         idx = np.flatnonzero(kind == P.OTHER)
         if idx.size:
-            is_new, args = self._dedupe(pages, idx)
-            rkind[idx] = np.where(is_new, S.REC_DATA, S.REC_REF)
-            rarg[idx] = args
-            self._store(pages, idx[is_new])
+            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(pages[idx[rows]]))
+            per_page = np.uint64(self.page_size // self._unit)
+            aligned = values % per_page == 0
+            stored = is_first & aligned  # a new content placed at the end of the stream
+            rkind[idx] = np.where(stored, S.REC_DATA, np.where(aligned, S.REC_REF, S.REC_SLICE))
+            rarg[idx] = np.where(aligned, values // per_page, values * np.uint64(self._unit))
+            self._store(pages, idx[stored])
         self._add_runs(rkind, rarg)
 
     def _pattern_ids(self, pages: np.ndarray, idx: np.ndarray, period: np.ndarray) -> np.ndarray:
@@ -217,16 +234,21 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _dedupe(self, pages: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Digest each page; the first page with a content becomes a data page."""
-        args, is_new, self._data_pages = self._dedup.assign(P.page_digests(pages, idx), self._data_pages)
-        return is_new, args
+    def _place(self, new_pages: np.ndarray) -> np.ndarray:
+        """Where new contents go, in stream units: a slice of stored data, or stored next."""
+        if self._slices is not None:
+            places = self._slices.place(new_pages)
+            self._data_pages = self._slices.stream * GRAIN // self.page_size
+            return places.astype(np.uint64)
+        first = self._data_pages
+        self._data_pages += len(new_pages)
+        return np.arange(first, self._data_pages, dtype=np.uint64)
 
     def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
         """Append pages (one per entry), or given runs (with counts), merging runs that continue."""
         if counts is None:
             n = len(rkind)
-            step = _STRIDE[rkind]
+            step = self._stride[rkind]
             new = np.ones(n, dtype=bool)
             new[1:] = (rkind[1:] != rkind[:-1]) | (rarg[1:] != rarg[:-1] + step[1:])
             starts = np.flatnonzero(new)
@@ -238,7 +260,7 @@ class SnapshotWriter:
         first = 0
         run = self._run
         if run is not None and run[0] == kinds[0] and \
-                run[2] + run[1] * int(_STRIDE[run[0]]) == int(args[0]) and run[1] + int(counts[0]) <= S.MAX_RUN:
+                run[2] + run[1] * int(self._stride[run[0]]) == int(args[0]) and run[1] + int(counts[0]) <= S.MAX_RUN:
             run[1] += int(counts[0])
             first = 1
         if first < len(starts):
@@ -279,7 +301,7 @@ class SnapshotWriter:
         if self._framebuf is None or self._frame_fill == 0:
             return
         data = self._framebuf[:self._frame_fill]
-        self._pending.append((self._pool.submit(_compress, data, self.level), self._frame_fill))
+        self._pending.append((self._pool.submit(_compress, data, self.level, self.long_matching), self._frame_fill))
         self._framebuf = None
         self._frame_fill = 0
         while len(self._pending) > self.jobs:
@@ -351,16 +373,26 @@ class SnapshotWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _compress(data: np.ndarray, level: int) -> tuple[bytes, bytes]:
+def frame_parameters(level: int, nbytes: int, long_matching: bool) -> zstandard.ZstdCompressionParameters:
+    """zstd parameters for one frame of `nbytes` data pages.
+
+    The window spans the frame. Long-distance matching is optional: the digest index
+    and the slice finder already share whole pages and 512-byte-aligned copies across
+    the image, and on guest data it cost 8-10% more time for under 0.1% smaller frames.
+    """
+    base = zstandard.ZstdCompressionParameters.from_level(level, source_size=nbytes)
+    fields = {"strategy": base.strategy, "hash_log": base.hash_log, "chain_log": base.chain_log,
+              "search_log": base.search_log, "min_match": base.min_match, "target_length": base.target_length}
+    fields.update(_TUNED.get(level, {}))
+    if long_matching:
+        fields.update(enable_ldm=True, ldm_hash_rate_log=10, ldm_min_match=128)
+    return zstandard.ZstdCompressionParameters(window_log=max(10, min(31, (nbytes - 1).bit_length())), **fields)
+
+
+def _compress(data: np.ndarray, level: int, long_matching: bool) -> tuple[bytes, bytes]:
     # A fresh compressor per frame: frames are independent, so the output does not
     # depend on which thread ran them or on --jobs (deterministic snapshots).
-    # Long-distance matching over the whole frame finds content repeated at unaligned
-    # offsets (archives, files in page cache). Sparser LDM sampling with 128-byte
-    # minimum matches was ~20% faster than zstd's defaults at the same size on
-    # guest data pages (bench/RESULTS.md), and 50% faster on incompressible pages.
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level, source_size=data.nbytes, enable_ldm=True, ldm_hash_rate_log=10, ldm_min_match=128,
-        window_log=max(10, min(31, (data.nbytes - 1).bit_length())))
+    params = frame_parameters(level, data.nbytes, long_matching)
     blob = zstandard.ZstdCompressor(compression_params=params).compress(data)
     return blob, S.digest(blob)
 

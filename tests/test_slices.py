@@ -1,0 +1,88 @@
+"""The slice finder: every slice it reports holds the page's bytes, and it finds them."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from vmsnap.format.slices import GRAIN, SliceFinder, fingerprints
+
+
+def run_finder(pages, page_size, window=1 << 30, batch=3):
+    """Place pages in batches; return (positions, the stream of stored pages)."""
+    finder = SliceFinder(page_size, window)
+    stream = bytearray()
+    places = []
+    for i in range(0, len(pages), batch):
+        chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
+        for page, pos in zip(pages[i:i + batch], finder.place(chunk).tolist()):
+            places.append(pos)
+            if pos * GRAIN == len(stream):  # stored at the end
+                stream += page
+    assert finder.stream * GRAIN == len(stream)
+    return places, bytes(stream)
+
+
+@st.composite
+def page_sequences(draw):
+    page_size = draw(st.sampled_from([1024, 4096]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    # few distinct grains, so equal grains (and grain-level near misses) are common
+    alphabet = [rng.integers(0, 256, GRAIN, dtype=np.uint8).tobytes() for _ in range(draw(st.integers(1, 6)))]
+    text = b"".join(alphabet[i] for i in rng.integers(0, len(alphabet), 64 * page_size // GRAIN))
+    pages = []
+    for _ in range(draw(st.integers(1, 30))):
+        start = GRAIN * draw(st.integers(0, len(text) // GRAIN - page_size // GRAIN))
+        pages.append(text[start:start + page_size])
+    return page_size, pages
+
+
+@given(page_sequences())
+@settings(max_examples=150, deadline=None)
+def test_every_slice_holds_the_page(seq):
+    page_size, pages = seq
+    places, stream = run_finder(pages, page_size)
+    gpp = page_size // GRAIN
+    for page, pos in zip(pages, places):
+        assert stream[pos * GRAIN:pos * GRAIN + page_size] == page
+        if pos % gpp == 0:  # stored: a new page always goes at the end, never over stored data
+            assert pos * GRAIN < len(stream)
+
+
+def test_finds_a_copy_at_every_grain_offset():
+    rng = np.random.default_rng(5)
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(3)]
+    stream = b"".join(stored)
+    copies = [stream[k * GRAIN:k * GRAIN + 4096] for k in range(1, 16) if k % 8]
+    places, _ = run_finder(stored + copies, 4096)
+    assert places[:3] == [0, 8, 16]
+    assert places[3:] == [k for k in range(1, 16) if k % 8]
+
+
+def test_window_forgets_old_data():
+    rng = np.random.default_rng(6)
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(40)]
+    old_copy = (stored[0] + stored[1])[512:512 + 4096]
+    recent_copy = (stored[38] + stored[39])[1024:1024 + 4096]
+    places, _ = run_finder(stored + [old_copy, recent_copy], 4096, window=16 * 4096, batch=8)
+    assert places[40] == 40 * 8  # beyond the window: stored again
+    assert places[41] == 38 * 8 + 2  # within it: a slice
+
+
+def test_fingerprints_see_every_byte():
+    rng = np.random.default_rng(7)
+    page = rng.integers(0, 256, (1, 4096), dtype=np.uint8)
+    f0, f1 = fingerprints(page)
+    for pos in (0, 7, 8, 511, 512, 4095):
+        for bit in (0, 7):
+            flipped = page.copy()
+            flipped[0, pos] ^= 1 << bit
+            g0, g1 = fingerprints(flipped)
+            grain = pos // GRAIN
+            assert g0[grain] != f0[grain] and g1[grain] != f1[grain]
+            others = np.arange(len(f0)) != grain
+            assert (g0[others] == f0[others]).all()
+
+
+def test_pages_too_small_for_slices_are_refused():
+    with pytest.raises(ValueError):
+        SliceFinder(512)
