@@ -14,7 +14,7 @@ def run_finder(pages, page_size, window=1 << 30, batch=3):
     places = []
     for i in range(0, len(pages), batch):
         chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
-        for page, pos in zip(pages[i:i + batch], finder.place(chunk).tolist()):
+        for page, pos in zip(pages[i:i + batch], finder.place(chunk, np.arange(len(chunk))).tolist()):
             places.append(pos)
             if pos * GRAIN == len(stream):  # stored at the end
                 stream += page
@@ -86,3 +86,10 @@ def test_fingerprints_see_every_byte():
 def test_pages_too_small_for_slices_are_refused():
     with pytest.raises(ValueError):
         SliceFinder(512)
+
+
+def test_fingerprints_of_chosen_rows_match_a_copy_of_them():
+    pages = np.random.default_rng(8).integers(0, 256, (6, 2048), dtype=np.uint8)
+    rows = np.array([4, 0, 5])
+    for got, want in zip(fingerprints(pages, rows), fingerprints(pages[rows])):
+        assert (got == want).all() and len(got) == 3 * 4

@@ -29,18 +29,22 @@ def _fmix(x):
 
 
 @njit(nogil=True, cache=True)
-def fingerprint_grains(words, f0, f1):
-    """words: (grains, 64) uint64; fills f0, f1 with the two lanes of each grain."""
-    for g in range(words.shape[0]):
-        h0 = _LANE0
-        h1 = _LANE1
-        for i in range(words.shape[1]):
-            y = _fmix(words[g, i] + np.uint64(i))
-            h0 = ((h0 ^ y) << _S31 | (h0 ^ y) >> np.uint64(33)) * _M1
-            h1 = (h1 + y) * _M2
-            h1 ^= h1 >> _S29
-        f0[g] = _fmix(h0 ^ (h1 >> _S7))
-        f1[g] = _fmix(h1 + h0)
+def fingerprint_grains(words, rows, grain_words, f0, f1):
+    """Both lanes of every grain of pages words[rows] (pages as rows of uint64 words)."""
+    per_page = words.shape[1] // grain_words
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        for j in range(per_page):
+            h0 = _LANE0
+            h1 = _LANE1
+            for i in range(grain_words):
+                y = _fmix(words[row, j * grain_words + i] + np.uint64(i))
+                h0 = ((h0 ^ y) << _S31 | (h0 ^ y) >> np.uint64(33)) * _M1
+                h1 = (h1 + y) * _M2
+                h1 ^= h1 >> _S29
+            g = r * per_page + j
+            f0[g] = _fmix(h0 ^ (h1 >> _S7))
+            f1[g] = _fmix(h1 + h0)
 
 
 @njit(inline="always")

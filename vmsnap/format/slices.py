@@ -18,21 +18,47 @@ the BLAKE3 block digest of the original image.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 GRAIN = 512  # bytes per fingerprinted unit: tar's block size, the usual sector
 _INITIAL_GRAINS = 1 << 16
 
 
-def fingerprints(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The two 64-bit fingerprint lanes of every 512-byte grain of `pages` (n, page_size)."""
-    words = np.ascontiguousarray(pages).reshape(-1, GRAIN).view(np.uint64)
-    f0 = np.empty(len(words), dtype=np.uint64)
-    f1 = np.empty(len(words), dtype=np.uint64)
-    from . import _slice_kernels as K
-
-    K.fingerprint_grains(words, f0, f1)
+def fingerprints(pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two 64-bit fingerprint lanes of every 512-byte grain of pages[rows] (all pages by default)."""
+    words = np.ascontiguousarray(pages).view(np.uint64)
+    rows = np.arange(len(words)) if rows is None else np.asarray(rows, dtype=np.int64)
+    grains = len(rows) * (pages.shape[1] // GRAIN)
+    f0 = np.empty(grains, dtype=np.uint64)
+    f1 = np.empty(grains, dtype=np.uint64)
+    _kernels().fingerprint_grains(words, rows, GRAIN // 8, f0, f1)
     return f0, f1
+
+
+_loaded: list = []
+_loading = threading.Lock()
+
+
+def _kernels():
+    """The kernel module, loaded once (it imports numba and loads the compiled kernels)."""
+    with _loading:
+        if not _loaded:
+            from . import _slice_kernels
+
+            tiny = np.zeros((1, 2 * GRAIN // 8), dtype=np.uint64)
+            f = np.zeros(2, dtype=np.uint64)
+            _slice_kernels.fingerprint_grains(tiny, np.zeros(1, np.int64), GRAIN // 8, f, f.copy())
+            _loaded.append(_slice_kernels)
+    return _loaded[0]
+
+
+def preload() -> None:
+    """Start loading the kernels on a thread: numba's import and cache load (about half
+    a second) then overlap the first reads of a save instead of delaying them."""
+    if not _loaded:
+        threading.Thread(target=_kernels, name="vmsnap-numba-load", daemon=True).start()
 
 
 class SliceFinder:
@@ -51,23 +77,21 @@ class SliceFinder:
         self._r0 = self._r1 = np.zeros(0, dtype=np.uint64)
         self._keys = np.zeros(0, dtype=np.uint64)
         self._vals = np.zeros(0, dtype=np.int64)
-        self._grow(_INITIAL_GRAINS)
+        preload()
 
-    def place(self, pages: np.ndarray) -> np.ndarray:
-        """Grain positions of `pages` (n, page_size): slices or their new places."""
-        n = len(pages)
+    def place(self, pages: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Grain positions of pages[rows]: slices or their new places, in order."""
+        n = len(rows)
         out = np.empty(n, dtype=np.int64)
         if n == 0:
             return out
-        f0, f1 = fingerprints(pages)
+        f0, f1 = fingerprints(pages, rows)
         need = self.stream + n * self.gpp
         if need > len(self._r0) and len(self._r0) < self.window:
             self._grow(need)
         window = min(self.window, len(self._r0))
-        from . import _slice_kernels as K
-
-        self.stream = K.place_pages(f0, f1, n, self.gpp, self._r0, self._r1, len(self._r0) - 1,
-                             self._keys, self._vals, len(self._keys) - 1, self.stream, window, out)
+        self.stream = _kernels().place_pages(f0, f1, n, self.gpp, self._r0, self._r1, len(self._r0) - 1,
+                                             self._keys, self._vals, len(self._keys) - 1, self.stream, window, out)
         return out
 
     def _grow(self, need: int) -> None:
@@ -81,6 +105,4 @@ class SliceFinder:
         slots = max(64, 2 * size // self.gpp)
         self._keys = np.zeros(slots, dtype=np.uint64)
         self._vals = np.full(slots, -1, dtype=np.int64)
-        from . import _slice_kernels as K
-
-        K.reindex(self._r0, size - 1, self._keys, self._vals, slots - 1, self.gpp, self.stream)
+        _kernels().reindex(self._r0, size - 1, self._keys, self._vals, slots - 1, self.gpp, self.stream)

@@ -200,7 +200,7 @@ class SnapshotWriter:
             rarg[idx] = self._add_sparse(pages, idx)
         idx = np.flatnonzero(kind == P.OTHER)
         if idx.size:
-            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(pages[idx[rows]]))
+            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(pages, idx[rows]))
             per_page = np.uint64(self.page_size // self._unit)
             aligned = values % per_page == 0
             stored = is_first & aligned  # a new content placed at the end of the stream
@@ -234,14 +234,14 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _place(self, new_pages: np.ndarray) -> np.ndarray:
-        """Where new contents go, in stream units: a slice of stored data, or stored next."""
+    def _place(self, pages: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Where the new contents pages[rows] go, in stream units: a slice of stored data, or stored next."""
         if self._slices is not None:
-            places = self._slices.place(new_pages)
+            places = self._slices.place(pages, rows)
             self._data_pages = self._slices.stream * GRAIN // self.page_size
             return places.astype(np.uint64)
         first = self._data_pages
-        self._data_pages += len(new_pages)
+        self._data_pages += len(rows)
         return np.arange(first, self._data_pages, dtype=np.uint64)
 
     def _add_runs(self, rkind: np.ndarray, rarg: np.ndarray, counts: np.ndarray | None = None) -> None:
