@@ -14,7 +14,7 @@ def run_finder(pages, page_size, window=1 << 30, batch=3):
     places = []
     for i in range(0, len(pages), batch):
         chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
-        for page, pos in zip(pages[i:i + batch], finder.place(chunk, np.arange(len(chunk))).tolist()):
+        for page, pos in zip(pages[i:i + batch], finder.place(*fingerprints(chunk)).tolist()):
             places.append(pos)
             if pos * GRAIN == len(stream):  # stored at the end
                 stream += page

@@ -79,13 +79,13 @@ class SliceFinder:
         self._vals = np.zeros(0, dtype=np.int64)
         preload()
 
-    def place(self, pages: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Grain positions of pages[rows]: slices or their new places, in order."""
-        n = len(rows)
+    def place(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
+        """Grain positions of new pages, given their grains' fingerprints (see fingerprints()):
+        slices of the stored stream, or their new places at its end, in order."""
+        n = len(f0) // self.gpp
         out = np.empty(n, dtype=np.int64)
         if n == 0:
             return out
-        f0, f1 = fingerprints(pages, rows)
         need = self.stream + n * self.gpp
         if need > len(self._r0) and len(self._r0) < self.window:
             self._grow(need)

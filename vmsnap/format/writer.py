@@ -28,12 +28,13 @@ from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
-from .slices import GRAIN, SliceFinder
+from .slices import GRAIN, SliceFinder, fingerprints
 
 DEFAULT_FRAME_SIZE = 16 << 20
 DEFAULT_LEVEL = 3
 DEFAULT_SLICE_WINDOW = 1 << 30
 BATCH_BYTES = 4 << 20
+ANALYSIS_AHEAD = 2  # batches classified ahead of the one being encoded
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
 # zstd parameters that differ from the level's defaults, measured on guest data pages
 # left after pattern, duplicate and slice pages are taken out (bench/RESULTS.md): at
@@ -108,24 +109,22 @@ class SnapshotWriter:
         first_record = self._n_records
         hasher = BlockHasher(self.block_size)
         size = 0
-        ps = self.page_size
-        for batch in page_batches(chunks, ps, self.batch_bytes):
-            if isinstance(batch, int):  # zero pages the source knows without reading them
-                runs = [S.MAX_RUN] * (batch // S.MAX_RUN) + ([batch % S.MAX_RUN] if batch % S.MAX_RUN else [])
-                self._add_runs(np.full(len(runs), S.REC_ZERO, np.uint8), np.zeros(len(runs), np.uint64),
-                               np.array(runs, dtype=np.int64))
-                hasher.update_zero(batch * ps)
-                size += batch * ps
-                if progress:
-                    progress(batch * ps)
-                continue
-            pages = P.as_pages(batch, ps)
-            kind, period = P.classify(pages)
-            self._hash_blocks(hasher, batch, kind)
-            self._encode(pages, kind, period)
-            size += len(batch)
-            if progress:
-                progress(len(batch))
+        # A second thread classifies, block-hashes and fingerprints the batches ahead
+        # (numpy, BLAKE3 on whole blocks and numba release the GIL) while this one
+        # digests pages (BLAKE3 holds the GIL on 4 KiB inputs) and places them.
+        pending: deque = deque()
+        with ThreadPoolExecutor(1, thread_name_prefix="vmsnap-classify") as analysis:
+            try:
+                for batch in page_batches(chunks, self.page_size, self.batch_bytes):
+                    pending.append((batch, analysis.submit(self._analyze, hasher, batch)))
+                    while len(pending) > ANALYSIS_AHEAD:
+                        size += self._encode_batch(*pending.popleft(), progress)
+                while pending:
+                    size += self._encode_batch(*pending.popleft(), progress)
+            except BaseException:
+                for _, future in pending:
+                    future.cancel()
+                raise
         self._close_run()
         self.bytes_in += size
         blocks = hasher.finish()
@@ -173,6 +172,32 @@ class SnapshotWriter:
         self._attachments.append(entry)
         return {"name": name, "size": size, "stored": int(table["size"].sum(dtype=np.uint64))}
 
+    def _analyze(self, hasher: BlockHasher, batch) -> tuple | None:
+        """Classify a batch, hash its blocks, fingerprint its OTHER pages (on the analysis thread)."""
+        if isinstance(batch, int):  # zero pages the source knows without reading them
+            hasher.update_zero(batch * self.page_size)
+            return None
+        pages = P.as_pages(batch, self.page_size)
+        kind, period = P.classify(pages)
+        self._hash_blocks(hasher, batch, kind)
+        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
+        return pages, kind, period, grains
+
+    def _encode_batch(self, batch, analysis, progress: Callable[[int], None] | None) -> int:
+        """Turn an analysed batch into records and data pages; return its size in bytes."""
+        result = analysis.result()
+        if result is None:
+            runs = [S.MAX_RUN] * (batch // S.MAX_RUN) + ([batch % S.MAX_RUN] if batch % S.MAX_RUN else [])
+            self._add_runs(np.full(len(runs), S.REC_ZERO, np.uint8), np.zeros(len(runs), np.uint64),
+                           np.array(runs, dtype=np.int64))
+            n = batch * self.page_size
+        else:
+            self._encode(*result)
+            n = len(batch)
+        if progress:
+            progress(n)
+        return n
+
     def _hash_blocks(self, hasher: BlockHasher, batch, kind: np.ndarray) -> None:
         per_block = self.block_size // self.page_size
         mv = memoryview(batch)
@@ -186,7 +211,7 @@ class SnapshotWriter:
 
     # -- pages -> records ------------------------------------------------------
 
-    def _encode(self, pages: np.ndarray, kind: np.ndarray, period: np.ndarray) -> None:
+    def _encode(self, pages: np.ndarray, kind: np.ndarray, period: np.ndarray, grains) -> None:
         n = len(kind)
         rkind = np.full(n, S.REC_ZERO, dtype=np.uint8)
         rarg = np.zeros(n, dtype=np.uint64)
@@ -200,7 +225,7 @@ class SnapshotWriter:
             rarg[idx] = self._add_sparse(pages, idx)
         idx = np.flatnonzero(kind == P.OTHER)
         if idx.size:
-            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(pages, idx[rows]))
+            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(rows, grains))
             per_page = np.uint64(self.page_size // self._unit)
             aligned = values % per_page == 0
             stored = is_first & aligned  # a new content placed at the end of the stream
@@ -234,10 +259,15 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _place(self, pages: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Where the new contents pages[rows] go, in stream units: a slice of stored data, or stored next."""
+    def _place(self, rows: np.ndarray, grains) -> np.ndarray:
+        """Where new contents go, in stream units: a slice of stored data, or stored next.
+
+        rows: positions among the batch's OTHER pages; grains: their fingerprints.
+        """
         if self._slices is not None:
-            places = self._slices.place(pages, rows)
+            per_page = self.page_size // GRAIN
+            f0, f1 = (lane.reshape(-1, per_page)[rows].ravel() for lane in grains)
+            places = self._slices.place(f0, f1)
             self._data_pages = self._slices.stream * GRAIN // self.page_size
             return places.astype(np.uint64)
         first = self._data_pages
