@@ -25,13 +25,13 @@ from genimage import _size, generate  # noqa: E402
 PY = sys.executable
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS KiB) of cmd, measured by GNU time."""
-    p = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], capture_output=True, text=True)
+def timed(cmd: list[str]) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS KiB, CPU seconds user+system) of cmd, measured by GNU time."""
+    p = subprocess.run(["/usr/bin/time", "-f", "%e %M %U %S", *cmd], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr}")
-    wall, rss = p.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss)
+    wall, rss, user, system = p.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(rss), float(user) + float(system)
 
 
 def same(a: str, b: str) -> bool:
@@ -59,11 +59,12 @@ def bench(path: str, jobs: int, runs: int, out_dir: str, level: int, frame_size:
         "zstd_restore_sync": ["sh", "-c", f"zstd -d --long=30 -f -q {zst} -o {zout} && sync {zout}"],
     }
     subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)  # page cache warm for both
-    samples: dict[str, list[tuple[float, int]]] = {k: [] for k in cmds}
+    samples: dict[str, list[tuple[float, int, float]]] = {k: [] for k in cmds}
     for _ in range(runs):  # alternate peer and vmsnap so machine noise hits both alike
         for name in ("zstd_save", "vmsnap_save", "zstd_restore", "vmsnap_restore", "zstd_restore_sync"):
             samples[name].append(timed(cmds[name]))
-    result = {k: (statistics.median(w for w, _ in v), max(r for _, r in v)) for k, v in samples.items()}
+    result = {k: (statistics.median(s[0] for s in v), max(s[1] for s in v), statistics.median(s[2] for s in v))
+              for k, v in samples.items()}
     result["zstd_bytes"] = os.path.getsize(zst)
     result["vmsnap_bytes"] = os.path.getsize(vms)
     result["identical"] = same(path, zout) and same(path, vout)
@@ -81,10 +82,14 @@ def report(path: str, size: int, r: dict, jobs: int, runs: int) -> str:
         f"{r['vmsnap_bytes'] / r['zstd_bytes']:.3f} |",
         f"| save wall time | {r['zstd_save'][0]:.2f} s | {r['vmsnap_save'][0]:.2f} s | "
         f"{r['vmsnap_save'][0] / r['zstd_save'][0]:.2f} |",
+        f"| save CPU time (user + system) | {r['zstd_save'][2]:.2f} s | {r['vmsnap_save'][2]:.2f} s | "
+        f"{r['vmsnap_save'][2] / r['zstd_save'][2]:.2f} |",
         f"| restore wall time (`zstd -d --long=30`) | {r['zstd_restore'][0]:.2f} s | {r['vmsnap_restore'][0]:.2f} s | "
         f"{r['vmsnap_restore'][0] / r['zstd_restore'][0]:.2f} |",
         f"| restore wall time, output fsynced (`zstd -d && sync`) | {r['zstd_restore_sync'][0]:.2f} s | "
         f"{r['vmsnap_restore'][0]:.2f} s | {r['vmsnap_restore'][0] / r['zstd_restore_sync'][0]:.2f} |",
+        f"| restore CPU time (user + system) | {r['zstd_restore'][2]:.2f} s | {r['vmsnap_restore'][2]:.2f} s | "
+        f"{r['vmsnap_restore'][2] / r['zstd_restore'][2]:.2f} |",
         f"| save peak RSS | {r['zstd_save'][1] / 1024:.0f} MiB | {r['vmsnap_save'][1] / 1024:.0f} MiB | "
         f"{r['vmsnap_save'][1] / r['zstd_save'][1]:.2f} |",
         f"| restore peak RSS | {r['zstd_restore'][1] / 1024:.0f} MiB | {r['vmsnap_restore'][1] / 1024:.0f} MiB | "
@@ -114,7 +119,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--level", type=int, default=3)
-    ap.add_argument("--frame-size", default="64M")
+    ap.add_argument("--frame-size", default="16M")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out"))
     ap.add_argument("--md", default=None, help="also write the report to this file")
     args = ap.parse_args()
