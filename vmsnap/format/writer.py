@@ -400,21 +400,18 @@ class SnapshotWriter:
 
 
 def frame_parameters(level: int, nbytes: int, long_matching: bool) -> zstandard.ZstdCompressionParameters:
-    """zstd parameters for one frame of `nbytes` data pages.
+    """zstd parameters for one frame of `nbytes` data pages: the level's, with a window
+    spanning the frame.
 
-    The window spans the frame. Long-distance matching is optional: the digest index
-    and the slice finder already share whole pages and 512-byte-aligned copies across
-    the image, and on guest data it cost 8-10% more time for under 0.1% smaller frames.
+    Long-distance matching is optional: the digest index and the slice finder already
+    share whole pages and 512-byte-aligned copies across the image, and on guest data
+    it cost 8-10% more time for under 0.1% smaller frames. (Smaller match tables than
+    the level's were 10% cheaper on the synthetic benchmark dump but 2% larger on a
+    real QEMU guest's memory.)
     """
-    base = zstandard.ZstdCompressionParameters.from_level(level, source_size=nbytes)
-    # The level's own tables and match lengths: smaller tables (64k entries, 6-byte
-    # matches) were 10% cheaper on the synthetic benchmark dump but 2% larger on a
-    # real QEMU guest's memory, so they are not used.
-    fields = {"strategy": base.strategy, "hash_log": base.hash_log, "chain_log": base.chain_log,
-              "search_log": base.search_log, "min_match": base.min_match, "target_length": base.target_length}
-    if long_matching:
-        fields.update(enable_ldm=True, ldm_hash_rate_log=10, ldm_min_match=128)
-    return zstandard.ZstdCompressionParameters(window_log=max(10, min(31, (nbytes - 1).bit_length())), **fields)
+    extra = {"enable_ldm": True, "ldm_hash_rate_log": 10, "ldm_min_match": 128} if long_matching else {}
+    return zstandard.ZstdCompressionParameters.from_level(
+        level, source_size=nbytes, window_log=max(10, min(31, (nbytes - 1).bit_length())), **extra)
 
 
 def _compress(data: np.ndarray, level: int, long_matching: bool) -> tuple[bytes, bytes]:
