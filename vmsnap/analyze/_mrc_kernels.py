@@ -22,7 +22,7 @@ Data structures (Olken's stack-distance algorithm with a Fenwick tree):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .._numba import kernel as njit
 
 GOLD = np.uint64(0x9E3779B97F4A7C15)
 
@@ -39,7 +39,7 @@ SC_NEED_BIN = 9  # histogram bin a fixed-size kernel could not store
 SC_LEN = 10
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def mix64(x):
     """murmur3's 64-bit finaliser: a bijective, well-spread hash of a page number."""
     x ^= x >> np.uint64(33)
@@ -50,7 +50,7 @@ def mix64(x):
     return x
 
 
-@njit(cache=True)
+@njit
 def hash_filter(pages, thresh):
     """Pages whose mix64 hash is below *thresh*, and their indices."""
     n = pages.shape[0]
@@ -66,7 +66,7 @@ def hash_filter(pages, thresh):
     return out[:k], idx[:k]
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _bit_add(bit, pos, delta):
     i = pos + 1
     n = bit.shape[0]
@@ -75,7 +75,7 @@ def _bit_add(bit, pos, delta):
         i += i & (-i)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _bit_prefix(bit, pos):
     """Sum of marks at logical times 0..pos inclusive."""
     s = 0
@@ -86,7 +86,7 @@ def _bit_prefix(bit, pos):
     return s
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _slot(hkeys, hvals, p, hshift):
     mask = hkeys.shape[0] - 1
     h = np.int64((p * GOLD) >> np.uint64(hshift))
@@ -97,7 +97,7 @@ def _slot(hkeys, hvals, p, hshift):
         h = (h + 1) & mask
 
 
-@njit(cache=True)
+@njit
 def rehash(hkeys, hvals, new_keys, new_vals, hshift):
     for j in range(hkeys.shape[0]):
         if hvals[j] != -1:
@@ -106,7 +106,7 @@ def rehash(hkeys, hvals, new_keys, new_vals, hshift):
             new_vals[h] = hvals[j]
 
 
-@njit(cache=True)
+@njit
 def compact(last, n_ids, bit):
     """Renumber live logical times to 0..live-1 and rebuild the tree; returns live."""
     order = np.argsort(last[:n_ids])
@@ -128,7 +128,7 @@ def compact(last, n_ids, bit):
     return k
 
 
-@njit(cache=True)
+@njit
 def lru_feed(pages, times, use_times, i0, base, thresh, use_hash, period, hkeys, hvals, last, armed, bit, hist, sc):
     """Stack distances of *pages* from index i0 on; returns where it stopped.
 
@@ -191,7 +191,7 @@ def lru_feed(pages, times, use_times, i0, base, thresh, use_hash, period, hkeys,
     return n
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _heap_push(hh, hid, size, key, val):
     j = size
     hh[j] = key
@@ -210,7 +210,7 @@ def _heap_push(hh, hid, size, key, val):
     return size + 1
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _heap_pop(hh, hid, size):
     size -= 1
     hh[0] = hh[size]
@@ -235,7 +235,7 @@ def _heap_pop(hh, hid, size):
     return size
 
 
-@njit(cache=True)
+@njit
 def shards_fixed_size_feed(pages, i0, th, smax, hkeys, hvals, last, bit, whist, wcold, heap_h, heap_id, sc):
     """Fixed-size SHARDS: at most *smax* sampled pages are tracked.
 

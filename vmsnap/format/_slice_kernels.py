@@ -4,7 +4,7 @@ third of a second to import, which restore, info and verify need not pay)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .._numba import kernel as njit
 
 MAX_PROBES = 16  # table slots looked at per key; past that the oldest entry is replaced
 
@@ -28,7 +28,7 @@ def _fmix(x):
     return x
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def fingerprint_grains(words, rows, grain_words, f0, f1):
     """Both lanes of every grain of pages words[rows] (pages as rows of uint64 words)."""
     per_page = words.shape[1] // grain_words
@@ -80,7 +80,7 @@ def _insert(keys, vals, mask, key, pos, lo):
     vals[victim] = pos
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def place_pages(f0, f1, pages, gpp, r0, r1, rmask, keys, vals, kmask, stream, window, out):
     """For each page: the grain where its bytes already occur in the stream, or append it.
 
@@ -123,7 +123,7 @@ def place_pages(f0, f1, pages, gpp, r0, r1, rmask, keys, vals, kmask, stream, wi
     return stream
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True)
 def reindex(r0, rmask, keys, vals, kmask, gpp, stream):
     for s in range(0, stream, gpp):
         _insert(keys, vals, kmask, r0[s & rmask], s, 0)

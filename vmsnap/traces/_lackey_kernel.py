@@ -10,10 +10,10 @@ the kernel was merely out of output room) returns the pages.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .._numba import kernel as njit
 
 
-@njit(cache=True)
+@njit
 def parse(buf, n_bytes, shift, keep, lut, out):
     """Return (pages written, ok).  keep[0..3]: keep I, L, S, M."""
     i = 0
