@@ -23,8 +23,8 @@ import queue
 import threading
 from typing import BinaryIO
 
-BUFFER_BYTES = 8 << 20
-BUFFERS = 4  # 32 MiB in flight: enough to keep the writer busy while a frame decodes
+BUFFER_BYTES = 4 << 20
+BUFFERS = 4  # 16 MiB in flight: as fast as 32 MiB on the bench dump, 12 MiB less RSS
 ALIGN = 4096  # a multiple of every common logical block size
 
 
