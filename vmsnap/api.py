@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import BinaryIO
 
 from .atomic import atomic_output, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
 from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, SnapshotWriter, default_jobs
+from .output import ImageWriter
 from .progress import progress_bar
 from .sources import open_source
 
@@ -124,10 +124,16 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
             total = max((placement[r.name] + r.size for r in regions), default=0)
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
             with atomic_output(output) as out:
-                sink = _Sink(out, sparse=sparse and output != "-" and _seekable(out), placement=placement)
-                sink.write_header(header)
-                snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs())
-                sink.finish(total)
+                positioned = output != "-" and _seekable(out)
+                writer = ImageWriter(out, positioned=positioned)
+                sink = _Sink(writer, sparse=sparse and positioned, placement=placement)
+                try:
+                    sink.write_header(header)
+                    snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs())
+                    sink.finish(total)
+                except BaseException:
+                    writer.abandon()
+                    raise
         return {"file": path, "output": output, "format": format, "bytes": total,
                 "regions": [r.name for r in regions], "sparse": sink.sparse,
                 "image_digest": snap.image_digest.hex()}
@@ -147,59 +153,48 @@ def _seekable(fh: BinaryIO) -> bool:
 
 
 class _Sink:
-    """Writes pieces at each region's place; zero runs become holes when sparse."""
+    """Places pieces at each region's offset; zero runs become holes when sparse."""
 
-    def __init__(self, out: BinaryIO, *, sparse: bool, placement: dict[str, int]):
-        self.out, self.sparse, self.placement = out, sparse, placement
+    def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int]):
+        self.writer, self.sparse, self.placement = writer, sparse, placement
         self.pos = 0
         self.region: str | None = None
 
     def __call__(self, region: RegionInfo, piece) -> None:
-        try:
-            if region.name != self.region:
-                self.region = region.name
-                gap = self.placement[region.name] - self.pos
-                if gap < 0:
-                    raise OutputError("internal error: regions out of order")
-                self._zeros(gap)
-            if isinstance(piece, int):
-                self._zeros(piece)
-            else:
-                self.out.write(piece)
-                self.pos += len(piece)
-        except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+        if region.name != self.region:
+            self.region = region.name
+            gap = self.placement[region.name] - self.pos
+            if gap < 0:
+                raise OutputError("internal error: regions out of order")
+            self._zeros(gap)
+        if isinstance(piece, int):
+            self._zeros(piece)
+        else:
+            self._write(piece)
 
     def write_header(self, data: bytes) -> None:
+        self._write(data)
+
+    def _write(self, data) -> None:
         try:
-            self.out.write(data)
+            self.writer.write(self.pos, data)
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         self.pos += len(data)
 
     def _zeros(self, n: int) -> None:
-        """n zero bytes: a hole in a sparse regular file, written out otherwise."""
+        """n zero bytes: a hole in a sparse file, written out otherwise."""
         if self.sparse:
-            self.out.seek(n, os.SEEK_CUR)
-        else:
-            self._write_zeros(n)
-        self.pos += n
-
-    def _write_zeros(self, n: int) -> None:
+            self.pos += n
+            return
         while n > 0:
             k = min(n, len(_ZEROS))
-            self.out.write(memoryview(_ZEROS)[:k])
+            self._write(memoryview(_ZEROS)[:k])
             n -= k
 
     def finish(self, total: int) -> None:
-        if self.pos < total and not self.sparse:
-            try:
-                self._write_zeros(total - self.pos)  # an empty region at the end of an ELF core
-            except OSError as exc:
-                raise OutputError(os_error_message(exc)) from None
-            self.pos = total
-        if self.sparse:
-            try:
-                self.out.truncate(total)
-            except OSError as exc:
-                raise OutputError(os_error_message(exc)) from None
+        self._zeros(total - self.pos)  # holes at the end; an empty region at the end of an ELF core
+        try:
+            self.writer.close(total)
+        except OSError as exc:
+            raise OutputError(os_error_message(exc)) from None

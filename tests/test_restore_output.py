@@ -1,0 +1,219 @@
+"""Restore's output path: pieces placed by a writer thread, O_DIRECT and its fallback, errors."""
+
+import errno
+import fcntl
+import io
+import os
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from vmsnap import api, output
+from vmsnap.errors import OutputError
+from vmsnap.format.reader import Snapshot
+
+from conftest import build_image
+
+
+def writer_threads():
+    return [t for t in threading.enumerate() if t.name == "vmsnap-writer"]
+
+
+def pieces_with_gaps(seed, count=200):
+    """(offset, bytes) in increasing offsets, unaligned sizes and gaps; and the image they make."""
+    rng = random.Random(seed)
+    pos, pieces, image = 0, [], bytearray()
+    for _ in range(count):
+        pos += rng.choice([0, 0, 1, 511, 4096, 5000, 70000])
+        data = rng.randbytes(rng.choice([1, 100, 4096, 9000, 40000]))
+        pieces.append((pos, data))
+        image[len(image):] = bytes(pos - len(image)) + data
+        pos += len(data)
+    return pieces, bytes(image) + bytes(3000)
+
+
+@pytest.fixture
+def small_buffers(monkeypatch):
+    monkeypatch.setattr(output, "BUFFER_BYTES", 16384)  # many buffer boundaries in a small image
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize("seed", range(3))
+def test_pieces_land_at_their_offsets(tmp_path, small_buffers, monkeypatch, direct, seed):
+    if not direct:
+        monkeypatch.setattr(output, "_set_direct", lambda fd, on: False)  # a file system without O_DIRECT
+    pieces, image = pieces_with_gaps(seed)
+    path = tmp_path / "out"
+    with open(path, "wb") as fh:
+        writer = output.ImageWriter(fh, positioned=True)
+        for offset, data in pieces:
+            writer.write(offset, data)
+        writer.close(len(image))
+    assert path.read_bytes() == image
+    assert writer_threads() == []
+
+
+def test_a_stream_gets_exactly_the_bytes(small_buffers):
+    pieces, _ = pieces_with_gaps(7)
+    stream, pos, expected = io.BytesIO(), 0, bytearray()
+    writer = output.ImageWriter(stream, positioned=False)
+    for _, data in pieces:  # a stream takes contiguous pieces
+        writer.write(pos, data)
+        pos += len(data)
+        expected += data
+    writer.close(pos)
+    assert stream.getvalue() == expected
+
+
+def _supports_direct(directory):
+    with open(os.path.join(directory, "probe"), "wb") as fh:
+        return output._set_direct(fh.fileno(), True)
+
+
+def test_restore_writes_with_o_direct_where_the_file_system_allows(tmp_path, monkeypatch):
+    if not _supports_direct(tmp_path):
+        pytest.skip("no O_DIRECT on this file system")
+    data = build_image([("random", 1), ("zero",), ("random", 2)], tail=b"xyz")
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    flags = []
+    real = os.pwrite
+
+    def spy(fd, data, offset):
+        flags.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", spy)
+    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"))
+    assert flags and all(flags)
+    assert (tmp_path / "out.raw").read_bytes() == data
+
+
+def test_a_refused_direct_write_is_retried_buffered(tmp_path, small_buffers, monkeypatch):
+    """Some file systems accept O_DIRECT at open and refuse the write with EINVAL."""
+    pieces, image = pieces_with_gaps(3)
+    real, refused, direct = os.pwrite, [], {"on": False}
+
+    def set_direct(fd, on):  # the file system "accepts" O_DIRECT
+        direct["on"] = on
+        return on
+
+    def pwrite(fd, data, offset):
+        if direct["on"]:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(output, "_set_direct", set_direct)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    path = tmp_path / "out"
+    with open(path, "wb") as fh:
+        writer = output.ImageWriter(fh, positioned=True)
+        for offset, data in pieces:
+            writer.write(offset, data)
+        writer.close(len(image))
+    assert refused == [0] and not direct["on"]
+    assert path.read_bytes() == image
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    data = build_image([("random", i) for i in range(64)] + [("zero",)] * 8 + [("random", 99)])
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    return str(tmp_path / "s.vms")
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_a_write_error_in_the_writer_thread_is_one_output_error(tmp_path, snapshot, small_buffers, monkeypatch,
+                                                                 sparse):
+    real = output._pwrite_all
+    calls = []
+
+    def full_after_two(fd, data, offset):
+        calls.append(offset)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, offset)
+
+    monkeypatch.setattr(output, "_pwrite_all", full_after_two)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(OutputError, match="^no space left on device$"):
+        api.restore(snapshot, str(tmp_path / "out.raw"), sparse=sparse)
+    assert sorted(os.listdir(tmp_path)) == before
+    assert writer_threads() == []
+
+
+def test_interrupted_restore_leaves_no_file(tmp_path, snapshot, small_buffers, monkeypatch):
+    real = Snapshot.produce
+
+    def produce_then_interrupt(self, sink, regions=None, **kw):
+        def interrupting_sink(region, piece):
+            sink(region, piece)
+            if sink.pos > 100000:
+                raise KeyboardInterrupt
+        real(self, interrupting_sink, regions, **kw)
+
+    monkeypatch.setattr(Snapshot, "produce", produce_then_interrupt)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        api.restore(snapshot, str(tmp_path / "out.raw"))
+    assert sorted(os.listdir(tmp_path)) == before
+    assert writer_threads() == []
+
+
+def _restore_cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "vmsnap.cli", "restore", *args], stderr=subprocess.PIPE, **kw)
+
+
+def _one_line(stderr):
+    return stderr.count(b"\n") == 1 and b"Traceback" not in stderr
+
+
+def test_a_file_size_limit_is_an_output_error_and_leaves_no_file(tmp_path, snapshot):
+    """A real OS error (EFBIG) raised in the writer thread of a separate process."""
+    import resource
+
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))  # noqa: E731
+    before = sorted(os.listdir(tmp_path))
+    p = _restore_cli(snapshot, "-o", str(tmp_path / "out.raw"), preexec_fn=limit)
+    assert p.returncode == OutputError.exit_code
+    assert _one_line(p.stderr) and b"too large" in p.stderr
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_restore_to_a_full_device_is_an_output_error(snapshot):
+    with open("/dev/full", "wb") as full:
+        p = _restore_cli(snapshot, "-o", "-", stdout=full)
+    assert p.returncode == OutputError.exit_code
+    assert _one_line(p.stderr) and b"no space left on device" in p.stderr
+
+
+def test_restore_into_a_closed_pipe_is_an_output_error(snapshot):
+    p = subprocess.run(f"{sys.executable} -m vmsnap.cli restore {snapshot} -o - | head -c 10 > /dev/null; "
+                       "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", stderr=subprocess.PIPE)
+    assert p.returncode == OutputError.exit_code
+    assert _one_line(p.stderr) and b"broken pipe" in p.stderr
+
+
+def test_ctrl_c_while_the_reader_of_stdout_stalls_exits_130(tmp_path):
+    import signal
+    import time
+
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(build_image([("fill", 1)]) * (48 << 8))  # 48 MiB: more than the pipe and the buffers hold
+    api.save(str(raw), str(tmp_path / "s.vms"))
+    stalled, keep = os.pipe()  # nobody reads `stalled`
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "vmsnap.cli", "restore", str(tmp_path / "s.vms"), "-o", "-"],
+                                stdout=keep, stderr=subprocess.PIPE)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert _one_line(proc.stderr.read())
+    finally:
+        os.close(stalled)
+        os.close(keep)
