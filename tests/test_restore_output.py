@@ -40,18 +40,23 @@ def small_buffers(monkeypatch):
     monkeypatch.setattr(output, "BUFFER_BYTES", 16384)  # many buffer boundaries in a small image
 
 
+def write_file(path, pieces, size):
+    """Write (offset, bytes) pieces through an ImageWriter into a new regular file."""
+    with open(path, "wb") as fh:
+        writer = output.ImageWriter(fh, positioned=True)
+        for offset, data in pieces:
+            writer.write(offset, data)
+        writer.close(size)
+    return path
+
+
 @pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("seed", range(3))
 def test_pieces_land_at_their_offsets(tmp_path, small_buffers, monkeypatch, direct, seed):
     if not direct:
         monkeypatch.setattr(output, "_set_direct", lambda fd, on: False)  # a file system without O_DIRECT
     pieces, image = pieces_with_gaps(seed)
-    path = tmp_path / "out"
-    with open(path, "wb") as fh:
-        writer = output.ImageWriter(fh, positioned=True)
-        for offset, data in pieces:
-            writer.write(offset, data)
-        writer.close(len(image))
+    path = write_file(tmp_path / "out", pieces, len(image))
     assert path.read_bytes() == image
     assert writer_threads() == []
 
@@ -109,12 +114,7 @@ def test_a_refused_direct_write_is_retried_buffered(tmp_path, small_buffers, mon
 
     monkeypatch.setattr(output, "_set_direct", set_direct)
     monkeypatch.setattr(os, "pwrite", pwrite)
-    path = tmp_path / "out"
-    with open(path, "wb") as fh:
-        writer = output.ImageWriter(fh, positioned=True)
-        for offset, data in pieces:
-            writer.write(offset, data)
-        writer.close(len(image))
+    path = write_file(tmp_path / "out", pieces, len(image))
     assert refused == [0] and not direct["on"]
     assert path.read_bytes() == image
 
