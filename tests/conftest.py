@@ -44,6 +44,14 @@ def build_image(spec, page_size=4096, tail=b""):
     return b"".join(pages) + tail
 
 
+@pytest.fixture(autouse=True)
+def slices_from_the_start(monkeypatch):
+    """Test images are small: look for slices from the first stored page, not after 32 MiB."""
+    from vmsnap.format import slices
+
+    monkeypatch.setattr(slices, "SEARCH_FROM", 0)
+
+
 @pytest.fixture
 def write_file(tmp_path):
     def write(name, data):

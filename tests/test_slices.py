@@ -7,14 +7,14 @@ from hypothesis import given, settings, strategies as st
 from vmsnap.format.slices import GRAIN, SliceFinder, fingerprints
 
 
-def run_finder(pages, page_size, window=1 << 30, batch=3):
+def run_finder(pages, page_size, window=1 << 30, batch=3, search_from=0):
     """Place pages in batches; return (positions, the stream of stored pages)."""
-    finder = SliceFinder(page_size, window)
+    finder = SliceFinder(page_size, window, search_from)
     stream = bytearray()
     places = []
     for i in range(0, len(pages), batch):
         chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
-        for page, pos in zip(pages[i:i + batch], finder.place(*fingerprints(chunk)).tolist()):
+        for page, pos in zip(pages[i:i + batch], finder.place(chunk, np.arange(len(chunk))).tolist()):
             places.append(pos)
             if pos * GRAIN == len(stream):  # stored at the end
                 stream += page
@@ -93,3 +93,19 @@ def test_fingerprints_of_chosen_rows_match_a_copy_of_them():
     rows = np.array([4, 0, 5])
     for got, want in zip(fingerprints(pages, rows), fingerprints(pages[rows])):
         assert (got == want).all() and len(got) == 3 * 4
+
+
+@pytest.mark.parametrize("ready", [True, False])
+def test_search_starts_where_the_data_says_whether_numba_is_loaded_or_not(monkeypatch, ready):
+    # pages stored before search_from are not searched, but later pages find slices in them;
+    # fingerprinting them late (numba still loading) gives the same places
+    from vmsnap.format import slices
+
+    monkeypatch.setattr(slices, "kernels_ready", lambda: ready)
+    rng = np.random.default_rng(9)
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(6)]
+    early_copy = (stored[0] + stored[1])[512:512 + 4096]
+    late_copy = (stored[2] + stored[3])[2048:2048 + 4096]
+    places, _ = run_finder(stored + [early_copy, late_copy], 4096, batch=1, search_from=7 * 4096)
+    assert places[:7] == [0, 8, 16, 24, 32, 40, 48]  # the early copy is stored: no search yet
+    assert places[7] == 2 * 8 + 4  # found in pages stored before the search started

@@ -81,8 +81,9 @@ def _insert(keys, vals, mask, key, pos, lo):
 
 
 @njit(nogil=True)
-def place_pages(f0, f1, pages, gpp, r0, r1, rmask, keys, vals, kmask, stream, window, out):
-    """For each page: the grain where its bytes already occur in the stream, or append it.
+def place_pages(f0, f1, pages, gpp, r0, r1, rmask, keys, vals, kmask, stream, window, search, out):
+    """For each page: the grain where its bytes already occur in the stream (when
+    `search`), or append it.
 
     out[i] is a grain position: a slice (not a multiple of gpp) or the page's own
     new place at the end of the stream. Returns the new stream length in grains.
@@ -91,7 +92,7 @@ def place_pages(f0, f1, pages, gpp, r0, r1, rmask, keys, vals, kmask, stream, wi
         base = i * gpp
         lo = max(0, stream - window)
         found = -1
-        for j in range(gpp):  # any grain of the page can lead to the span
+        for j in range(gpp if search else 0):  # any grain of the page can lead to the span
             c = _lookup(keys, vals, kmask, f0[base + j], lo, stream)
             if c < 0:
                 continue

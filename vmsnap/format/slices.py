@@ -23,6 +23,11 @@ import threading
 import numpy as np
 
 GRAIN = 512  # bytes per fingerprinted unit: tar's block size, the usual sector
+# Stored data before slices are looked for. numba takes about half a second to load;
+# pages stored before then are fingerprinted once it has, so a save never waits for
+# it in its first SEARCH_FROM bytes, and where the search starts depends on the data
+# alone (the output is deterministic). Copies within the first frames are zstd's.
+SEARCH_FROM = 32 << 20
 _INITIAL_GRAINS = 1 << 16
 
 
@@ -54,6 +59,10 @@ def _kernels():
     return _loaded[0]
 
 
+def kernels_ready() -> bool:
+    return bool(_loaded)
+
+
 def preload() -> None:
     """Start loading the kernels on a thread: numba's import and cache load (about half
     a second) then overlap the first reads of a save instead of delaying them."""
@@ -68,7 +77,7 @@ class SliceFinder:
     page, allocated as the stream grows (about 40 MiB per GiB of stored 4 KiB pages).
     """
 
-    def __init__(self, page_size: int, window: int = 1 << 30):
+    def __init__(self, page_size: int, window: int = 1 << 30, search_from: int | None = None):
         if page_size % GRAIN or page_size < 2 * GRAIN:
             raise ValueError(f"slices need pages of at least {2 * GRAIN} bytes, got {page_size}")
         self.gpp = page_size // GRAIN
@@ -77,11 +86,37 @@ class SliceFinder:
         self._r0 = self._r1 = np.zeros(0, dtype=np.uint64)
         self._keys = np.zeros(0, dtype=np.uint64)
         self._vals = np.zeros(0, dtype=np.int64)
+        self._search_from = (SEARCH_FROM if search_from is None else search_from) // GRAIN
+        self._unindexed: list[np.ndarray] = []  # pages stored before the kernels were loaded
         preload()
 
-    def place(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
-        """Grain positions of new pages, given their grains' fingerprints (see fingerprints()):
-        slices of the stored stream, or their new places at its end, in order."""
+    def place(self, pages: np.ndarray, rows: np.ndarray, grains=None) -> np.ndarray:
+        """Grain positions of the new pages pages[rows], in order: slices of the stored
+        stream, or their new places at its end. grains: their fingerprints() if known."""
+        n = len(rows)
+        searching = self.stream >= self._search_from
+        if grains is None and not searching and not kernels_ready():
+            out = self.stream + self.gpp * np.arange(n, dtype=np.int64)
+            self._unindexed.append(pages[rows])
+            self.stream += n * self.gpp
+            return out
+        self._index_unindexed()
+        if grains is None:
+            grains = fingerprints(pages, rows)
+        return self._place(*grains, search=searching)
+
+    def _index_unindexed(self) -> None:
+        """Put the pages stored before the kernels were loaded into the ring and table."""
+        if not self._unindexed:
+            return
+        end = self.stream
+        self.stream -= sum(len(chunk) for chunk in self._unindexed) * self.gpp
+        for chunk in self._unindexed:
+            self._place(*fingerprints(chunk), search=False)
+        assert self.stream == end
+        self._unindexed = []
+
+    def _place(self, f0: np.ndarray, f1: np.ndarray, search: bool) -> np.ndarray:
         n = len(f0) // self.gpp
         out = np.empty(n, dtype=np.int64)
         if n == 0:
@@ -91,7 +126,8 @@ class SliceFinder:
             self._grow(need)
         window = min(self.window, len(self._r0))
         self.stream = _kernels().place_pages(f0, f1, n, self.gpp, self._r0, self._r1, len(self._r0) - 1,
-                                             self._keys, self._vals, len(self._keys) - 1, self.stream, window, out)
+                                             self._keys, self._vals, len(self._keys) - 1, self.stream, window,
+                                             search, out)
         return out
 
     def _grow(self, need: int) -> None:

@@ -28,7 +28,7 @@ from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
-from .slices import GRAIN, SliceFinder, fingerprints
+from .slices import GRAIN, SliceFinder, fingerprints, kernels_ready
 
 DEFAULT_FRAME_SIZE = 16 << 20
 DEFAULT_LEVEL = 3
@@ -176,7 +176,8 @@ class SnapshotWriter:
         pages = P.as_pages(batch, self.page_size)
         kind, period = P.classify(pages)
         self._hash_blocks(hasher, batch, kind)
-        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
+        # fingerprints only when numba is loaded: until then the slice finder stores pages without them
+        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices and kernels_ready() else None
         return pages, kind, period, grains
 
     def _encode_batch(self, batch, analysis, progress: Callable[[int], None] | None) -> int:
@@ -221,7 +222,8 @@ class SnapshotWriter:
             rarg[idx] = self._add_sparse(pages, idx)
         idx = np.flatnonzero(kind == P.OTHER)
         if idx.size:
-            values, is_first = self._dedup.assign(P.page_digests(pages, idx), lambda rows: self._place(rows, grains))
+            values, is_first = self._dedup.assign(P.page_digests(pages, idx),
+                                                  lambda rows: self._place(pages, idx, rows, grains))
             per_page = np.uint64(self.page_size // self._unit)
             aligned = values % per_page == 0
             stored = is_first & aligned  # a new content placed at the end of the stream
@@ -255,15 +257,17 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _place(self, rows: np.ndarray, grains) -> np.ndarray:
+    def _place(self, pages: np.ndarray, idx: np.ndarray, rows: np.ndarray, grains) -> np.ndarray:
         """Where new contents go, in stream units: a slice of stored data, or stored next.
 
-        rows: positions among the batch's OTHER pages; grains: their fingerprints.
+        pages[idx] are the batch's OTHER pages, rows the new ones among them;
+        grains: the OTHER pages' fingerprints, or None.
         """
         if self._slices is not None:
-            per_page = self.page_size // GRAIN
-            f0, f1 = (lane.reshape(-1, per_page)[rows].ravel() for lane in grains)
-            places = self._slices.place(f0, f1)
+            if grains is not None:
+                per_page = self.page_size // GRAIN
+                grains = tuple(lane.reshape(-1, per_page)[rows].ravel() for lane in grains)
+            places = self._slices.place(pages, idx[rows], grains)
             self._data_pages = self._slices.stream * GRAIN // self.page_size
             return places.astype(np.uint64)
         first = self._data_pages
