@@ -6,6 +6,7 @@ Every VmsnapError becomes one line on stderr and its documented exit code
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -28,6 +29,10 @@ class VmsnapGroup(click.Group):
             # The reader of our stdout went away (`vmsnap cat ... | head`): not an error of ours.
             _quiet_broken_pipe()
             sys.exit(OutputError.exit_code)
+        finally:
+            # The interpreter's last collection at exit walks every live object: half a
+            # second once numba is loaded. Frozen objects are skipped; the process is ending.
+            gc.freeze()
 
 
 def _fail(exc: VmsnapError) -> None:
