@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -475,11 +475,16 @@ class Snapshot:
     def produce(self, sink: Callable[[RegionInfo, int | memoryview], None],
                 regions: list[RegionInfo] | None = None, progress: Callable[[int], None] | None = None,
                 jobs: int = 2) -> None:
-        """Feed every region's bytes to sink(region, piece), checking every block digest."""
+        """Feed every region's bytes to sink(region, piece), checking every block digest.
+
+        This thread hashes and feeds the sink, and counts as one of `jobs`; the
+        others decode frames ahead.
+        """
         regions = self.regions if regions is None else regions
         canonical = CanonicalPages(self, regions)
-        with ThreadPoolExecutor(max(1, jobs)) as pool:
-            self._prefetch = _Prefetcher(self, pool, ahead=1)
+        decoders = max(1, jobs - 1)
+        with ThreadPoolExecutor(decoders, thread_name_prefix="vmsnap-decode") as pool:
+            self._prefetch = _Prefetcher(self, pool, regions, ahead=decoders + 1)
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
@@ -489,6 +494,9 @@ class Snapshot:
                         if progress:
                             progress(piece if isinstance(piece, int) else len(piece))
                     checker.finish()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
             finally:
                 self._prefetch = None
 
@@ -553,7 +561,9 @@ class _BlockChecker:
     def __init__(self, snap: Snapshot, region: RegionInfo):
         self.snap, self.region = snap, region
         self.expected = snap._blocks_of(region)
-        self.hasher = BlockHasher(snap.block_size)
+        # Hashing here, one thread: the pool's threads decode frames on the other CPUs
+        # (BLAKE3's own threads would take them from the decoding).
+        self.hasher = BlockHasher(snap.block_size, max_threads=1)
         self.checked = 0
 
     def feed(self, piece) -> None:
@@ -580,21 +590,43 @@ class _BlockChecker:
 
 
 class _Prefetcher:
-    """Decodes the next frames in worker threads while the current one is used."""
+    """Decodes frames in the pool ahead of their use, in the order a pass first uses them."""
 
-    def __init__(self, snap: Snapshot, pool: ThreadPoolExecutor, ahead: int):
+    def __init__(self, snap: Snapshot, pool: ThreadPoolExecutor, regions: list[RegionInfo], ahead: int):
         self.snap, self.pool, self.ahead = snap, pool, ahead
-        self.futures: dict[int, object] = {}
+        self.order = _frames_in_use_order(snap, regions)
+        self.position = {k: i for i, k in enumerate(self.order)}
+        self.next = 0  # position in self.order of the next frame to submit
+        self.futures: dict[int, Future] = {}
+        self._submit_ahead()
 
     def get(self, k: int) -> np.ndarray:
         fut = self.futures.pop(k, None)
-        frame = fut.result() if fut is not None else self.snap._decode_frame(k)
-        for j in range(k + 1, min(k + 1 + self.ahead, len(self.snap.frames))):
-            if j not in self.futures and j not in self.snap._cache:
-                self.futures[j] = self.pool.submit(self.snap._decode_frame, j)
-        for j in [j for j in self.futures if j < k]:
-            self.futures.pop(j)
-        return frame
+        self.next = max(self.next, self.position.get(k, -1) + 1)
+        self._submit_ahead()
+        if fut is None or fut.cancel():  # not started yet: decode here rather than wait behind other work
+            return self.snap._decode_frame(k)
+        return fut.result()
+
+    def _submit_ahead(self) -> None:
+        while len(self.futures) < self.ahead and self.next < len(self.order):
+            k = self.order[self.next]
+            self.next += 1
+            if k not in self.futures and k not in self.snap._cache:
+                self.futures[k] = self.pool.submit(self.snap._decode_frame, k)
+
+
+def _frames_in_use_order(snap: Snapshot, regions: list[RegionInfo]) -> list[int]:
+    """The frames that the DATA records of `regions` read, in order of first use."""
+    recs = np.concatenate([snap.records[r.first_record:r.first_record + r.record_count] for r in regions]) \
+        if regions else snap.records[:0]
+    data = recs[recs["kind"] == S.REC_DATA]
+    fp = np.uint64(snap.frame_pages)
+    first = data["arg"] // fp
+    last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
+    frames = _expand_runs(first, last - first + np.uint64(1))
+    unique, first_seen = np.unique(frames, return_index=True)
+    return unique[np.argsort(first_seen, kind="stable")].tolist()
 
 
 class CanonicalPages:
