@@ -94,6 +94,26 @@ def _vmsnap(*args, **kw):
     return subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], capture_output=True, **kw)
 
 
+def test_restored_bytes_that_fail_a_block_digest_exit_90_and_leave_no_output(tmp_path, image, monkeypatch):
+    from vmsnap.format.reader import Snapshot
+
+    data, raw = image
+    snap, out = tmp_path / "s.vms", tmp_path / "out.raw"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    decode = Snapshot._decode_frame
+
+    def decode_wrongly(self, k):  # bytes that passed the frame digest but are not the image's
+        frame = decode(self, k).copy()
+        frame[0, 7] ^= 1
+        return frame
+
+    monkeypatch.setattr(Snapshot, "_decode_frame", decode_wrongly)
+    result = run("restore", str(snap), "-o", str(out))
+    assert result.exit_code == IntegrityError.exit_code == 90
+    assert "block at offset 0x0 failed its digest" in result.output and "Traceback" not in result.output
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
 def test_corrupt_and_newer_snapshots_exit_codes(tmp_path, image):
     data, raw = image
     snap = tmp_path / "s.vms"

@@ -310,6 +310,23 @@ def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkey
     assert api.info(str(snap))["pages"]["ref"] == 9
 
 
+def test_canonical_pages_are_released_after_their_last_reference(tmp_path):
+    from vmsnap.format.reader import CanonicalPages
+
+    spec = [("random", i) for i in range(8)] + [("copy", 2), ("copy", 5), ("random", 20), ("copy", 2)] + \
+           [("shift", i, 512 * (1 + i)) for i in (0, 4)]
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data, frame_size=2 * 4096)
+    assert restored == data
+    with vmsnap.open(str(snap)) as s:
+        canonical = CanonicalPages(s, s.regions)
+        out = b"".join(bytes(p) for p in s.segments(s.regions[0], canonical=canonical))
+        assert out == data
+        assert len(canonical.wanted) > 0
+        assert canonical.free_count == len(canonical.store)  # every kept page given back
+        assert (canonical.slot == -1).all()
+
+
 def test_page_access_and_bytes_per_kind(tmp_path):
     data = build_image([("random", 1), ("zero",), ("fill", 4)], tail=b"end")
     snap, _ = save_restore(tmp_path, data)

@@ -35,8 +35,9 @@ def _zeros(n: int) -> bytes:
 class BlockHasher:
     """Feed a region's bytes in order (data or known-zero spans); collect block digests."""
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, max_threads: int = _THREADS):
         self.block_size = block_size
+        self._threads = max_threads
         self.digests: list[bytes] = []
         self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
         self._fill = 0  # bytes in the current, unfinished block
@@ -48,7 +49,7 @@ class BlockHasher:
         while pos < n:
             take = min(self.block_size - self._fill, n - pos)
             if self._fill == 0 and take == self.block_size:
-                self.digests.append(blake3(mv[pos:pos + take], max_threads=_THREADS).digest(length=BLOCK_DIGEST_SIZE))
+                self.digests.append(blake3(mv[pos:pos + take], max_threads=self._threads).digest(length=BLOCK_DIGEST_SIZE))
             else:
                 self._h.update(mv[pos:pos + take])
                 self._fill += take

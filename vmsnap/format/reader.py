@@ -9,11 +9,10 @@ block digest.
 
 from __future__ import annotations
 
-import heapq
 import os
 import stat
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -388,7 +387,8 @@ class Snapshot:
                 yield memoryview(rows.reshape(-1))
         elif kind == S.REC_REF:
             if canonical is not None:
-                yield from canonical.take(arg, count)
+                for done in range(0, count, per_piece):
+                    yield canonical.take(arg + done, min(per_piece, count - done))
             else:
                 for rows in self.data_pages_view(arg, count):
                     yield memoryview(rows.reshape(-1))
@@ -475,11 +475,16 @@ class Snapshot:
     def produce(self, sink: Callable[[RegionInfo, int | memoryview], None],
                 regions: list[RegionInfo] | None = None, progress: Callable[[int], None] | None = None,
                 jobs: int = 2) -> None:
-        """Feed every region's bytes to sink(region, piece), checking every block digest."""
+        """Feed every region's bytes to sink(region, piece), checking every block digest.
+
+        This thread hashes and feeds the sink, and counts as one of `jobs`; the
+        others decode frames ahead.
+        """
         regions = self.regions if regions is None else regions
         canonical = CanonicalPages(self, regions)
-        with ThreadPoolExecutor(max(1, jobs)) as pool:
-            self._prefetch = _Prefetcher(self, pool, ahead=1)
+        decoders = max(1, jobs - 1)
+        with ThreadPoolExecutor(decoders, thread_name_prefix="vmsnap-decode") as pool:
+            self._prefetch = _Prefetcher(self, pool, regions, ahead=decoders + 1)
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
@@ -489,6 +494,9 @@ class Snapshot:
                         if progress:
                             progress(piece if isinstance(piece, int) else len(piece))
                     checker.finish()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
             finally:
                 self._prefetch = None
 
@@ -553,7 +561,9 @@ class _BlockChecker:
     def __init__(self, snap: Snapshot, region: RegionInfo):
         self.snap, self.region = snap, region
         self.expected = snap._blocks_of(region)
-        self.hasher = BlockHasher(snap.block_size)
+        # Hashing here, one thread: the pool's threads decode frames on the other CPUs
+        # (BLAKE3's own threads would take them from the decoding).
+        self.hasher = BlockHasher(snap.block_size, max_threads=1)
         self.checked = 0
 
     def feed(self, piece) -> None:
@@ -580,21 +590,43 @@ class _BlockChecker:
 
 
 class _Prefetcher:
-    """Decodes the next frames in worker threads while the current one is used."""
+    """Decodes frames in the pool ahead of their use, in the order a pass first uses them."""
 
-    def __init__(self, snap: Snapshot, pool: ThreadPoolExecutor, ahead: int):
+    def __init__(self, snap: Snapshot, pool: ThreadPoolExecutor, regions: list[RegionInfo], ahead: int):
         self.snap, self.pool, self.ahead = snap, pool, ahead
-        self.futures: dict[int, object] = {}
+        self.order = _frames_in_use_order(snap, regions)
+        self.position = {k: i for i, k in enumerate(self.order)}
+        self.next = 0  # position in self.order of the next frame to submit
+        self.futures: dict[int, Future] = {}
+        self._submit_ahead()
 
     def get(self, k: int) -> np.ndarray:
         fut = self.futures.pop(k, None)
-        frame = fut.result() if fut is not None else self.snap._decode_frame(k)
-        for j in range(k + 1, min(k + 1 + self.ahead, len(self.snap.frames))):
-            if j not in self.futures and j not in self.snap._cache:
-                self.futures[j] = self.pool.submit(self.snap._decode_frame, j)
-        for j in [j for j in self.futures if j < k]:
-            self.futures.pop(j)
-        return frame
+        self.next = max(self.next, self.position.get(k, -1) + 1)
+        self._submit_ahead()
+        if fut is None or fut.cancel():  # not started yet: decode here rather than wait behind other work
+            return self.snap._decode_frame(k)
+        return fut.result()
+
+    def _submit_ahead(self) -> None:
+        while len(self.futures) < self.ahead and self.next < len(self.order):
+            k = self.order[self.next]
+            self.next += 1
+            if k not in self.futures and k not in self.snap._cache:
+                self.futures[k] = self.pool.submit(self.snap._decode_frame, k)
+
+
+def _frames_in_use_order(snap: Snapshot, regions: list[RegionInfo]) -> list[int]:
+    """The frames that the DATA records of `regions` read, in order of first use."""
+    recs = np.concatenate([snap.records[r.first_record:r.first_record + r.record_count] for r in regions]) \
+        if regions else snap.records[:0]
+    data = recs[recs["kind"] == S.REC_DATA]
+    fp = np.uint64(snap.frame_pages)
+    first = data["arg"] // fp
+    last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
+    frames = _expand_runs(first, last - first + np.uint64(1))
+    unique, first_seen = np.unique(frames, return_index=True)
+    return unique[np.argsort(first_seen, kind="stable")].tolist()
 
 
 class CanonicalPages:
@@ -607,54 +639,79 @@ class CanonicalPages:
 
     def __init__(self, snap: Snapshot, regions: list[RegionInfo]):
         self.snap = snap
-        targets = [_referenced_pages(snap.records[r.first_record:r.first_record + r.record_count], snap.page_size)
+        ps = snap.page_size
+        targets = [_referenced_pages(snap.records[r.first_record:r.first_record + r.record_count], ps)
                    for r in regions]
         t = np.concatenate(targets) if targets else np.zeros(0, np.uint64)
         # For each referenced data page: the ordinal of its last reference among all REF pages.
         self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
         self.last_use = len(t) - 1 - first_from_end
-        self.kept: dict[int, bytes] = {}
+        # Pages are released in order of last use: by_last_use[:released] are gone.
+        self.by_last_use = np.argsort(self.last_use, kind="stable")
+        self.expiry = self.last_use[self.by_last_use]
+        self.released = 0
         # Past this many pages, later references decode their frame again instead:
         # memory stays bounded however many canonical pages a big image holds.
-        self.max_kept = max(1, KEEP_CANONICAL_BYTES // snap.page_size)
-        self.expiry: list[tuple[int, int]] = []
+        slots = min(max(1, KEEP_CANONICAL_BYTES // ps), len(self.wanted))
+        self.store = np.empty((slots, ps), np.uint8)  # a slot takes memory when first used
+        self.free = np.arange(slots)[::-1].copy()  # a stack: free[:free_count], slot 0 on top
+        self.free_count = slots
+        self.slot = np.full(len(self.wanted), -1, np.int64)  # each wanted page's slot, -1 if not kept
         self.delivered = 0  # REF pages delivered so far
 
     def offer(self, dpn: int, rows: np.ndarray) -> None:
         """A data run [dpn, dpn+len(rows)) was decoded: keep the pages referenced later."""
-        lo, hi = np.searchsorted(self.wanted, [dpn, dpn + len(rows)])
-        for j in range(lo, hi):
-            d = int(self.wanted[j])
-            if d not in self.kept and len(self.kept) < self.max_kept:
-                self.kept[d] = rows[d - dpn].tobytes()
-                heapq.heappush(self.expiry, (int(self.last_use[j]), d))
+        lo = int(self.wanted.searchsorted(np.uint64(dpn)))
+        hi = int(self.wanted.searchsorted(np.uint64(dpn + len(rows))))
+        if lo == hi or not self.free_count:
+            return
+        j = np.arange(lo, hi)
+        j = j[(self.slot[j] < 0) & (self.last_use[j] >= self.delivered)][:self.free_count]
+        self.free_count -= len(j)
+        slots = self.free[self.free_count:self.free_count + len(j)]
+        self.store[slots] = rows[(self.wanted[j] - np.uint64(dpn)).astype(np.intp)]
+        self.slot[j] = slots
 
-    def take(self, dpn: int, count: int) -> Iterator[bytes]:
+    def take(self, dpn: int, count: int) -> memoryview:
         pages = self._pages(dpn, count)
         self._delivered(count)
-        yield b"".join(pages)
+        return memoryview(pages.reshape(-1))
 
     def take_slice(self, offset: int, count: int) -> memoryview:
         """`count` pages of a slice run at byte `offset` of the data page stream."""
         ps = self.snap.page_size
         first, shift = divmod(offset, ps)
-        joined = b"".join(self._pages(first, count + (shift != 0)))
+        joined = self._pages(first, count + (shift != 0)).reshape(-1)
         self._delivered(count * (2 if shift else 1))  # as _referenced_pages counts them
         return memoryview(joined)[shift:shift + count * ps]
 
-    def _pages(self, dpn: int, count: int) -> list[bytes]:
-        pages = []
-        for d in range(dpn, dpn + count):
-            page = self.kept.get(d)
-            if page is None:  # not decoded in this pass (a partial restore): decode it now
-                page = next(self.snap.data_pages_view(d, 1)).tobytes()
-            pages.append(page)
-        return pages
+    def _pages(self, dpn: int, count: int) -> np.ndarray:
+        d = np.arange(dpn, dpn + count, dtype=np.uint64)
+        if len(self.wanted):
+            j = np.minimum(self.wanted.searchsorted(d), len(self.wanted) - 1)
+            slots = np.where(self.wanted[j] == d, self.slot[j], -1)
+        else:
+            slots = np.full(count, -1)
+        if slots.min() >= 0:
+            return self.store[slots]
+        out = np.empty((count, self.snap.page_size), np.uint8)
+        kept = slots >= 0
+        out[kept] = self.store[slots[kept]]
+        for i in np.flatnonzero(~kept).tolist():  # not kept, or not decoded in this pass: decode it now
+            out[i] = next(self.snap.data_pages_view(dpn + i, 1))[0]
+        return out
 
     def _delivered(self, n: int) -> None:
         self.delivered += n
-        while self.expiry and self.expiry[0][0] < self.delivered:
-            self.kept.pop(heapq.heappop(self.expiry)[1], None)
+        end = int(self.expiry.searchsorted(self.delivered))  # pages whose last use is behind
+        if end > self.released:
+            j = self.by_last_use[self.released:end]
+            slots = self.slot[j]
+            slots = slots[slots >= 0]
+            self.free[self.free_count:self.free_count + len(slots)] = slots
+            self.free_count += len(slots)
+            self.slot[j] = -1
+            self.released = end
 
 
 def _referenced_pages(rec: np.ndarray, page_size: int) -> np.ndarray:

@@ -45,7 +45,7 @@ class VmsSource(Source):
         snap = self._snap
         canonical = CanonicalPages(snap, snap.regions)
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="vmsnap-vms") as pool:
-            snap._prefetch = _Prefetcher(snap, pool, ahead=self.jobs)
+            snap._prefetch = _Prefetcher(snap, pool, snap.regions, ahead=self.jobs)
             try:
                 for r in snap.regions:
                     yield Region(r.name, r.base, r.size), self._pieces(r, canonical)
