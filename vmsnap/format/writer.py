@@ -13,6 +13,8 @@ threads (zstandard releases the GIL) and written in order.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Callable, Iterable, Iterator
@@ -34,7 +36,7 @@ DEFAULT_FRAME_SIZE = 16 << 20
 DEFAULT_LEVEL = 3
 DEFAULT_SLICE_WINDOW = 1 << 30
 BATCH_BYTES = 4 << 20
-ANALYSIS_AHEAD = 2  # batches classified ahead of the one being encoded
+ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
 
 
@@ -70,6 +72,7 @@ class SnapshotWriter:
         self._pending: deque = deque()
         self._frames: list[tuple[int, int, int, bytes]] = []
         self._framebuf: np.ndarray | None = None
+        self._spare_framebufs: list[np.ndarray] = []  # compressed frames' buffers, reused: no page faults
         self._frame_fill = 0
         self._dedup = DigestIndex()
         self._data_pages = 0
@@ -105,22 +108,14 @@ class SnapshotWriter:
         first_record = self._n_records
         hasher = BlockHasher(self.block_size)
         size = 0
-        # A second thread classifies, block-hashes and fingerprints the batches ahead
-        # (numpy, BLAKE3 on whole blocks and numba release the GIL) while this one
-        # digests pages (BLAKE3 holds the GIL on 4 KiB inputs) and places them.
-        pending: deque = deque()
-        with ThreadPoolExecutor(1, thread_name_prefix="vmsnap-classify") as analysis:
-            try:
-                for batch in page_batches(chunks, self.page_size, self.batch_bytes):
-                    pending.append((batch, analysis.submit(self._analyze, hasher, batch)))
-                    while len(pending) > ANALYSIS_AHEAD:
-                        size += self._encode_batch(*pending.popleft(), progress)
-                while pending:
-                    size += self._encode_batch(*pending.popleft(), progress)
-            except BaseException:
-                for _, future in pending:
-                    future.cancel()
-                raise
+        # A second thread reads, classifies, block-hashes and fingerprints the batches
+        # ahead (its system calls, numpy, BLAKE3 on whole blocks and numba release the
+        # GIL) while this one digests pages (BLAKE3 holds the GIL on 4 KiB inputs) and
+        # places them.
+        batches = page_batches(chunks, self.page_size, self.batch_bytes)
+        with _Ahead(batches, lambda batch: self._analyze(hasher, batch), ANALYSIS_AHEAD) as analysed:
+            for batch, result in analysed:
+                size += self._encode_batch(batch, result, progress)
         self._close_run()
         self.bytes_in += size
         blocks = hasher.finish()
@@ -180,9 +175,8 @@ class SnapshotWriter:
         grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices and kernels_ready() else None
         return pages, kind, period, grains
 
-    def _encode_batch(self, batch, analysis, progress: Callable[[int], None] | None) -> int:
+    def _encode_batch(self, batch, result, progress: Callable[[int], None] | None) -> int:
         """Turn an analysed batch into records and data pages; return its size in bytes."""
-        result = analysis.result()
         if result is None:
             runs = [S.MAX_RUN] * (batch // S.MAX_RUN) + ([batch % S.MAX_RUN] if batch % S.MAX_RUN else [])
             self._add_runs(np.full(len(runs), S.REC_ZERO, np.uint8), np.zeros(len(runs), np.uint64),
@@ -318,7 +312,8 @@ class SnapshotWriter:
         pos = 0
         while pos < len(rows):
             if self._framebuf is None:
-                self._framebuf = np.empty((self.frame_pages, self.page_size), dtype=np.uint8)
+                self._framebuf = (self._spare_framebufs.pop() if self._spare_framebufs
+                                  else np.empty((self.frame_pages, self.page_size), dtype=np.uint8))
                 self._frame_fill = 0
             take = min(len(rows) - pos, self.frame_pages - self._frame_fill)
             np.take(pages, rows[pos:pos + take], axis=0, out=self._framebuf[self._frame_fill:self._frame_fill + take])
@@ -331,15 +326,17 @@ class SnapshotWriter:
         if self._framebuf is None or self._frame_fill == 0:
             return
         data = self._framebuf[:self._frame_fill]
-        self._pending.append((self._pool.submit(_compress, data, self.level, self.long_matching), self._frame_fill))
+        self._pending.append((self._pool.submit(_compress, data, self.level, self.long_matching), self._frame_fill,
+                              self._framebuf))
         self._framebuf = None
         self._frame_fill = 0
         while len(self._pending) > self.jobs:
             self._write_frame()
 
     def _write_frame(self) -> None:
-        future, pages = self._pending.popleft()
+        future, pages, buffer = self._pending.popleft()
         blob, dig = future.result()
+        self._spare_framebufs.append(buffer)
         self._frames.append((self._pos, len(blob), pages, dig))
         self._write(blob)
 
@@ -398,9 +395,62 @@ class SnapshotWriter:
                 "attachments": len(self._attachments or ())}
 
     def abort(self) -> None:
-        for future, _ in self._pending:
+        for future, *_ in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Ahead:
+    """Iterate (item, work(item)) over `items`, computed on a thread up to `ahead` items early.
+
+    An exception of the thread (a read error, say) is raised where its item would
+    have been; leaving the context stops the thread.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable, work: Callable, ahead: int):
+        self._items, self._work = items, work
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vmsnap-analysis", daemon=True)
+
+    def __enter__(self) -> "_Ahead":
+        self._thread.start()
+        return self
+
+    def __iter__(self):
+        while True:
+            entry = self._queue.get()
+            if entry is self._END:
+                return
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((item, self._work(item))):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self._stop.set()
+        # On an error or Ctrl-C the thread may be blocked reading a stalled pipe: do not
+        # wait for it forever (it is a daemon thread and stops at its next item).
+        self._thread.join(timeout=None if exc_type is None else 1.0)
 
 
 def frame_parameters(level: int, nbytes: int, long_matching: bool) -> zstandard.ZstdCompressionParameters:
