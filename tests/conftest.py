@@ -44,12 +44,13 @@ def build_image(spec, page_size=4096, tail=b""):
     return b"".join(pages) + tail
 
 
-@pytest.fixture(autouse=True)
-def slices_from_the_start(monkeypatch):
-    """Test images are small: look for slices from the first stored page, not after 32 MiB."""
-    from vmsnap.format import slices
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Save in batches of 16 KiB: a slice is found in data stored by an earlier batch,
+    so small test images need many batches to have any."""
+    from vmsnap.format import writer
 
-    monkeypatch.setattr(slices, "SEARCH_FROM", 0)
+    monkeypatch.setattr(writer, "BATCH_BYTES", 16384)
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def decode(blob: bytes) -> dict:
             "flags": flags}
 
 
-def test_man_page_decoder_rebuilds_the_image(tmp_path):
+def test_man_page_decoder_rebuilds_the_image(tmp_path, small_batches):
     spec = [("zero",), ("fill", 1), ("unit", b"abcde"), ("sparse", {0: 1, 100: 2}), ("random", 1),
             ("random", 2), ("copy", 4), ("zero",), ("shift", 4, 512)] * 3
     data = build_image(spec, page_size=1024, tail=b"\x07" * 77)
@@ -145,7 +145,7 @@ def test_man_page_decoder_rebuilds_the_image(tmp_path):
     assert decode(plain.read_bytes())["flags"] == 0  # without the slice finder: no extension at all
 
 
-def test_man_page_decoder_reads_attachments(tmp_path):
+def test_man_page_decoder_reads_attachments(tmp_path, small_batches):
     from vmsnap.format.writer import SnapshotWriter
 
     data = build_image([("random", 3), ("zero",), ("copy", 0), ("fill", 9)], page_size=1024)

@@ -54,7 +54,7 @@ def save_restore(tmp_path, data, **opts):
 
 @given(images(), st.sampled_from([1, 3, 64]))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_round_trip_is_identical(tmp_path, image, frame_pages):
+def test_round_trip_is_identical(tmp_path, small_batches, image, frame_pages):
     page_size, data = image
     snap, restored = save_restore(tmp_path, data, page_size=page_size, frame_size=frame_pages * page_size)
     assert restored == data
@@ -81,7 +81,7 @@ def test_page_kinds_become_the_right_records(tmp_path):
     assert stats["data_pages"] == 2
 
 
-def test_copies_off_a_page_boundary_become_slices(tmp_path):
+def test_copies_off_a_page_boundary_become_slices(tmp_path, small_batches):
     # pages 0-3 random and stored back to back; then copies starting 512, 1536 and 3584
     # bytes into page 0, 1 and 2 (a tar member's content sits 512 bytes past a header)
     spec = [("random", i) for i in range(4)] + [("shift", 0, 512), ("shift", 1, 512), ("shift", 2, 512),
@@ -99,17 +99,17 @@ def test_copies_off_a_page_boundary_become_slices(tmp_path):
         assert slices["count"].tolist() == [3, 1, 1, 1]
 
 
-def test_slice_records_need_the_slices_flag(tmp_path):
+def test_slice_records_need_the_slices_flag(tmp_path, small_batches):
     from test_attachments import _set_flags
 
-    data = build_image([("random", 0), ("random", 1), ("shift", 0, 512)])
+    data = build_image([("random", i) for i in range(4)] + [("shift", 0, 512)])  # the copy in the second batch
     snap, _ = save_restore(tmp_path, data)
     _set_flags(snap, 0)  # as a writer that never announced slices
     with pytest.raises(vmsnap.errors.FormatError, match="unknown record kind"):
         vmsnap.open(str(snap))
 
 
-def test_slices_off_restore_the_same_image_larger(tmp_path):
+def test_slices_off_restore_the_same_image_larger(tmp_path, small_batches):
     from genimage import image_bytes
 
     data = image_bytes(8 << 20, seed=11)
@@ -127,7 +127,7 @@ def test_slices_off_restore_the_same_image_larger(tmp_path):
     assert out.read_bytes() == data
 
 
-def test_restore_with_a_tiny_canonical_cache_reads_slices_again(tmp_path, monkeypatch):
+def test_restore_with_a_tiny_canonical_cache_reads_slices_again(tmp_path, small_batches, monkeypatch):
     from vmsnap.format import reader
 
     monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 1)  # keeps one page
@@ -150,7 +150,7 @@ def test_zero_runs_collapse_into_one_record(tmp_path):
     assert os.path.getsize(snap) < 16384  # block digests are the only per-MiB cost: 16 bytes each, compressed
 
 
-def test_output_is_deterministic_and_independent_of_jobs(tmp_path):
+def test_output_is_deterministic_and_independent_of_jobs(tmp_path, small_batches):
     from genimage import image_bytes
 
     data = image_bytes(6 << 20, seed=3)

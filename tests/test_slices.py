@@ -7,14 +7,14 @@ from hypothesis import given, settings, strategies as st
 from vmsnap.format.slices import GRAIN, SliceFinder, fingerprints
 
 
-def run_finder(pages, page_size, window=1 << 30, batch=3, search_from=0):
+def run_finder(pages, page_size, window=1 << 30, batch=3):
     """Place pages in batches; return (positions, the stream of stored pages)."""
-    finder = SliceFinder(page_size, window, search_from)
+    finder = SliceFinder(page_size, window)
     stream = bytearray()
     places = []
     for i in range(0, len(pages), batch):
         chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
-        for page, pos in zip(pages[i:i + batch], finder.place(chunk, np.arange(len(chunk))).tolist()):
+        for page, pos in zip(pages[i:i + batch], finder.place(*fingerprints(chunk)).tolist()):
             places.append(pos)
             if pos * GRAIN == len(stream):  # stored at the end
                 stream += page
@@ -95,17 +95,22 @@ def test_fingerprints_of_chosen_rows_match_a_copy_of_them():
         assert (got == want).all() and len(got) == 3 * 4
 
 
-@pytest.mark.parametrize("ready", [True, False])
-def test_search_starts_where_the_data_says_whether_numba_is_loaded_or_not(monkeypatch, ready):
-    # pages stored before search_from are not searched, but later pages find slices in them;
-    # fingerprinting them late (numba still loading) gives the same places
-    from vmsnap.format import slices
-
-    monkeypatch.setattr(slices, "kernels_ready", lambda: ready)
+def test_a_copy_within_its_own_batch_is_stored():
+    # placement is per batch: a copy of a page stored in the same batch is zstd's to find
     rng = np.random.default_rng(9)
-    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(6)]
-    early_copy = (stored[0] + stored[1])[512:512 + 4096]
-    late_copy = (stored[2] + stored[3])[2048:2048 + 4096]
-    places, _ = run_finder(stored + [early_copy, late_copy], 4096, batch=1, search_from=7 * 4096)
-    assert places[:7] == [0, 8, 16, 24, 32, 40, 48]  # the early copy is stored: no search yet
-    assert places[7] == 2 * 8 + 4  # found in pages stored before the search started
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(2)]
+    copy = (stored[0] + stored[1])[512:512 + 4096]
+    assert run_finder(stored + [copy], 4096, batch=3)[0] == [0, 8, 16]
+    assert run_finder(stored + [copy], 4096, batch=2)[0] == [0, 8, 1]
+
+
+def test_the_index_stays_within_the_window():
+    rng = np.random.default_rng(10)
+    finder = SliceFinder(4096, window=8 * 4096)
+    batches = [rng.integers(0, 256, (3, 4096), dtype=np.uint8) for _ in range(50)]
+    for batch in batches:
+        finder.place(*fingerprints(batch))
+    assert len(finder._index) <= 2 * 8  # rebuilt from the window, not one entry per page ever stored
+    last = batches[-1].reshape(-1)
+    copy = last[512:512 + 4096].reshape(1, 4096)
+    assert finder.place(*fingerprints(copy)).tolist() == [finder.stream - 3 * 8 + 1]  # the last batch, +512 bytes

@@ -8,137 +8,135 @@ finder remembers a fingerprint of every 512-byte grain of the data page stream
 new page whether its bytes already occur in that stream at some grain. Such a
 page becomes a SLICE record (a byte offset into the stream) instead of data.
 
-Fingerprints are 128 bits per grain (two 64-bit lanes over fmix64-mixed words):
-a page matches a span only when all of its grains' fingerprints equal the span's,
-so an accidental false match needs a 128-bit collision. BLAKE3 would cost one call
-per 512 bytes; these run in compiled loops that release the GIL. A false match
-could not restore wrong bytes anyway: every restored block is checked against
-the BLAKE3 block digest of the original image.
+Pages are placed a batch at a time with numpy: a page can be a slice of data
+stored by an earlier batch, not of a page in its own batch (zstd's window, which
+spans the frame, covers copies that close).
+
+A false match could not restore wrong bytes: every restored block is checked
+against the BLAKE3 block digest of the original image.
 """
 
 from __future__ import annotations
 
-import threading
+import functools
 
 import numpy as np
 
 GRAIN = 512  # bytes per fingerprinted unit: tar's block size, the usual sector
-# Stored data before slices are looked for. numba takes about half a second to load;
-# pages stored before then are fingerprinted once it has, so a save never waits for
-# it in its first SEARCH_FROM bytes, and where the search starts depends on the data
-# alone (the output is deterministic). Copies within the first frames are zstd's.
-SEARCH_FROM = 32 << 20
+_WORDS = GRAIN // 4  # 32-bit words per grain
+_LANES = 9
 _INITIAL_GRAINS = 1 << 16
+# Fingerprints are exact integers: each lane is sum(word * weight) over a grain's 128
+# 32-bit words with weights below 2^14, so every partial sum stays below 2^53 and the
+# float64 matrix product (BLAS) is exact in whatever order it adds: deterministic.
+# Two different grains agree on one lane for at most one in 2^14 weights, on all
+# nine for at most one in 2^126 (for content that does not depend on the weights).
+_WEIGHTS = np.random.default_rng(0x51ACE).integers(1, 1 << 14, size=(_WORDS, _LANES)).astype(np.float64)
+# The nine 53-bit lanes folded into two 64-bit words by odd multipliers, mod 2^64.
+_FOLD = np.random.default_rng(0xF01D).integers(0, 1 << 62, size=(_LANES, 2), dtype=np.uint64) * np.uint64(2) \
+    + np.uint64(1)
 
 
 def fingerprints(pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The two 64-bit fingerprint lanes of every 512-byte grain of pages[rows] (all pages by default)."""
-    words = np.ascontiguousarray(pages).view(np.uint64)
-    rows = np.arange(len(words)) if rows is None else np.asarray(rows, dtype=np.int64)
-    grains = len(rows) * (pages.shape[1] // GRAIN)
-    f0 = np.empty(grains, dtype=np.uint64)
-    f1 = np.empty(grains, dtype=np.uint64)
-    _kernels().fingerprint_grains(words, rows, GRAIN // 8, f0, f1)
-    return f0, f1
+    """The two 64-bit fingerprint words of every 512-byte grain of pages[rows] (all pages by default)."""
+    chosen = pages if rows is None else pages[np.asarray(rows, dtype=np.int64)]
+    words = np.ascontiguousarray(chosen).view(np.uint32).reshape(-1, _WORDS)
+    with _one_blas_thread():
+        lanes = (words.astype(np.float64) @ _WEIGHTS).astype(np.uint64)
+    folded = lanes @ _FOLD
+    return np.ascontiguousarray(folded[:, 0]), np.ascontiguousarray(folded[:, 1])
 
 
-_loaded: list = []
-_loading = threading.Lock()
+@functools.lru_cache(maxsize=1)
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
-def _kernels():
-    """The kernel module, loaded once (it imports numba and loads the compiled kernels)."""
-    with _loading:
-        if not _loaded:
-            from . import _slice_kernels
-
-            tiny = np.zeros((1, 2 * GRAIN // 8), dtype=np.uint64)
-            f = np.zeros(2, dtype=np.uint64)
-            _slice_kernels.fingerprint_grains(tiny, np.zeros(1, np.int64), GRAIN // 8, f, f.copy())
-            _loaded.append(_slice_kernels)
-    return _loaded[0]
-
-
-def kernels_ready() -> bool:
-    return bool(_loaded)
-
-
-def preload() -> None:
-    """Start loading the kernels on a thread: numba's import and cache load (about half
-    a second) then overlap the first reads of a save instead of delaying them."""
-    if not _loaded:
-        threading.Thread(target=_kernels, name="vmsnap-numba-load", daemon=True).start()
+def _one_blas_thread():
+    """BLAS on the calling thread only. These products are small and one per batch;
+    OpenBLAS's own threads spun between them and tripled a save's CPU time."""
+    return _blas().limit(limits=1, user_api="blas")
 
 
 class SliceFinder:
     """Places new data pages: as a slice of the stored stream, or at its end.
 
-    Memory: 16 bytes of fingerprint per grain of the window and 32 bytes of table per
-    page, allocated as the stream grows (about 40 MiB per GiB of stored 4 KiB pages).
+    Memory: 16 bytes of fingerprint per grain of the window, and a dict entry (about
+    100 bytes) per stored page within it: about 57 MiB per GiB of stored 4 KiB pages,
+    at most that for the whole window.
     """
 
-    def __init__(self, page_size: int, window: int = 1 << 30, search_from: int | None = None):
+    def __init__(self, page_size: int, window: int = 1 << 30):
         if page_size % GRAIN or page_size < 2 * GRAIN:
             raise ValueError(f"slices need pages of at least {2 * GRAIN} bytes, got {page_size}")
         self.gpp = page_size // GRAIN
         self.window = max(self.gpp, 1 << (max(1, window // GRAIN) - 1).bit_length())
         self.stream = 0  # grains stored so far
         self._r0 = self._r1 = np.zeros(0, dtype=np.uint64)
-        self._keys = np.zeros(0, dtype=np.uint64)
-        self._vals = np.zeros(0, dtype=np.int64)
-        self._search_from = (SEARCH_FROM if search_from is None else search_from) // GRAIN
-        self._unindexed: list[np.ndarray] = []  # pages stored before the kernels were loaded
-        preload()
+        # first grain's first fingerprint word of each stored page -> its grain position;
+        # a dict: its lookups of absent keys stay O(1) where numpy probing loops ran long
+        self._index: dict[int, int] = {}
 
-    def place(self, pages: np.ndarray, rows: np.ndarray, grains=None) -> np.ndarray:
-        """Grain positions of the new pages pages[rows], in order: slices of the stored
-        stream, or their new places at its end. grains: their fingerprints() if known."""
-        n = len(rows)
-        searching = self.stream >= self._search_from
-        if grains is None and not searching and not kernels_ready():
-            out = self.stream + self.gpp * np.arange(n, dtype=np.int64)
-            self._unindexed.append(pages[rows])
-            self.stream += n * self.gpp
-            return out
-        self._index_unindexed()
-        if grains is None:
-            grains = fingerprints(pages, rows)
-        return self._place(*grains, search=searching)
+    def place(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
+        """Grain positions of new pages, given their grains' fingerprints() (n pages x
+        grains per page, or flat), in order: slices of the stored stream, or their new
+        places at its end."""
+        f0, f1 = f0.reshape(-1, self.gpp), f1.reshape(-1, self.gpp)
+        out = self._find(f0, f1)
+        stored = np.flatnonzero(out < 0)
+        out[stored] = self.stream + self.gpp * np.arange(len(stored), dtype=np.int64)
+        self._append(f0[stored], f1[stored])
+        return out
 
-    def _index_unindexed(self) -> None:
-        """Put the pages stored before the kernels were loaded into the ring and table."""
-        if not self._unindexed:
-            return
-        end = self.stream
-        self.stream -= sum(len(chunk) for chunk in self._unindexed) * self.gpp
-        for chunk in self._unindexed:
-            self._place(*fingerprints(chunk), search=False)
-        assert self.stream == end
-        self._unindexed = []
+    def _find(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
+        """For each page, the first grain position where the stream holds its bytes, or -1."""
+        n, gpp = f0.shape
+        found = np.full(n, -1, dtype=np.int64)
+        if n == 0 or self.stream == 0:
+            return found
+        lo = max(0, self.stream - len(self._r0))
+        # Any grain of a page can be the first grain of a stored page inside the span.
+        get = self._index.get
+        pos = np.array([get(key, -1) for key in f0.ravel().tolist()], dtype=np.int64).reshape(n, gpp)
+        start = pos - np.arange(gpp)
+        # aligned spans are whole stored pages: the digest index already shares those
+        ok = (pos >= 0) & (start >= lo) & (start + gpp <= self.stream) & (start % gpp != 0)
+        page, anchor = np.nonzero(ok)
+        if page.size == 0:
+            return found
+        begin = start[page, anchor]
+        span = (begin[:, None] + np.arange(gpp)) & (len(self._r0) - 1)
+        same = (self._r0[span] == f0[page]).all(axis=1) & (self._r1[span] == f1[page]).all(axis=1)
+        page, begin = page[same], begin[same]
+        first = np.unique(page, return_index=True)[1]
+        found[page[first]] = begin[first]
+        return found
 
-    def _place(self, f0: np.ndarray, f1: np.ndarray, search: bool) -> np.ndarray:
-        n = len(f0) // self.gpp
-        out = np.empty(n, dtype=np.int64)
+    def _append(self, f0: np.ndarray, f1: np.ndarray) -> None:
+        """Put stored pages (their grains' fingerprints, in order) at the end of the stream."""
+        n = len(f0)
         if n == 0:
-            return out
+            return
         need = self.stream + n * self.gpp
         if need > len(self._r0) and len(self._r0) < self.window:
             self._grow(need)
-        window = min(self.window, len(self._r0))
-        self.stream = _kernels().place_pages(f0, f1, n, self.gpp, self._r0, self._r1, len(self._r0) - 1,
-                                             self._keys, self._vals, len(self._keys) - 1, self.stream, window,
-                                             search, out)
-        return out
+        at = (self.stream + np.arange(n * self.gpp)) & (len(self._r0) - 1)
+        self._r0[at] = f0.ravel()
+        self._r1[at] = f1.ravel()
+        first = range(self.stream, need, self.gpp)
+        self._index.update(zip(f0[:, 0].tolist(), first))  # a later page with that grain wins
+        self.stream = need
+        if len(self._index) > 2 * (self.window // self.gpp):  # drop entries gone from the window
+            lo = self.stream - len(self._r0)
+            self._index = {key: pos for key, pos in self._index.items() if pos >= lo}
 
     def _grow(self, need: int) -> None:
-        """Larger ring and table; only before the ring first wraps, so grain s sits at s."""
+        """A larger ring; only before it first wraps, so grain s sits at index s."""
         size = min(self.window, 1 << (max(need, _INITIAL_GRAINS) - 1).bit_length())
         r0 = np.zeros(size, dtype=np.uint64)
         r1 = np.zeros(size, dtype=np.uint64)
         r0[:self.stream] = self._r0[:self.stream]
         r1[:self.stream] = self._r1[:self.stream]
         self._r0, self._r1 = r0, r1
-        slots = max(64, 2 * size // self.gpp)
-        self._keys = np.zeros(slots, dtype=np.uint64)
-        self._vals = np.full(slots, -1, dtype=np.int64)
-        _kernels().reindex(self._r0, size - 1, self._keys, self._vals, slots - 1, self.gpp, self.stream)

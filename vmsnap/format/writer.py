@@ -30,7 +30,7 @@ from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
 from .digests import BlockHasher, block_size_for, region_digest
-from .slices import GRAIN, SliceFinder, fingerprints, kernels_ready
+from .slices import GRAIN, SliceFinder, fingerprints
 
 DEFAULT_FRAME_SIZE = 16 << 20
 DEFAULT_LEVEL = 3
@@ -61,7 +61,7 @@ class SnapshotWriter:
             raise UsageError(f"frame size {frame_size} is smaller than the page size {page_size}")
         self.page_size = page_size
         self.block_size = block_size_for(page_size)
-        self.batch_bytes = max(BATCH_BYTES, self.block_size)
+        self.batch_bytes = BATCH_BYTES  # page_batches makes it at least one page
         self.frame_pages = frame_size // page_size
         self.level = level
         self.long_matching = long_matching
@@ -109,7 +109,7 @@ class SnapshotWriter:
         hasher = BlockHasher(self.block_size)
         size = 0
         # A second thread reads, classifies, block-hashes and fingerprints the batches
-        # ahead (its system calls, numpy, BLAKE3 on whole blocks and numba release the
+        # ahead (its system calls, numpy, BLAKE3 on whole blocks and BLAS release the
         # GIL) while this one digests pages (BLAKE3 holds the GIL on 4 KiB inputs) and
         # places them.
         batches = page_batches(chunks, self.page_size, self.batch_bytes)
@@ -171,8 +171,7 @@ class SnapshotWriter:
         pages = P.as_pages(batch, self.page_size)
         kind, period = P.classify(pages)
         self._hash_blocks(hasher, batch, kind)
-        # fingerprints only when numba is loaded: until then the slice finder stores pages without them
-        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices and kernels_ready() else None
+        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
         return pages, kind, period, grains
 
     def _encode_batch(self, batch, result, progress: Callable[[int], None] | None) -> int:
@@ -217,7 +216,7 @@ class SnapshotWriter:
         idx = np.flatnonzero(kind == P.OTHER)
         if idx.size:
             values, is_first = self._dedup.assign(P.page_digests(pages, idx),
-                                                  lambda rows: self._place(pages, idx, rows, grains))
+                                                  lambda rows: self._place(rows, grains))
             per_page = np.uint64(self.page_size // self._unit)
             aligned = values % per_page == 0
             stored = is_first & aligned  # a new content placed at the end of the stream
@@ -251,17 +250,14 @@ class SnapshotWriter:
         self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
-    def _place(self, pages: np.ndarray, idx: np.ndarray, rows: np.ndarray, grains) -> np.ndarray:
+    def _place(self, rows: np.ndarray, grains) -> np.ndarray:
         """Where new contents go, in stream units: a slice of stored data, or stored next.
 
-        pages[idx] are the batch's OTHER pages, rows the new ones among them;
-        grains: the OTHER pages' fingerprints, or None.
+        rows: the new ones among the batch's OTHER pages; grains: the OTHER pages' fingerprints.
         """
         if self._slices is not None:
-            if grains is not None:
-                per_page = self.page_size // GRAIN
-                grains = tuple(lane.reshape(-1, per_page)[rows].ravel() for lane in grains)
-            places = self._slices.place(pages, idx[rows], grains)
+            per_page = self.page_size // GRAIN
+            places = self._slices.place(*(lane.reshape(-1, per_page)[rows] for lane in grains))
             self._data_pages = self._slices.stream * GRAIN // self.page_size
             return places.astype(np.uint64)
         first = self._data_pages
