@@ -71,6 +71,23 @@ def test_save_info_verify_restore_cat(tmp_path, image):
     assert result.stdout_bytes == data[4096:8192]
 
 
+def test_save_options_for_slices_and_long_matching(tmp_path, small_batches):
+    data = build_image([("random", i) for i in range(4)] + [("shift", 1, 1024)] * 2)
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(data)
+    # the repeated copy: a second slice, or a reference to the copy stored as data
+    for opts, slices, refs in ((["--long"], 2, 0), (["--slice-window", "0"], 0, 1)):
+        snap = tmp_path / "s.vms"
+        assert run("save", str(raw), "-o", str(snap), "-q", *opts).exit_code == 0
+        info = json.loads(run("info", str(snap), "--json").output)
+        assert info["pages"]["slice"] == slices and info["pages"]["ref"] == refs
+        out = tmp_path / "out.raw"
+        assert run("restore", str(snap), "-o", str(out), "-q").exit_code == 0
+        assert out.read_bytes() == data
+    bad = run("save", str(raw), "-o", str(tmp_path / "x.vms"), "--slice-window", "-1")
+    assert bad.exit_code == 2 and "negative" in bad.output
+
+
 @pytest.mark.parametrize("args,code,message", [
     (["info", "/nonexistent.vms"], InputError.exit_code, "no such file"),
     (["save", "/nonexistent.raw", "-o", "x.vms"], InputError.exit_code, "no such file"),

@@ -99,6 +99,15 @@ def test_copies_off_a_page_boundary_become_slices(tmp_path, small_batches):
         assert slices["count"].tolist() == [3, 1, 1, 1]
 
 
+def test_long_matching_and_frame_sizes_keep_the_image(tmp_path):
+    from genimage import image_bytes
+
+    data = image_bytes(3 << 20, seed=12)
+    for opts in ({"long_matching": True}, {"frame_size": 1 << 20, "long_matching": True}):
+        snap, restored = save_restore(tmp_path, data, **opts)
+        assert restored == data
+
+
 def test_slice_records_need_the_slices_flag(tmp_path, small_batches):
     from test_attachments import _set_flags
 

@@ -114,3 +114,16 @@ def test_the_index_stays_within_the_window():
     last = batches[-1].reshape(-1)
     copy = last[512:512 + 4096].reshape(1, 4096)
     assert finder.place(*fingerprints(copy)).tolist() == [finder.stream - 3 * 8 + 1]  # the last batch, +512 bytes
+
+
+def test_fingerprints_are_exact_integer_sums_whatever_blas_does():
+    # the float64 product must equal the same sums in exact integers (all below 2^53)
+    from vmsnap.format import slices
+
+    pages = np.random.default_rng(11).integers(0, 256, (64, 4096), dtype=np.uint8)
+    pages[:8] = 0xFF  # the largest words: the sums' upper bound
+    words = pages.view(np.uint32).reshape(-1, GRAIN // 4).astype(np.int64)
+    lanes = (words @ slices._WEIGHTS.astype(np.int64)).astype(np.uint64)
+    want = lanes @ slices._FOLD
+    f0, f1 = fingerprints(pages)
+    assert (f0 == want[:, 0]).all() and (f1 == want[:, 1]).all()
