@@ -42,6 +42,16 @@ def test_every_command_has_help_and_a_man_page(cmd):
         assert name.replace("-", r"\-") in text, f"{name} missing from {page}"
 
 
+def test_man_pages_render_without_warnings():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "man")
+    pages = sorted(os.listdir(root))
+    assert len(pages) > 10
+    for page in pages:
+        done = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", os.path.join(root, page)],
+                              capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+        assert done.returncode == 0 and done.stderr == "", f"{page}: {done.stderr}"
+
+
 @pytest.mark.parametrize("cmd,page", [(("qemu", "save"), "qemu-save"), (("qemu", "restore"), "qemu-restore"),
                                       (("qemu", "device-state"), "qemu-restore")])
 def test_qemu_commands_have_help_and_a_man_page(cmd, page):
