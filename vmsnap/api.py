@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import gc
 from typing import BinaryIO
 
 from .atomic import atomic_output, os_error_message
@@ -17,26 +15,6 @@ from .sources import open_source
 _ZEROS = bytes(1 << 20)
 
 
-def _without_cyclic_gc(func):
-    """Run func with Python's cyclic garbage collector paused.
-
-    The page loops make no reference cycles, but they allocate millions of small
-    objects (digests, views), and each allocation burst set off collections that
-    walked every object numba had loaded: about 5% of a save's CPU in a profile.
-    """
-    @functools.wraps(func)
-    def paused(*args, **kwargs):
-        was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            if was_enabled:
-                gc.enable()
-    return paused
-
-
-@_without_cyclic_gc
 def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096, level: int = DEFAULT_LEVEL,
          frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, description: str | None = None,
          slice_window: int = DEFAULT_SLICE_WINDOW, long_matching: bool = False,
@@ -50,8 +28,8 @@ def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096
         with progress_bar(source.size_hint, "save", progress) as update:
             with atomic_output(output) as out:
                 writer = SnapshotWriter(out, page_size=page_size, level=level, frame_size=frame_size,
-                                        jobs=jobs, slice_window=slice_window, long_matching=long_matching, source=description if description is not None
-                                        else source.description)
+                                        jobs=jobs, slice_window=slice_window, long_matching=long_matching,
+                                        source=description if description is not None else source.description)
                 try:
                     for region, chunks in source.regions():
                         writer.add_region(region.name, region.base, chunks, update)
@@ -104,7 +82,6 @@ def _chain(first, rest):
     yield from rest
 
 
-@_without_cyclic_gc
 def verify(path: str, *, jobs: int | None = None, progress: bool | None = False) -> dict:
     """Check every digest of the snapshot without writing anything."""
     with Snapshot(path) as snap:
@@ -121,7 +98,6 @@ def verify(path: str, *, jobs: int | None = None, progress: bool | None = False)
 RESTORE_FORMATS = ("raw", "elf")
 
 
-@_without_cyclic_gc
 def restore(path: str, output: str, *, region: str | None = None, format: str = "raw", sparse: bool = True,
             jobs: int | None = None, progress: bool | None = False) -> dict:
     """Restore the image to `output` ('-' for stdout), byte for byte, every digest checked.
