@@ -228,3 +228,11 @@ def test_cat_streams_to_a_file_and_rejects_ranges_past_the_end(tmp_path, image):
     assert not (tmp_path / "no.bin").exists()
     result = CliRunner().invoke(main, ["cat", str(snap), "--offset", "0", "--length", "1", "--region", "nope"])
     assert result.exit_code == FormatError.exit_code and "no region named 'nope'" in result.output
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "vmsnap", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and "vmsnap" in done.stdout
