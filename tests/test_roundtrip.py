@@ -389,3 +389,30 @@ def test_holes_of_a_sparse_input_are_not_read(tmp_path, monkeypatch, page_size):
     assert out.read_bytes() == bytes(expected)
     if page_size == 4096:  # only the data extents' pages went through the classifier
         assert sum(classified) < (12 << 20)
+
+
+def test_restore_reuses_frame_buffers_and_leaves_earlier_views_alone(tmp_path, monkeypatch):
+    """produce() decodes into recycled buffers; a view the caller took before stays intact."""
+    from vmsnap.format import reader
+
+    spec = [("random", i) for i in range(40)] + [("copy", i) for i in (3, 30, 1, 39)] + \
+           [("shift", i, 512 * (1 + i % 7)) for i in (2, 17, 33)] + [("random", 99)] * 2
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data, frame_size=2 * 4096)
+    assert restored == data
+
+    def as_bytes(pieces):
+        return b"".join(bytes(p) for p in pieces)  # bytes(int) is that many zeros
+
+    fresh = []
+    take = reader._FramePool.take
+    monkeypatch.setattr(reader._FramePool, "take",
+                        lambda pool, n: fresh.append((buf := take(pool, n)).base is None) or buf)
+    with vmsnap.open(str(snap)) as s:
+        early = list(s.iter_range(0, 3 * 4096))  # views of decoded frames
+        early_bytes = as_bytes(early)
+        seen = []
+        s.produce(lambda region, piece: seen.append(bytes(piece)))
+        assert b"".join(seen) == data
+        assert as_bytes(early) == early_bytes
+    assert len(fresh) > 6 and fresh.count(False) > len(fresh) // 2  # most frames went into a reused buffer
