@@ -26,6 +26,8 @@ GRAIN = 512  # bytes per fingerprinted unit: tar's block size, the usual sector
 _WORDS = GRAIN // 4  # 32-bit words per grain
 _LANES = 9
 _INITIAL_GRAINS = 1 << 16
+_FILTER_BITS = 1 << 23  # 8 MiB; a 1 GiB window's 262,144 pages set at most 3% of it
+_FILTER_MASK = np.uint64(_FILTER_BITS - 1)
 # Fingerprints are exact integers: each lane is sum(word * weight) over a grain's 128
 # 32-bit words with weights below 2^14, so every partial sum stays below 2^53 and the
 # float64 matrix product (BLAS) is exact in whatever order it adds: deterministic.
@@ -65,7 +67,7 @@ class SliceFinder:
 
     Memory: 16 bytes of fingerprint per grain of the window, and a dict entry (about
     100 bytes) per stored page within it: about 57 MiB per GiB of stored 4 KiB pages,
-    at most that for the whole window.
+    at most that for the whole window; and an 8 MiB bitmap in front of the dict.
     """
 
     def __init__(self, page_size: int, window: int = 1 << 30):
@@ -78,6 +80,9 @@ class SliceFinder:
         # first grain's first fingerprint word of each stored page -> its grain position;
         # a dict: its lookups of absent keys stay O(1) where numpy probing loops ran long
         self._index: dict[int, int] = {}
+        # A bitmap over the low key bits of the dict's keys (a superset): only grains
+        # whose bit is set are looked up, one in tens of grains, not all of them.
+        self._maybe = np.zeros(_FILTER_BITS, dtype=bool)
 
     def place(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
         """Grain positions of new pages, given their grains' fingerprints() (n pages x
@@ -98,8 +103,12 @@ class SliceFinder:
             return found
         lo = max(0, self.stream - len(self._r0))
         # Any grain of a page can be the first grain of a stored page inside the span.
+        keys = f0.ravel()
+        ask = np.flatnonzero(self._maybe[keys & _FILTER_MASK])
         get = self._index.get
-        pos = np.array([get(key, -1) for key in f0.ravel().tolist()], dtype=np.int64).reshape(n, gpp)
+        pos = np.full(keys.size, -1, dtype=np.int64)
+        pos[ask] = [get(key, -1) for key in keys[ask].tolist()]
+        pos = pos.reshape(n, gpp)
         start = pos - np.arange(gpp)
         # aligned spans are whole stored pages: the digest index already shares those
         ok = (pos >= 0) & (start >= lo) & (start + gpp <= self.stream) & (start % gpp != 0)
@@ -127,10 +136,13 @@ class SliceFinder:
         self._r1[at] = f1.ravel()
         first = range(self.stream, need, self.gpp)
         self._index.update(zip(f0[:, 0].tolist(), first))  # a later page with that grain wins
+        self._maybe[f0[:, 0] & _FILTER_MASK] = True
         self.stream = need
         if len(self._index) > 2 * (self.window // self.gpp):  # drop entries gone from the window
             lo = self.stream - len(self._r0)
             self._index = {key: pos for key, pos in self._index.items() if pos >= lo}
+            self._maybe[:] = False
+            self._maybe[np.fromiter(self._index, dtype=np.uint64, count=len(self._index)) & _FILTER_MASK] = True
 
     def _grow(self, need: int) -> None:
         """A larger ring; only before it first wraps, so grain s sits at index s."""
