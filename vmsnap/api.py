@@ -7,7 +7,7 @@ from typing import BinaryIO
 from .atomic import atomic_output, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
-from .format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, SnapshotWriter, default_jobs
+from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .output import ImageWriter
 from .progress import progress_bar
 from .sources import open_source
@@ -24,6 +24,8 @@ def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096
     slice_window: bytes of recently stored data searched for copies at 512-byte
     offsets (0: none); long_matching: zstd long-distance matching within frames.
     """
+    from .format.writer import SnapshotWriter
+
     with open_source(input, format) as source:
         with progress_bar(source.size_hint, "save", progress) as update:
             with atomic_output(output) as out:

@@ -12,7 +12,6 @@ threads (zstandard releases the GIL) and written in order.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections import deque
@@ -29,12 +28,10 @@ from ..errors import OutputError, UsageError
 from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
+from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs  # noqa: F401 (re-exported)
 from .digests import BlockHasher, block_size_for, region_digest
 from .slices import GRAIN, SliceFinder, fingerprints
 
-DEFAULT_FRAME_SIZE = 16 << 20
-DEFAULT_LEVEL = 3
-DEFAULT_SLICE_WINDOW = 1 << 30
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
@@ -43,10 +40,6 @@ MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
 def check_page_size(page_size: int) -> None:
     if page_size < MIN_PAGE_SIZE or page_size > MAX_PAGE_SIZE or page_size & (page_size - 1):
         raise UsageError(f"page size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, got {page_size}")
-
-
-def default_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 class SnapshotWriter:
