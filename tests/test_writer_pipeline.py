@@ -1,9 +1,11 @@
-"""The writer's read-ahead stage: order, errors and early exits."""
+"""The writer's pipeline stages: the read-ahead thread (order, errors, early exits) and the gather into frames."""
 
 import threading
 import time
 
+import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from vmsnap.errors import InputError
 from vmsnap.format.writer import _Ahead
@@ -58,3 +60,14 @@ def test_a_stalled_source_does_not_hold_up_an_error_exit():
                 raise KeyboardInterrupt
     assert time.monotonic() - start < 5
     release.set()
+
+
+@given(st.lists(st.integers(0, 63), max_size=80), st.booleans())
+def test_gather_copies_the_rows_in_order(rows, ascending):
+    from vmsnap.format.writer import _gather
+
+    pages = np.random.default_rng(7).integers(0, 256, size=(64, 16), dtype=np.uint8)  # rows all differ
+    rows = np.array(sorted(rows) if ascending else rows, dtype=np.int64)
+    out = np.zeros((len(rows), 16), dtype=np.uint8)
+    _gather(pages, rows, out)
+    assert np.array_equal(out, pages[rows])

@@ -305,7 +305,7 @@ class SnapshotWriter:
                                   else np.empty((self.frame_pages, self.page_size), dtype=np.uint8))
                 self._frame_fill = 0
             take = min(len(rows) - pos, self.frame_pages - self._frame_fill)
-            np.take(pages, rows[pos:pos + take], axis=0, out=self._framebuf[self._frame_fill:self._frame_fill + take])
+            _gather(pages, rows[pos:pos + take], self._framebuf[self._frame_fill:self._frame_fill + take])
             self._frame_fill += take
             pos += take
             if self._frame_fill == self.frame_pages:
@@ -468,6 +468,20 @@ def _compress(data: np.ndarray, level: int, long_matching: bool) -> tuple[bytes,
 def _compress_bytes(data: bytes, level: int) -> tuple[bytes, bytes]:
     blob = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
     return blob, S.digest(blob)
+
+
+def _gather(pages: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out[:] = pages[rows], one block copy per run of consecutive rows (data pages come
+    in runs; a block copy is about three times faster than numpy's row-by-row take)."""
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    if len(rows) == 0 or len(breaks) * 4 > len(rows):  # mostly scattered rows: one take beats many small copies
+        np.take(pages, rows, axis=0, out=out)
+        return
+    starts = np.concatenate(([0], breaks)).tolist()
+    ends = np.concatenate((breaks, [len(rows)])).tolist()
+    first = rows[starts].tolist()
+    for a, b, r in zip(starts, ends, first):
+        out[a:b] = pages[r:r + b - a]
 
 
 def _cut(chunks: Iterable, size: int) -> Iterator[bytes]:
