@@ -220,3 +220,20 @@ def test_restore_of_corrupt_snapshot_leaves_no_output(snapshot, tmp_path):
         api.restore(str(path), str(tmp_path / "restored.raw"))
     assert not (tmp_path / "restored.raw").exists()
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("delta, message", [(-1, "holds more than"), (+1, "holds 1024 bytes, expected 1536")])
+def test_a_frame_that_holds_other_than_its_pages_is_an_integrity_error(snapshot, tmp_path, delta, message):
+    """A frame table that lies about a frame's pages (its digest still right) never yields bytes."""
+    import numpy as np
+
+    _, blob = snapshot
+    path = tmp_path / "s.vms"
+    path.write_bytes(blob)
+    with vmsnap.open(str(path)) as s:
+        frames = s.frames.copy()
+        frames["pages"][0] = int(frames["pages"][0]) + delta
+        s.frames = frames
+        with pytest.raises(IntegrityError, match=f"frame 0 at offset {int(frames['offset'][0])} {message}"):
+            s._decode_frame(0)
+        assert isinstance(s._decode_frame(1), np.ndarray)  # the other frames are still read
