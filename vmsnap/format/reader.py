@@ -84,10 +84,13 @@ class Snapshot:
 
     def _pread(self, offset: int, length: int, what: str) -> bytes:
         data = os.pread(self._fh.fileno(), length, offset)
-        if len(data) != length:
+        self._check_read(len(data), offset, length, what)
+        return data
+
+    def _check_read(self, got: int, offset: int, length: int, what: str) -> None:
+        if got != length:
             raise IntegrityError(f"{self.path}: truncated: {what} at offset {offset} needs {length} bytes, "
                                  f"file has {max(0, self.file_size - offset)}")
-        return data
 
     def _read_header(self) -> None:
         head = os.pread(self._fh.fileno(), 4096, 0)
@@ -324,7 +327,9 @@ class Snapshot:
         if got != want or extra:
             raise IntegrityError(f"{self.path}: frame {k} at offset {offset} holds {'more than ' if extra else ''}"
                                  f"{got} bytes, expected {want}")
-        return out.reshape(pages, self.page_size)
+        frame = out.reshape(pages, self.page_size)
+        frame.flags.writeable = False  # views handed out of the cache must not change it
+        return frame
 
     def _read_stored(self, offset: int, length: int, what: str) -> memoryview:
         """Stored bytes [offset, offset+length) in this thread's reused input buffer."""
@@ -332,10 +337,7 @@ class Snapshot:
         if buf is None or len(buf) < length:
             buf = self._scratch.buf = bytearray(max(length, 1 << 20))
         view = memoryview(buf)[:length]
-        got = os.preadv(self._fh.fileno(), [view], offset) if length else 0
-        if got != length:
-            raise IntegrityError(f"{self.path}: truncated: {what} at offset {offset} needs {length} bytes, "
-                                 f"file has {max(0, self.file_size - offset)}")
+        self._check_read(os.preadv(self._fh.fileno(), [view], offset) if length else 0, offset, length, what)
         return view
 
     def data_pages_view(self, dpn: int, count: int) -> Iterator[np.ndarray]:

@@ -26,7 +26,7 @@ GRAIN = 512  # bytes per fingerprinted unit: tar's block size, the usual sector
 _WORDS = GRAIN // 4  # 32-bit words per grain
 _LANES = 9
 _INITIAL_GRAINS = 1 << 16
-_FILTER_BITS = 1 << 23  # 8 MiB; a 1 GiB window's 262,144 pages set at most 3% of it
+_FILTER_BITS = 1 << 23  # 8 MiB; the at most 524,288 keys of a 1 GiB window set at most 6% of it
 _FILTER_MASK = np.uint64(_FILTER_BITS - 1)
 # Fingerprints are exact integers: each lane is sum(word * weight) over a grain's 128
 # 32-bit words with weights below 2^14, so every partial sum stays below 2^53 and the
