@@ -321,17 +321,24 @@ def test_resaving_a_snapshot_skips_its_zero_runs(tmp_path, monkeypatch):
     assert sum(classified) < 4096
 
 
-def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkeypatch):
-    """References beyond the kept canonical pages decode their frame again: same bytes."""
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkeypatch, small_batches, jobs):
+    """References beyond the kept canonical pages decode their frame again, into the same
+    reused frame buffers as the pass's own decoding: same bytes, with any number of decoders."""
     from vmsnap.format import reader
 
     monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 1)  # keeps one page
     spec = [("random", i) for i in range(12)] + [("copy", i) for i in (11, 0, 5, 3, 11, 7)] + \
-           [("random", 50)] * 3 + [("copy", 1)]
-    data = build_image(spec, page_size=512)
-    snap, restored = save_restore(tmp_path, data, page_size=512, frame_size=2 * 512)
-    assert restored == data
-    assert api.info(str(snap))["pages"]["ref"] == 9
+           [("random", 50)] * 3 + [("copy", 1)] + [("shift", i, 512) for i in (2, 9)]
+    data = build_image(spec, page_size=1024)
+    raw = tmp_path / "in.raw"
+    raw.write_bytes(data)
+    snap, out = tmp_path / "s.vms", tmp_path / "out.raw"
+    api.save(str(raw), str(snap), format="raw", page_size=1024, frame_size=2 * 1024)
+    api.restore(str(snap), str(out), jobs=jobs)
+    assert out.read_bytes() == data
+    pages = api.info(str(snap))["pages"]
+    assert pages["ref"] == 9 and pages["slice"] == 2
 
 
 def test_canonical_pages_are_released_after_their_last_reference(tmp_path):
@@ -416,3 +423,17 @@ def test_restore_reuses_frame_buffers_and_leaves_earlier_views_alone(tmp_path, m
         assert b"".join(seen) == data
         assert as_bytes(early) == early_bytes
     assert len(fresh) > 6 and fresh.count(False) > len(fresh) // 2  # most frames went into a reused buffer
+
+
+def test_frame_pool_reuses_a_retired_buffer_only_after_recycle():
+    from vmsnap.format.reader import _FramePool
+
+    pool = _FramePool()
+    first = pool.take(4096)
+    frame = first.reshape(1, 4096)
+    pool.retire(frame)
+    assert pool.take(4096).base is None  # still retired: a fresh buffer
+    pool.recycle()
+    again = pool.take(1024)  # a smaller frame fits in the recycled buffer
+    assert again.base is first and len(again) == 1024
+    assert pool.take(4096).base is None  # it was taken: fresh again

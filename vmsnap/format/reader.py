@@ -626,8 +626,10 @@ class _BlockChecker:
 class _FramePool:
     """Decoded-frame buffers reused across a produce() pass.
 
-    A frame leaves the cache while a piece made from it may still be in use, so it
-    is retired first and only reused once produce() has consumed that piece.
+    A frame that leaves the cache is retired, and its buffer is reused only after
+    produce() has handed the current piece to the sink. Today every piece is
+    consumed before the next frame is fetched, so no view of a retired frame is
+    alive anyway; the wait keeps a piece that views two frames safe too.
     """
 
     def __init__(self):
