@@ -675,7 +675,7 @@ def analyze(paths: list[str], *, fmt: str = "auto", page_size: int = 4096, top: 
             scheduler: str | None = None, buffer_bytes: int = SPILL_BUFFER,
             progress: bool | None = False) -> dict:
     """Analyse page sharing in the dumps `paths` (see the module docstring and vmsnap-analyze-sharing(1))."""
-    from ..format.writer import default_jobs
+    from ..format.defaults import default_jobs
 
     paths = list(paths)
     _check_inputs(paths, page_size, top)

@@ -28,7 +28,7 @@ from ..errors import OutputError, UsageError
 from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
-from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs  # noqa: F401 (re-exported)
+from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .digests import BlockHasher, block_size_for, region_digest
 from .slices import GRAIN, SliceFinder, fingerprints
 

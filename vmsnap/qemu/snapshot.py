@@ -115,7 +115,8 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
     The guest stays stopped afterwards unless `resume` is true, in which case it is
     resumed if it was running before (also when the save fails).
     """
-    from ..format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, SnapshotWriter
+    from ..format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL
+    from ..format.writer import SnapshotWriter
     from ..progress import progress_bar
     from ..sources.base import read_exact_chunks
     from ..sources.raw import open_input
