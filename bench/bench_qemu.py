@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -48,16 +47,6 @@ def sha256(path):
         while chunk := fh.read(4 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def wait_migration(qmp):
-    while True:
-        info = qmp.execute("query-migrate")
-        if info.get("status") == "completed":
-            return info
-        if info.get("status") in ("failed", "cancelled"):
-            raise SystemExit(f"migration {info}")
-        time.sleep(0.05)
 
 
 def classify_ranges(raw_path: str, page_size: int = 4096) -> list[str]:
@@ -170,8 +159,7 @@ def run_one(mem_mib: int, levels: str, extra_append: str) -> list[str]:
         before = sha256(mem)
         stream = os.path.join(out, "stream.mig")
         qmp.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-        qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(stream)}")
-        wait_migration(qmp)
+        mc.migrate_to_file(qmp, stream, "migration")
         raw = os.path.join(out, "mem.raw")
         shutil.copyfile(mem, raw)
         if sha256(raw) != before:
