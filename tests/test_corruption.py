@@ -5,6 +5,7 @@ truncate at every boundary, overwrite a frame with b"BOOM", interrupt a save.
 """
 
 import errno
+import io
 import os
 
 import pytest
@@ -172,10 +173,15 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
 
 
 class _FullDisk:
-    """A file that accepts `room` bytes, then fails like a full disk."""
+    """A file object that accepts `room` bytes, then fails like a full disk. It has no
+    file descriptor, so the writer writes to it as given (test_save_output.py covers
+    a full disk under the writer thread)."""
 
     def __init__(self, fh, room):
         self.fh, self.room = fh, room
+
+    def fileno(self):
+        raise io.UnsupportedOperation("fileno")
 
     def write(self, data):
         if len(data) > self.room:

@@ -1,8 +1,8 @@
-"""Writing a restored image: staged in aligned buffers, written by a second thread.
+"""Writing a restored image or a snapshot: staged in aligned buffers, written by a second thread.
 
-The main thread decodes, hashes and copies each piece into a page-aligned
-buffer; a writer thread writes the full buffers (its system calls release the
-GIL, so writing overlaps decoding). A fixed set of buffers bounds memory and
+The main thread decodes (or compresses), hashes and copies each piece into a
+page-aligned buffer; a writer thread writes the full buffers (its system calls
+release the GIL, so writing overlaps the work). A fixed set of buffers bounds memory and
 lets no decoded frame outlive its use.
 
 A regular output file is written at explicit offsets with O_DIRECT where the
@@ -53,8 +53,8 @@ class ImageWriter:
         self._fill = 0
         self._error: OSError | None = None
         self._cancelled = False
+        # started by the first full buffer: a writer dropped before then leaves no thread behind
         self._thread = threading.Thread(target=self._run, name="vmsnap-writer", daemon=True)
-        self._thread.start()
 
     def write(self, offset: int, data) -> None:
         data = memoryview(data).cast("B")
@@ -77,18 +77,25 @@ class ImageWriter:
             if self._positioned:
                 self._pad(-self._fill % ALIGN)
             self._submit()
-        self._full.put(None)
-        self._thread.join()
+        self._stop_thread()
         if self._error is not None:
             raise self._error
         if self._positioned:
             os.ftruncate(self._fd, size)
+            if self._direct:  # the caller's file object reads and writes as usual again
+                self._direct = _set_direct(self._fd, False)
 
     def abandon(self) -> None:
         """Stop the writer without writing what is staged (an error elsewhere)."""
         self._cancelled = True
+        # a stream's reader may never read on: do not wait for it
+        self._stop_thread(wait=self._positioned)
+
+    def _stop_thread(self, wait: bool = True) -> None:
+        if self._thread.ident is None:
+            return
         self._full.put(None)
-        if self._positioned:  # a stream's reader may never read on: do not wait for it
+        if wait:
             self._thread.join()
 
     def _skip_to(self, offset: int) -> None:
@@ -118,6 +125,8 @@ class ImageWriter:
 
     def _submit(self) -> None:
         self._view.release()
+        if self._thread.ident is None:
+            self._thread.start()
         self._full.put((self._buffer, self._start, self._fill))
         self._buffer = self._view = None
 

@@ -12,7 +12,10 @@ threads (zstandard releases the GIL) and written in order.
 
 from __future__ import annotations
 
+import io
+import os
 import queue
+import stat
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,7 @@ from blake3 import blake3
 from .. import pages as P
 from ..atomic import os_error_message
 from ..errors import OutputError, UsageError
+from ..output import ImageWriter
 from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
@@ -60,6 +64,7 @@ class SnapshotWriter:
         self.long_matching = long_matching
         self.jobs = jobs or default_jobs()
         self._out = out
+        self._file = _file_writer(out)
         self._pos = 0
         self._pool = ThreadPoolExecutor(self.jobs, thread_name_prefix="vmsnap-zstd")
         self._pending: deque = deque()
@@ -331,7 +336,10 @@ class SnapshotWriter:
 
     def _write(self, data) -> None:
         try:
-            self._out.write(data)
+            if self._file is not None:
+                self._file.write(self._pos, data)
+            else:
+                self._out.write(data)
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         self._pos += len(data)
@@ -376,7 +384,10 @@ class SnapshotWriter:
         self._write(S.Trailer.build({"index_offset": index_offset, "index_size": len(stored),
                                      "index_raw_size": len(body), "index_digest": S.digest(stored)}))
         try:
-            self._out.flush()
+            if self._file is not None:
+                self._file.close(self._pos)
+            else:
+                self._out.flush()
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         return {"bytes_in": self.bytes_in, "bytes_out": self._pos, "regions": len(self._regions),
@@ -387,6 +398,24 @@ class SnapshotWriter:
         for future, *_ in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._file is not None:
+            self._file.abandon()
+
+
+def _file_writer(out: BinaryIO) -> ImageWriter | None:
+    """A writer thread with O_DIRECT for a new, empty regular file (what atomic output
+    makes): the snapshot goes to the disk while frames are still being compressed, with
+    no copy into the page cache, and the final fsync has little left to do. None for a
+    pipe, an in-memory buffer or a file that already holds bytes: those get plain writes."""
+    try:
+        if out.tell() != 0:
+            return None
+        st = os.fstat(out.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size:
+        return None
+    return ImageWriter(out, positioned=True)
 
 
 class _Ahead:
