@@ -4,17 +4,20 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from vmsnap.format.slices import GRAIN, SliceFinder, fingerprints
+from vmsnap.format.slices import GRAIN, FingerprintKey, SliceFinder, fingerprints
+
+KEY = FingerprintKey(seed=1)
 
 
-def run_finder(pages, page_size, window=1 << 30, batch=3):
-    """Place pages in batches; return (positions, the stream of stored pages)."""
-    finder = SliceFinder(page_size, window)
+def run_finder(pages, page_size, window=1 << 30, batch=3, key=KEY):
+    """Place pages in batches; return (positions, the stream of stored pages).
+    A fixed key by default, so that hypothesis can replay a failure."""
+    finder = SliceFinder(page_size, window, key)
     stream = bytearray()
     places = []
     for i in range(0, len(pages), batch):
         chunk = np.frombuffer(b"".join(pages[i:i + batch]), dtype=np.uint8).reshape(-1, page_size)
-        for page, pos in zip(pages[i:i + batch], finder.place(*fingerprints(chunk)).tolist()):
+        for page, pos in zip(pages[i:i + batch], finder.place(*finder.fingerprints(chunk)).tolist()):
             places.append(pos)
             if pos * GRAIN == len(stream):  # stored at the end
                 stream += page
@@ -71,12 +74,12 @@ def test_window_forgets_old_data():
 def test_fingerprints_see_every_byte():
     rng = np.random.default_rng(7)
     page = rng.integers(0, 256, (1, 4096), dtype=np.uint8)
-    f0, f1 = fingerprints(page)
+    f0, f1 = fingerprints(KEY, page)
     for pos in (0, 7, 8, 511, 512, 4095):
         for bit in (0, 7):
             flipped = page.copy()
             flipped[0, pos] ^= 1 << bit
-            g0, g1 = fingerprints(flipped)
+            g0, g1 = fingerprints(KEY, flipped)
             grain = pos // GRAIN
             assert g0[grain] != f0[grain] and g1[grain] != f1[grain]
             others = np.arange(len(f0)) != grain
@@ -91,7 +94,7 @@ def test_pages_too_small_for_slices_are_refused():
 def test_fingerprints_of_chosen_rows_match_a_copy_of_them():
     pages = np.random.default_rng(8).integers(0, 256, (6, 2048), dtype=np.uint8)
     rows = np.array([4, 0, 5])
-    for got, want in zip(fingerprints(pages, rows), fingerprints(pages[rows])):
+    for got, want in zip(fingerprints(KEY, pages, rows), fingerprints(KEY, pages[rows])):
         assert (got == want).all() and len(got) == 3 * 4
 
 
@@ -109,21 +112,42 @@ def test_the_index_stays_within_the_window():
     finder = SliceFinder(4096, window=8 * 4096)
     batches = [rng.integers(0, 256, (3, 4096), dtype=np.uint8) for _ in range(50)]
     for batch in batches:
-        finder.place(*fingerprints(batch))
+        finder.place(*finder.fingerprints(batch))
     assert len(finder._index) <= 2 * 8  # rebuilt from the window, not one entry per page ever stored
     last = batches[-1].reshape(-1)
     copy = last[512:512 + 4096].reshape(1, 4096)
-    assert finder.place(*fingerprints(copy)).tolist() == [finder.stream - 3 * 8 + 1]  # the last batch, +512 bytes
+    assert finder.place(*finder.fingerprints(copy)).tolist() == [finder.stream - 3 * 8 + 1]  # the last batch, +512 bytes
 
 
 def test_fingerprints_are_exact_integer_sums_whatever_blas_does():
     # the float64 product must equal the same sums in exact integers (all below 2^53)
-    from vmsnap.format import slices
-
     pages = np.random.default_rng(11).integers(0, 256, (64, 4096), dtype=np.uint8)
     pages[:8] = 0xFF  # the largest words: the sums' upper bound
     words = pages.view(np.uint32).reshape(-1, GRAIN // 4).astype(np.int64)
-    lanes = (words @ slices._WEIGHTS.astype(np.int64)).astype(np.uint64)
-    want = lanes @ slices._FOLD
-    f0, f1 = fingerprints(pages)
+    lanes = (words @ KEY.weights.astype(np.int64)).astype(np.uint64)
+    want = lanes @ KEY.fold
+    f0, f1 = fingerprints(KEY, pages)
     assert (f0 == want[:, 0]).all() and (f1 == want[:, 1]).all()
+
+
+def test_every_finder_draws_its_own_key():
+    a, b = SliceFinder(4096), SliceFinder(4096)
+    assert not np.array_equal(a.key.weights, b.key.weights) and not np.array_equal(a.key.fold, b.key.fold)
+    assert np.array_equal(FingerprintKey(seed=3).weights, FingerprintKey(seed=3).weights)
+
+
+def test_a_planted_collision_is_a_false_slice_only_under_the_key_it_was_made_for():
+    """Whoever knows the weights can write different grains with equal fingerprints:
+    here a key whose first two weights are equal in every lane, and grains whose first
+    two words are swapped. Such a page would be saved as a slice and fail its block
+    digest at restore; a finder's own random key does not see it as one."""
+    rng = np.random.default_rng(12)
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(2)]
+    planted = np.frombuffer((stored[0] + stored[1])[512:512 + 4096], dtype=np.uint32).copy().reshape(-1, GRAIN // 4)
+    planted[:, [0, 1]] = planted[:, [1, 0]]
+    planted = planted.tobytes()
+    assert planted != (stored[0] + stored[1])[512:512 + 4096]
+    known = FingerprintKey(seed=4)
+    known.weights[1] = known.weights[0]
+    assert run_finder(stored + [planted], 4096, batch=2, key=known)[0] == [0, 8, 1]  # fooled
+    assert run_finder(stored + [planted], 4096, batch=2, key=FingerprintKey())[0] == [0, 8, 16]  # stored as data

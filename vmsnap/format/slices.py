@@ -12,13 +12,20 @@ Pages are placed a batch at a time with numpy: a page can be a slice of data
 stored by an earlier batch, not of a page in its own batch (zstd's window, which
 spans the frame, covers copies that close).
 
-A false match could not restore wrong bytes: every restored block is checked
-against the BLAKE3 block digest of the original image.
+Fingerprints are linear in a grain's words, so whoever knows their weights can
+write two different grains with equal fingerprints. Each finder draws its own
+weights at random (FingerprintKey): a guest cannot plant a false match, which
+would not restore wrong bytes (every restored block is checked against the
+BLAKE3 block digest of the original image) but would leave a snapshot that
+fails that check. True copies match under every key, so a save's output does
+not depend on the key drawn, except if two different grains collide under it:
+about one chance in 2^126 for a pair.
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
 
 import numpy as np
 
@@ -28,24 +35,33 @@ _LANES = 9
 _INITIAL_GRAINS = 1 << 16
 _FILTER_BITS = 1 << 23  # 8 MiB; the at most 524,288 keys of a 1 GiB window set at most 6% of it
 _FILTER_MASK = np.uint64(_FILTER_BITS - 1)
-# Fingerprints are exact integers: each lane is sum(word * weight) over a grain's 128
-# 32-bit words with weights below 2^14, so every partial sum stays below 2^53 and the
-# float64 matrix product (BLAS) is exact in whatever order it adds: deterministic.
-# Two different grains agree on one lane for at most one in 2^14 weights, on all
-# nine for at most one in 2^126 (for content that does not depend on the weights).
-_WEIGHTS = np.random.default_rng(0x51ACE).integers(1, 1 << 14, size=(_WORDS, _LANES)).astype(np.float64)
-# The nine 53-bit lanes folded into two 64-bit words by odd multipliers, mod 2^64.
-_FOLD = np.random.default_rng(0xF01D).integers(0, 1 << 62, size=(_LANES, 2), dtype=np.uint64) * np.uint64(2) \
-    + np.uint64(1)
 
 
-def fingerprints(pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+class FingerprintKey:
+    """The weights of one finder's fingerprints, drawn at random (or from `seed`, in tests).
+
+    Fingerprints are exact integers: each of nine lanes is sum(word * weight) over a
+    grain's 128 32-bit words with weights below 2^14, so every partial sum stays below
+    2^53 and the float64 matrix product (BLAS) is exact in whatever order it adds:
+    deterministic. For two different grains, one lane agrees for at most one in 2^14
+    weights, all nine for at most one in 2^126. The lanes are folded into two 64-bit
+    words by odd multipliers, mod 2^64.
+    """
+
+    def __init__(self, seed: int | None = None):
+        rng = np.random.default_rng(secrets.randbits(128) if seed is None else seed)
+        self.weights = rng.integers(1, 1 << 14, size=(_WORDS, _LANES)).astype(np.float64)
+        self.fold = rng.integers(0, 1 << 62, size=(_LANES, 2), dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def fingerprints(key: FingerprintKey, pages: np.ndarray,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The two 64-bit fingerprint words of every 512-byte grain of pages[rows] (all pages by default)."""
     chosen = pages if rows is None else pages[np.asarray(rows, dtype=np.int64)]
     words = np.ascontiguousarray(chosen).view(np.uint32).reshape(-1, _WORDS)
     with _one_blas_thread():
-        lanes = (words.astype(np.float64) @ _WEIGHTS).astype(np.uint64)
-    folded = lanes @ _FOLD
+        lanes = (words.astype(np.float64) @ key.weights).astype(np.uint64)
+    folded = lanes @ key.fold
     return np.ascontiguousarray(folded[:, 0]), np.ascontiguousarray(folded[:, 1])
 
 
@@ -70,19 +86,25 @@ class SliceFinder:
     at most that for the whole window; and an 8 MiB bitmap in front of the dict.
     """
 
-    def __init__(self, page_size: int, window: int = 1 << 30):
+    def __init__(self, page_size: int, window: int = 1 << 30, key: FingerprintKey | None = None):
         if page_size % GRAIN or page_size < 2 * GRAIN:
             raise ValueError(f"slices need pages of at least {2 * GRAIN} bytes, got {page_size}")
+        self.key = key if key is not None else FingerprintKey()
         self.gpp = page_size // GRAIN
         self.window = max(self.gpp, 1 << (max(1, window // GRAIN) - 1).bit_length())
         self.stream = 0  # grains stored so far
         self._r0 = self._r1 = np.zeros(0, dtype=np.uint64)
-        # first grain's first fingerprint word of each stored page -> its grain position;
-        # a dict: its lookups of absent keys stay O(1) where numpy probing loops ran long
+        # first grain's 128-bit fingerprint of each stored page -> its grain position; a
+        # dict: its lookups of absent keys stay O(1) where numpy probing loops ran long.
+        # All 128 bits, so that which of two different grains the dict keeps never depends on the key.
         self._index: dict[int, int] = {}
-        # A bitmap over the low key bits of the dict's keys (a superset): only grains
+        # A bitmap over the low bits of the keys' first words (a superset): only grains
         # whose bit is set are looked up, one in tens of grains, not all of them.
         self._maybe = np.zeros(_FILTER_BITS, dtype=bool)
+
+    def fingerprints(self, pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """fingerprints() under this finder's key; safe to call from another thread."""
+        return fingerprints(self.key, pages, rows)
 
     def place(self, f0: np.ndarray, f1: np.ndarray) -> np.ndarray:
         """Grain positions of new pages, given their grains' fingerprints() (n pages x
@@ -107,7 +129,7 @@ class SliceFinder:
         ask = np.flatnonzero(self._maybe[keys & _FILTER_MASK])
         get = self._index.get
         pos = np.full(keys.size, -1, dtype=np.int64)
-        pos[ask] = [get(key, -1) for key in keys[ask].tolist()]
+        pos[ask] = [get(key, -1) for key in _keys(keys[ask], f1.ravel()[ask])]
         pos = pos.reshape(n, gpp)
         start = pos - np.arange(gpp)
         # aligned spans are whole stored pages: the digest index already shares those
@@ -135,14 +157,15 @@ class SliceFinder:
         self._r0[at] = f0.ravel()
         self._r1[at] = f1.ravel()
         first = range(self.stream, need, self.gpp)
-        self._index.update(zip(f0[:, 0].tolist(), first))  # a later page with that grain wins
+        self._index.update(zip(_keys(f0[:, 0], f1[:, 0]), first))  # a later page with that grain wins
         self._maybe[f0[:, 0] & _FILTER_MASK] = True
         self.stream = need
         if len(self._index) > 2 * (self.window // self.gpp):  # drop entries gone from the window
             lo = self.stream - len(self._r0)
             self._index = {key: pos for key, pos in self._index.items() if pos >= lo}
             self._maybe[:] = False
-            self._maybe[np.fromiter(self._index, dtype=np.uint64, count=len(self._index)) & _FILTER_MASK] = True
+            first_words = np.fromiter((key >> 64 for key in self._index), dtype=np.uint64, count=len(self._index))
+            self._maybe[first_words & _FILTER_MASK] = True
 
     def _grow(self, need: int) -> None:
         """A larger ring; only before it first wraps, so grain s sits at index s."""
@@ -152,3 +175,8 @@ class SliceFinder:
         r0[:self.stream] = self._r0[:self.stream]
         r1[:self.stream] = self._r1[:self.stream]
         self._r0, self._r1 = r0, r1
+
+
+def _keys(f0: np.ndarray, f1: np.ndarray) -> list[int]:
+    """The 128-bit dict keys of grains: first word high, second word low."""
+    return [a << 64 | b for a, b in zip(f0.tolist(), f1.tolist())]

@@ -34,7 +34,7 @@ from . import structs as S
 from .dedup import DigestIndex
 from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .digests import BlockHasher, block_size_for, region_digest
-from .slices import GRAIN, SliceFinder, fingerprints
+from .slices import GRAIN, SliceFinder
 
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
@@ -169,7 +169,7 @@ class SnapshotWriter:
         pages = P.as_pages(batch, self.page_size)
         kind, period = P.classify(pages)
         self._hash_blocks(hasher, batch, kind)
-        grains = fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
+        grains = self._slices.fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
         return pages, kind, period, grains
 
     def _encode_batch(self, batch, result, progress: Callable[[int], None] | None) -> int:
