@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from .atomic import atomic_output, os_error_message
+from .atomic import atomic_output, is_regular_file, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
 from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
@@ -126,7 +126,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
             total = max((placement[r.name] + r.size for r in regions), default=0)
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
             with atomic_output(output) as out:
-                positioned = output != "-" and _seekable(out)
+                positioned = output != "-" and is_regular_file(out)
                 writer = ImageWriter(out, positioned=positioned)
                 sink = _Sink(writer, sparse=sparse and positioned, placement=placement)
                 try:
@@ -145,13 +145,6 @@ def _check_overlap(regions: list[RegionInfo], path: str) -> None:
     for a, b in zip(regions, regions[1:]):
         if b.base < a.end:
             raise FormatError(f"{path}: regions {a.name!r} and {b.name!r} overlap; restore one with --region")
-
-
-def _seekable(fh: BinaryIO) -> bool:
-    try:
-        return fh.seekable()
-    except (OSError, ValueError):
-        return False
 
 
 class _Sink:

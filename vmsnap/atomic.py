@@ -3,6 +3,11 @@
 An interrupted or failed write never leaves a file under the target name, and a
 crash after the rename never leaves a renamed-but-empty file (the data was fsynced
 first). '-' means stdout, which cannot be atomic: callers document that.
+
+A symbolic link is followed: the file it names is replaced and the link stays. A
+target that exists and is not a regular file (a device such as /dev/null, a FIFO)
+is written in place, like stdout: renaming a file over it would replace the
+device or FIFO itself.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import sys
 import tempfile
 from typing import BinaryIO, Iterator
@@ -37,10 +43,20 @@ def atomic_output(path: str, *, readable: bool = False) -> Iterator[BinaryIO]:
         except OSError as exc:
             raise OutputError(f"stdout: {os_error_message(exc)}") from None
         return
-    target = os.path.abspath(path)
+    target = os.path.realpath(path)
     directory = os.path.dirname(target)
-    if os.path.isdir(target):
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    except OSError as exc:
+        raise OutputError(f"{path}: {os_error_message(exc)}") from None
+    if stat.S_ISDIR(mode):
         raise OutputError(f"{path}: is a directory")
+    if not stat.S_ISREG(mode):
+        with _in_place(path, target) as fh:
+            yield fh
+        return
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}-", suffix=".tmp", dir=directory)
     except OSError as exc:
@@ -59,6 +75,35 @@ def atomic_output(path: str, *, readable: bool = False) -> Iterator[BinaryIO]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _in_place(path: str, target: str) -> Iterator[BinaryIO]:
+    """A device or FIFO, opened for writing and flushed (and synced, where that means
+    anything) at the end."""
+    try:
+        fh = open(target, "wb")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot open: {os_error_message(exc)}") from None
+    try:
+        with fh:
+            yield fh
+            fh.flush()
+            try:
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EROFS, errno.ENOTSUP):  # pipes, /dev/null: no sync
+                    raise
+    except OSError as exc:
+        raise OutputError(f"{path}: {os_error_message(exc)}") from None
+
+
+def is_regular_file(fh: BinaryIO) -> bool:
+    """Whether fh is open on a regular file (which can take positioned writes and holes)."""
+    try:
+        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _umask() -> int:

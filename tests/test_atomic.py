@@ -1,0 +1,117 @@
+"""Output targets: a regular file is replaced atomically; a symbolic link is followed;
+a FIFO or a device is written in place, never replaced by a file."""
+
+import os
+import stat
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from vmsnap import api
+from vmsnap.atomic import atomic_output, is_regular_file
+from vmsnap.cli import main
+from vmsnap.errors import OutputError
+
+from conftest import build_image
+
+IMAGE = build_image([("random", 1), ("zero",), ("random", 2), ("fill", 7)], tail=b"end")
+
+
+@pytest.fixture
+def snapshot(tmp_path):
+    (tmp_path / "in.raw").write_bytes(IMAGE)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    return tmp_path / "s.vms"
+
+
+def read_fifo(path):
+    """Start a reader of the FIFO at path; returns a function that gives what it read."""
+    got = {}
+
+    def run():
+        with open(path, "rb") as fh:
+            got["data"] = fh.read()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def result():
+        t.join(10)
+        return got.get("data")
+    return result
+
+
+def make_fifo(path):
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["save", "restore", "cat"])
+def test_a_fifo_target_is_written_in_place_and_stays_a_fifo(tmp_path, snapshot, command):
+    fifo = make_fifo(tmp_path / "out")
+    got = read_fifo(fifo)
+    if command == "save":
+        api.save(str(tmp_path / "in.raw"), str(fifo))
+        want = snapshot.read_bytes()
+    elif command == "restore":
+        api.restore(str(snapshot), str(fifo))
+        want = IMAGE
+    else:
+        api.cat(str(snapshot), 4096, 5000, output=str(fifo))
+        want = IMAGE[4096:9096]
+    assert got() == want
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["in.raw", "out", "s.vms"]  # no temp file left
+
+
+def test_a_symlink_is_followed_and_stays(tmp_path, snapshot):
+    real = tmp_path / "real.raw"
+    real.write_bytes(b"old")
+    link = tmp_path / "link.raw"
+    link.symlink_to(real)
+    api.restore(str(snapshot), str(link))
+    assert link.is_symlink() and real.read_bytes() == IMAGE
+
+
+def _device(tmp_path, name, minor):
+    """A character device node like /dev/null (1, 3) or /dev/full (1, 7), in tmp_path."""
+    path = tmp_path / name
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except PermissionError:
+        pytest.skip("cannot make device nodes here (no CAP_MKNOD); the FIFO tests cover the same path")
+    return path
+
+
+def test_restore_to_a_null_device_writes_it_and_leaves_it_a_device(tmp_path, snapshot):
+    null = _device(tmp_path, "null", 3)
+    api.restore(str(snapshot), str(null))
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+
+
+def test_save_to_a_full_device_is_exit_6_and_leaves_it_a_device(tmp_path):
+    full = _device(tmp_path, "full", 7)
+    (tmp_path / "in.raw").write_bytes(IMAGE)
+    result = CliRunner().invoke(main, ["save", str(tmp_path / "in.raw"), "-o", str(full), "-q"])
+    assert result.exit_code == OutputError.exit_code == 6
+    assert "no space left on device" in result.output
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+
+
+def test_is_regular_file(tmp_path):
+    with open(tmp_path / "f", "wb") as fh:
+        assert is_regular_file(fh)
+    fifo = make_fifo(tmp_path / "p")
+    got = read_fifo(fifo)
+    with atomic_output(str(fifo)) as fh:
+        assert not is_regular_file(fh)
+        fh.write(b"x")
+    assert got() == b"x"
+
+
+def test_a_target_that_cannot_be_looked_at_is_an_output_error(tmp_path):
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OutputError, match="(?i)not a directory"):
+        with atomic_output(str(tmp_path / "file" / "x")):
+            pass
