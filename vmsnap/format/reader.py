@@ -63,6 +63,8 @@ class Snapshot:
 
     def __init__(self, path: str):
         self.path = path
+        if path == "-":
+            raise InputError("a snapshot cannot be read from stdin (its index is at the end): give its file name")
         self._fh = open_for_reading(path)
         try:
             st = os.fstat(self._fh.fileno())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import io
+import os
+import stat
 
 from ..errors import UsageError
 from .base import Region, Source
@@ -36,10 +39,12 @@ def detect_format(head: bytes) -> str:
 
 def open_source(path: str, fmt: str = "auto") -> Source:
     """Open `path` ('-' for stdin) with the reader for `fmt`, or the detected one."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
+    if path != "-" and _is_stream(path):
+        return _open_stream(path, fmt)
     if fmt == "auto":
         fmt = "raw" if path == "-" else detect_format(_peek(path))
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
     module, cls = FORMATS[fmt]
     return getattr(importlib.import_module(module), cls)(path)
 
@@ -49,6 +54,74 @@ def _peek(path: str, n: int = 64) -> bytes:
 
     with open_input(path) as fh:
         return fh.read(n)
+
+
+def _is_stream(path: str) -> bool:
+    """A FIFO, socket or character device: what is read from it is gone, so it is opened once."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # the reader's own open names the problem
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def _open_stream(path: str, fmt: str) -> Source:
+    """Open a FIFO or device once: the bytes read to detect its format are read again by its reader."""
+    from ..errors import InputError
+    from .raw import open_input
+
+    fh = open_input(path)
+    try:
+        if fmt == "auto":
+            head = _read_up_to(fh, 64, path)
+            fmt = detect_format(head)
+            fh = io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
+        if fmt == "vms":
+            raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end)")
+        module, cls = FORMATS[fmt]
+        source = getattr(importlib.import_module(module), cls)(path, fh=fh)
+    except BaseException:
+        fh.close()
+        raise
+    source._own = True  # every reader that takes a file object closes it when it owns it
+    return source
+
+
+def _read_up_to(fh, n: int, path: str) -> bytes:
+    from ..errors import InputError
+
+    head = b""
+    try:
+        while len(head) < n and (more := fh.read(n - len(head))):
+            head += more
+    except OSError as exc:
+        raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
+    return head
+
+
+class _Replay(io.RawIOBase):
+    """A stream whose first bytes were already read (to name its format): they come first again."""
+
+    def __init__(self, head: bytes, fh):
+        self._head, self._fh = memoryview(head), fh
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._fh.readinto(b)
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 __all__ = ["Region", "Source", "open_source", "detect_format", "FORMATS", "MAGICS"]

@@ -21,11 +21,8 @@ class VmsSource(Source):
     format_name = "vms"
 
     def __init__(self, path: str, jobs: int = 2):
-        from ..errors import InputError
         from ..format.reader import Snapshot
 
-        if path == "-":
-            raise InputError("a .vms snapshot cannot be read from stdin (its index is at the end)")
         self.path = path
         self.jobs = max(1, jobs)
         self._snap = Snapshot(path)

@@ -1,0 +1,102 @@
+"""Inputs that can be read only once (a FIFO, a character device): the bytes read to
+detect the format are not lost, and the input is opened once."""
+
+import os
+import threading
+
+import pytest
+
+from vmsnap import api
+from vmsnap.errors import InputError
+from vmsnap.sources import open_source
+
+from conftest import build_image
+from source_builders import simple_stream
+
+PS = 4096
+
+
+def fifo_fed_with(tmp_path, data: bytes, name="in.fifo"):
+    """A FIFO whose writer (a thread) writes `data` once, in 64 KiB pieces, then closes it."""
+    path = tmp_path / name
+    os.mkfifo(path)
+
+    def feed():
+        try:
+            with open(path, "wb") as fh:
+                for i in range(0, len(data), 65536):
+                    fh.write(data[i:i + 65536])
+        except BrokenPipeError:  # the reader stopped early (a refused input)
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return str(path)
+
+
+def within(seconds, fn, *args):
+    """fn(*args) on a thread; a reader that reopened the FIFO would wait forever for a writer."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still reading after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def regions_of(source):
+    with source:
+        return [(r.name, r.base, b"".join(bytes(c) for c in chunks)) for r, chunks in source.regions()]
+
+
+def test_a_raw_image_from_a_fifo_saves_whole(tmp_path):
+    image = build_image([("random", i) for i in range(300)] + [("zero",)] * 20, tail=b"tail")
+    summary = within(20, api.save, fifo_fed_with(tmp_path, image), str(tmp_path / "s.vms"))
+    assert summary["bytes_in"] == len(image)
+    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out"))
+    assert (tmp_path / "out").read_bytes() == image
+
+
+def test_a_migration_stream_from_a_fifo_is_detected_and_read_like_the_file(tmp_path):
+    blocks = [("pc.ram", 4 * PS), ("pc.bios", 2 * PS)]
+    pages = [("page", "pc.ram", 0, os.urandom(PS)), ("zero", "pc.ram", PS, 0),
+             ("page", "pc.ram", 3 * PS, os.urandom(PS)), ("page", "pc.bios", PS, os.urandom(PS))]
+    stream = simple_stream(blocks, pages)[0].bytes()
+    (tmp_path / "s.mig").write_bytes(stream)
+    from_file = open_source(str(tmp_path / "s.mig"))
+    from_fifo = within(20, open_source, fifo_fed_with(tmp_path, stream))
+    assert from_fifo.format_name == from_file.format_name == "qemu"
+    assert within(20, regions_of, from_fifo) == regions_of(from_file)
+
+
+@pytest.mark.parametrize("fmt", ["auto", "raw"])
+def test_a_fifo_is_opened_once(tmp_path, monkeypatch, fmt):
+    import builtins
+
+    path = fifo_fed_with(tmp_path, b"x" * 10000)
+    opened, real = [], builtins.open
+
+    def spy(file, *a, **kw):
+        if str(file) == path:
+            opened.append(file)
+        return real(file, *a, **kw)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    assert within(20, lambda: regions_of(open_source(path, fmt))) == [("ram", 0, b"x" * 10000)]
+    assert len(opened) == 1
+
+
+def test_a_snapshot_from_a_fifo_is_one_clear_error(tmp_path):
+    (tmp_path / "in.raw").write_bytes(build_image([("random", 1)]))
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    path = fifo_fed_with(tmp_path, (tmp_path / "s.vms").read_bytes())
+    with pytest.raises(InputError, match="must be a regular file"):
+        within(20, open_source, path)
