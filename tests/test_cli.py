@@ -188,7 +188,8 @@ def test_help_is_fast_and_imports_no_heavy_modules():
     assert p.stdout.strip() == "[]"
 
 
-def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
+@pytest.mark.parametrize("signame, code, message", [("SIGINT", 130, b"interrupted"), ("SIGTERM", 143, b"terminated")])
+def test_ctrl_c_or_sigterm_exits_130_or_143_and_leaves_no_file(tmp_path, signame, code, message):
     import signal
     import time
 
@@ -201,10 +202,10 @@ def test_ctrl_c_exits_130_and_leaves_no_file(tmp_path):
     deadline = time.time() + 20
     while not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(getattr(signal, signame))
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert b"interrupted" in err and b"Traceback" not in err
+    assert proc.returncode == code
+    assert message in err and b"Traceback" not in err
     assert os.listdir(tmp_path) == []
 
 

@@ -19,17 +19,30 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
-from .errors import Interrupted, OutputError, VmsnapError
+from .errors import Interrupted, OutputError, Terminated, VmsnapError
+
+
+class _TerminateSignal(KeyboardInterrupt):
+    """Raised by the SIGTERM handler: unwinds like Ctrl-C, so temporary files are removed."""
+
+
+def _on_sigterm(signum, frame):
+    raise _TerminateSignal()
 
 
 class VmsnapGroup(click.Group):
     """A click group that turns library errors into one stderr line and an exit code."""
 
     def invoke(self, ctx):
+        import signal
+
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return super().invoke(ctx)
         except VmsnapError as exc:
             _fail(exc)
+        except _TerminateSignal:
+            _fail(Terminated("terminated"))
         except KeyboardInterrupt:
             _fail(Interrupted("interrupted"))
         except BrokenPipeError:
@@ -37,6 +50,7 @@ class VmsnapGroup(click.Group):
             _quiet_broken_pipe()
             sys.exit(OutputError.exit_code)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             # The interpreter's last collection at exit walks every live object: half a
             # second once numba is loaded. Frozen objects are skipped; the process is ending.
             gc.freeze()

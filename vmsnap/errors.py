@@ -55,6 +55,12 @@ class Interrupted(VmsnapError):
     exit_code = 130
 
 
+class Terminated(Interrupted):
+    """SIGTERM (`timeout`, a service manager): stopped as for Ctrl-C."""
+
+    exit_code = 143
+
+
 class QemuError(VmsnapError):
     """QEMU could not be driven: QMP socket missing or refused, a QMP command or a
     migration failed, or the guest is not set up as `vmsnap qemu` needs."""
