@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from vmsnap import api
 from vmsnap.atomic import atomic_output, is_regular_file
 from vmsnap.cli import main
-from vmsnap.errors import OutputError
+from vmsnap.errors import OutputError, UsageError
 
 from conftest import build_image
 
@@ -115,3 +115,19 @@ def test_a_target_that_cannot_be_looked_at_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="(?i)not a directory"):
         with atomic_output(str(tmp_path / "file" / "x")):
             pass
+
+
+@pytest.mark.parametrize("command", ["save", "restore", "cat", "save through a link"])
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, snapshot, command):
+    raw, snap = tmp_path / "in.raw", snapshot
+    before = {p: p.read_bytes() for p in (raw, snap)}
+    link = tmp_path / "link"
+    link.symlink_to(raw)
+    args = {"save": ["save", str(raw), "-o", str(raw)],
+            "restore": ["restore", str(snap), "-o", str(snap)],
+            "cat": ["cat", str(snap), "--offset", "0", "--length", "10", "-o", str(snap)],
+            "save through a link": ["save", str(raw), "-o", str(link)]}[command]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == UsageError.exit_code and "is the input file" in result.output
+    assert {p: p.read_bytes() for p in (raw, snap)} == before
+    assert sorted(os.listdir(tmp_path)) == ["in.raw", "link", "s.vms"]

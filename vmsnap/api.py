@@ -28,7 +28,7 @@ def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096
 
     with open_source(input, format) as source:
         with progress_bar(source.size_hint, "save", progress) as update:
-            with atomic_output(output) as out:
+            with atomic_output(output, source=input) as out:
                 writer = SnapshotWriter(out, page_size=page_size, level=level, frame_size=frame_size,
                                         jobs=jobs, slice_window=slice_window, long_matching=long_matching,
                                         source=description if description is not None else source.description)
@@ -63,7 +63,7 @@ def cat(path: str, offset: int, length: int, region: str | None = None, output: 
             return snap.read(offset, length, region)
         pieces = snap.iter_range(offset, length, region)
         first = next(pieces, None)  # range errors surface before the output is created
-        with atomic_output(output) as out:
+        with atomic_output(output, source=path) as out:
             for piece in _chain(first, pieces):
                 try:
                     if isinstance(piece, int):
@@ -125,7 +125,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
             _check_overlap(regions, path)
             total = max((placement[r.name] + r.size for r in regions), default=0)
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
-            with atomic_output(output) as out:
+            with atomic_output(output, source=path) as out:
                 positioned = output != "-" and is_regular_file(out)
                 writer = ImageWriter(out, positioned=positioned)
                 sink = _Sink(writer, sparse=sparse and positioned, placement=placement)

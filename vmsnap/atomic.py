@@ -20,7 +20,7 @@ import sys
 import tempfile
 from typing import BinaryIO, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, UsageError
 
 
 def os_error_message(exc: OSError) -> str:
@@ -34,8 +34,12 @@ def os_error_message(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, *, readable: bool = False) -> Iterator[BinaryIO]:
-    """Yield a binary file that becomes `path` only if the block completes."""
+def atomic_output(path: str, *, readable: bool = False, source: str | None = None) -> Iterator[BinaryIO]:
+    """Yield a binary file that becomes `path` only if the block completes.
+
+    source: the input file the output is made from; an output that is that same file
+    is refused (it would be replaced by what was made from it), as zstd refuses.
+    """
     if path == "-":
         yield sys.stdout.buffer
         try:
@@ -53,6 +57,8 @@ def atomic_output(path: str, *, readable: bool = False) -> Iterator[BinaryIO]:
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
     if stat.S_ISDIR(mode):
         raise OutputError(f"{path}: is a directory")
+    if source not in (None, "-") and stat.S_ISREG(mode) and _same_file(source, target):
+        raise UsageError(f"{path}: is the input file; write the output to another name")
     if not stat.S_ISREG(mode):
         with _in_place(path, target) as fh:
             yield fh
@@ -103,6 +109,13 @@ def is_regular_file(fh: BinaryIO) -> bool:
     try:
         return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
     except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
         return False
 
 

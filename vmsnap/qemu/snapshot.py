@@ -435,7 +435,7 @@ def device_state(snapshot: str, output: str = "-") -> int:
 
     with Snapshot(snapshot) as snap:
         meta = _meta(snap, snapshot)
-        with atomic_output(output) as out:
+        with atomic_output(output, source=snapshot) as out:
             if meta.get("mode") == "stream":
                 return write_stream(snap, meta, out)
             return _copy(snap.read_attachment(STATE_ATTACHMENT), out)
