@@ -61,3 +61,26 @@ def write_file(tmp_path):
         return str(path)
 
     return write
+
+
+def pwrites_direct(directory, monkeypatch, action) -> list[bool]:
+    """Whether each os.pwrite during action() had O_DIRECT on; skips the test where the
+    file system of `directory` refuses O_DIRECT."""
+    import fcntl
+
+    from vmsnap import output
+
+    with open(os.path.join(directory, "probe"), "wb") as fh:
+        if not output._set_direct(fh.fileno(), True):
+            pytest.skip("no O_DIRECT on this file system")
+    os.unlink(os.path.join(directory, "probe"))
+    flags, real = [], os.pwrite
+
+    def spy(fd, data, offset):
+        flags.append(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT))
+        return real(fd, data, offset)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "pwrite", spy)
+        action()
+    return flags

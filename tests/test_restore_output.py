@@ -1,7 +1,6 @@
 """Restore's output path: pieces placed by a writer thread, O_DIRECT and its fallback, errors."""
 
 import errno
-import fcntl
 import io
 import os
 import random
@@ -15,7 +14,7 @@ from vmsnap import api, output
 from vmsnap.errors import OutputError
 from vmsnap.format.reader import Snapshot
 
-from conftest import build_image
+from conftest import build_image, pwrites_direct
 
 
 def writer_threads():
@@ -73,26 +72,11 @@ def test_a_stream_gets_exactly_the_bytes(small_buffers):
     assert stream.getvalue() == expected
 
 
-def _supports_direct(directory):
-    with open(os.path.join(directory, "probe"), "wb") as fh:
-        return output._set_direct(fh.fileno(), True)
-
-
 def test_restore_writes_with_o_direct_where_the_file_system_allows(tmp_path, monkeypatch):
-    if not _supports_direct(tmp_path):
-        pytest.skip("no O_DIRECT on this file system")
     data = build_image([("random", 1), ("zero",), ("random", 2)], tail=b"xyz")
     (tmp_path / "in.raw").write_bytes(data)
     api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
-    flags = []
-    real = os.pwrite
-
-    def spy(fd, data, offset):
-        flags.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", spy)
-    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"))
+    flags = pwrites_direct(tmp_path, monkeypatch, lambda: api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw")))
     assert flags and all(flags)
     assert (tmp_path / "out.raw").read_bytes() == data
 

@@ -3,7 +3,6 @@ anything else (a pipe, an in-memory buffer, a file that already holds bytes) get
 writes. Both give the same bytes, and a full disk is an OutputError either way."""
 
 import errno
-import fcntl
 import io
 import os
 import subprocess
@@ -16,7 +15,7 @@ from vmsnap import api, output
 from vmsnap.errors import OutputError
 from vmsnap.format.writer import SnapshotWriter
 
-from conftest import build_image
+from conftest import build_image, pwrites_direct
 
 IMAGE = build_image([("random", i) for i in range(40)] + [("zero",)] * 6 + [("random", 3)] * 3, tail=b"tail")
 
@@ -32,11 +31,6 @@ def save_to(out) -> dict:
     return writer.close()
 
 
-def _supports_direct(directory) -> bool:
-    with open(os.path.join(directory, "probe"), "wb") as fh:
-        return output._set_direct(fh.fileno(), True)
-
-
 def test_a_new_file_and_a_memory_buffer_get_the_same_bytes(tmp_path, small_buffers):
     buf = io.BytesIO()
     save_to(buf)
@@ -47,19 +41,9 @@ def test_a_new_file_and_a_memory_buffer_get_the_same_bytes(tmp_path, small_buffe
 
 
 def test_save_writes_a_new_file_with_o_direct_where_the_file_system_allows(tmp_path, monkeypatch):
-    if not _supports_direct(tmp_path):
-        pytest.skip("no O_DIRECT on this file system")
     (tmp_path / "in.raw").write_bytes(IMAGE)
-    flags, real = [], os.pwrite
-
-    def spy(fd, data, offset):
-        flags.append(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(os, "pwrite", spy)
-    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    flags = pwrites_direct(tmp_path, monkeypatch, lambda: api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms")))
     assert flags and all(flags)
-    monkeypatch.setattr(os, "pwrite", real)
     api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"))
     assert (tmp_path / "out.raw").read_bytes() == IMAGE
 

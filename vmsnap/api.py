@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
 from .atomic import atomic_output, is_regular_file, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
