@@ -255,3 +255,25 @@ def test_cli_runs_openblas_on_one_thread_unless_told(preset, expected):
     code = "import vmsnap.cli, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.stdout.strip() == expected
+
+
+def test_a_forked_worker_dies_of_sigterm_instead_of_raising():
+    """analyze sharing forks workers, which inherit the CLI's SIGTERM handler; in them it
+    must not raise (a traceback per worker), only let SIGTERM kill them as it would have."""
+    import signal
+
+    from vmsnap import cli
+
+    previous = signal.signal(signal.SIGTERM, cli._on_sigterm)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.sigtimedwait([], 5)
+            finally:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

@@ -100,3 +100,17 @@ def test_a_snapshot_from_a_fifo_is_one_clear_error(tmp_path):
     path = fifo_fed_with(tmp_path, (tmp_path / "s.vms").read_bytes())
     with pytest.raises(InputError, match="must be a regular file"):
         within(20, open_source, path)
+
+
+def test_sharing_reads_a_fifo_once_and_refuses_one_given_twice(tmp_path):
+    from vmsnap.analyze import sharing
+    from vmsnap.errors import UsageError
+
+    image = build_image([("random", i) for i in range(40)] + [("zero",)] * 4)
+    (tmp_path / "b.raw").write_bytes(image)
+    path = fifo_fed_with(tmp_path, image)
+    result = within(60, lambda: sharing.analyze([path, str(tmp_path / "b.raw")], jobs=1))
+    assert [d["pages"] for d in result["dumps"]] == [44, 44]
+    assert result["fleet"]["cross_vm"]["contents"] == 40  # the FIFO's pages were all read, once
+    with pytest.raises(UsageError, match="can be read only once"):
+        sharing.analyze([path, path])

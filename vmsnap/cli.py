@@ -26,7 +26,16 @@ class _TerminateSignal(KeyboardInterrupt):
     """Raised by the SIGTERM handler: unwinds like Ctrl-C, so temporary files are removed."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _on_sigterm(signum, frame):
+    if os.getpid() != _MAIN_PID:  # a forked worker (analyze sharing): die as it would have
+        import signal
+
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise _TerminateSignal()
 
 

@@ -642,19 +642,25 @@ def _check_inputs(paths: list[str], page_size: int, top: int) -> None:
     check_page_size(page_size)
     if sum(1 for p in paths if p == "-") > 1:
         raise UsageError("stdin ('-') can be given only once")
+    from ..sources import is_stream
+
+    streams = [p for p in paths if p != "-" and is_stream(p)]
+    for p in streams:
+        if streams.count(p) > 1:
+            raise UsageError(f"{p}: a FIFO or device can be read only once; give it once")
 
 
 def _image_sizes(paths: list[str], fmt: str) -> tuple[list[int | None], int]:
-    """Image bytes of each dump (None when unknown: stdin), and how many are raw files.
+    """Image bytes of each dump (None when unknown: stdin, a FIFO), and how many are raw files.
 
-    Every dump is opened once first, so a missing or malformed 8th dump is
-    reported before the first seven are read.
+    Every dump that can be read twice is opened once first, so a missing or
+    malformed 8th dump is reported before the first seven are read.
     """
-    from ..sources import open_source
+    from ..sources import is_stream, open_source
 
     sizes, raw_files = [], 0
     for p in paths:
-        if p == "-":
+        if p == "-" or is_stream(p):  # what is read from it is gone: read it once, when scanned
             sizes.append(None)
             continue
         with open_source(p, fmt) as source:

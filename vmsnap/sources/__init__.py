@@ -41,7 +41,7 @@ def open_source(path: str, fmt: str = "auto") -> Source:
     """Open `path` ('-' for stdin) with the reader for `fmt`, or the detected one."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    if path != "-" and _is_stream(path):
+    if path != "-" and is_stream(path):
         return _open_stream(path, fmt)
     if fmt == "auto":
         fmt = "raw" if path == "-" else detect_format(_peek(path))
@@ -56,7 +56,7 @@ def _peek(path: str, n: int = 64) -> bytes:
         return fh.read(n)
 
 
-def _is_stream(path: str) -> bool:
+def is_stream(path: str) -> bool:
     """A FIFO, socket or character device: what is read from it is gone, so it is opened once."""
     try:
         mode = os.stat(path).st_mode
@@ -124,4 +124,4 @@ class _Replay(io.RawIOBase):
         super().close()
 
 
-__all__ = ["Region", "Source", "open_source", "detect_format", "FORMATS", "MAGICS"]
+__all__ = ["Region", "Source", "open_source", "is_stream", "detect_format", "FORMATS", "MAGICS"]
