@@ -159,3 +159,20 @@ def test_plot_file_gets_umask_permissions(loop_trace, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("quiet, enabled", [(False, None), (True, False)])
+def test_quiet_turns_the_progress_counter_off(loop_trace, monkeypatch, quiet, enabled):
+    from vmsnap import progress
+
+    asked, real = [], progress.progress_bar
+
+    def spy(total, desc, on=None, **kw):
+        asked.append(on)
+        return real(total, desc, on, **kw)
+
+    monkeypatch.setattr(progress, "progress_bar", spy)
+    r = run(loop_trace, "--json", *(["-q"] if quiet else []))
+    assert r.exit_code == 0, r.output
+    assert asked == [enabled]  # None: a counter only when stderr is a terminal
+    assert json.loads(r.output)["curves"][0]["distinct_pages"] == 300

@@ -327,8 +327,10 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout: one row per curve and cache size.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG plot of the curves (needs the 'plot' extra).")
+@_quiet_option
 def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, rate, max_pages,
-        periods, period_unit, time_column, no_adjust, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv, plot_path):
+        periods, period_unit, time_column, no_adjust, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv,
+        plot_path, quiet):
     """LRU miss-ratio curve of a memory-access TRACE (man vmsnap-analyze-mrc)."""
     from .analyze import mrc_output
     from .analyze.mrc import DEFAULT_PERIODS, MrcRequest, compute
@@ -350,7 +352,7 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
     chunks = tr.timed() if period_unit == "time" else tr
     from .progress import progress_bar
 
-    with progress_bar(None, "mrc", None, unit="references") as update:
+    with progress_bar(None, "mrc", _progress(quiet), unit="references") as update:
         result = compute(chunks, psize, req, progress=update)
     grid = mrc_output.grid_for(result, points, size_list)
     doc = mrc_output.to_dict(result, tr, method, grid, target_miss_ratio)
