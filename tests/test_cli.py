@@ -9,6 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
+from vmsnap import api
 from vmsnap.cli import main
 from vmsnap.errors import FormatError, InputError, IntegrityError, OutputError, UnsupportedVersionError
 
@@ -277,3 +278,18 @@ def test_a_forked_worker_dies_of_sigterm_instead_of_raising():
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+def test_the_cli_runs_from_a_thread_other_than_the_main_one(tmp_path, image):
+    """Only the main thread may set signal handlers; from another thread the CLI keeps the default."""
+    import threading
+
+    data, raw = image
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=CliRunner().invoke(
+        main, ["save", str(raw), "-o", str(tmp_path / "s.vms"), "-q"])))
+    t.start()
+    t.join(60)
+    assert out["r"].exit_code == 0, out["r"].output
+    with api.open_snapshot(str(tmp_path / "s.vms")) as snap:
+        assert snap.read(0, len(data)) == data

@@ -44,8 +44,11 @@ class VmsnapGroup(click.Group):
 
     def invoke(self, ctx):
         import signal
+        import threading
 
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # only the main thread may set handlers (the CLI driven from a thread keeps the default)
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
         try:
             return super().invoke(ctx)
         except VmsnapError as exc:
@@ -59,7 +62,8 @@ class VmsnapGroup(click.Group):
             _quiet_broken_pipe()
             sys.exit(OutputError.exit_code)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if on_main:
+                signal.signal(signal.SIGTERM, previous)
             # The interpreter's last collection at exit walks every live object: half a
             # second once numba is loaded. Frozen objects are skipped; the process is ending.
             gc.freeze()
