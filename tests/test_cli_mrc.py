@@ -176,3 +176,14 @@ def test_quiet_turns_the_progress_counter_off(loop_trace, monkeypatch, quiet, en
     assert r.exit_code == 0, r.output
     assert asked == [enabled]  # None: a counter only when stderr is a terminal
     assert json.loads(r.output)["curves"][0]["distinct_pages"] == 300
+
+
+def test_trace_from_stdin_through_a_pipe(loop_trace):
+    import subprocess
+
+    piped = subprocess.run([sys.executable, "-m", "vmsnap.cli", "analyze", "mrc", "-", "--format", "u64", "--json"],
+                           input=loop_trace.read_bytes(), capture_output=True, check=True)
+    from_file = json.loads(run(loop_trace, "--json").output)
+    doc = json.loads(piped.stdout)
+    assert doc["trace"]["path"] == "-" and doc["trace"]["references"] == 6000
+    assert doc["curves"] == from_file["curves"]

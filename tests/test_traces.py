@@ -3,6 +3,7 @@ input naming its line or byte offset, zstd by magic, format detection."""
 
 from __future__ import annotations
 
+import io
 import numpy as np
 import pytest
 import zstandard
@@ -275,3 +276,70 @@ def test_lackey_compiled_and_numpy_parsers_agree(recs, pos, byte, ops):
         except FormatError as exc:
             results.append(str(exc))
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------- stdin and FIFOs
+
+def _fifo(tmp_path, data, name="trace.fifo"):
+    import os
+    import threading
+
+    path = tmp_path / name
+    os.mkfifo(path)
+
+    def feed():
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        except BrokenPipeError:
+            pass
+
+    threading.Thread(target=feed, daemon=True).start()
+    return path
+
+
+@pytest.mark.parametrize("name, data, kw", [
+    ("a.lackey", b"==1== Lackey\nI  1000,4\n L 2000,8\n" * 3000, {}),
+    ("a.txt", b"4096\n0x2000\n" * 5000, {}),
+    ("a.csv", b"1,4096\n2,0x3000\n" * 5000, {"column": 2}),
+    ("a.u64", np.arange(10, dtype="<u8").tobytes() * 5000, {}),
+])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_fifo_trace_reads_like_its_file_format_found_from_content(tmp_path, name, data, kw, compressed):
+    plain = tmp_path / name
+    plain.write_bytes(data)
+    want = pages_of(plain, **kw)
+    stream = zstandard.ZstdCompressor().compress(data) if compressed else data
+    trace = open_trace(_fifo(tmp_path, stream), **kw)  # no name hint: ".fifo"
+    assert trace.fmt == detect_format(plain) and trace.compressed == compressed
+    got = np.concatenate(list(trace))
+    assert np.array_equal(got, want)  # nothing lost to detection: its bytes were read again
+    with pytest.raises(UsageError, match="read only once"):
+        list(trace)
+
+
+def test_stdin_trace(tmp_path, monkeypatch):
+    import sys
+
+    data = b"I  1000,4\n L 2000,8\n" * 100
+    (tmp_path / "a.lackey").write_bytes(data)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_Unseekable(data))))
+    trace = open_trace("-")
+    assert trace.fmt == "lackey"
+    assert np.array_equal(np.concatenate(list(trace)), pages_of(tmp_path / "a.lackey"))
+
+
+class _Unseekable(io.RawIOBase):
+    """A pipe's bytes: readable once, not seekable."""
+
+    def __init__(self, data):
+        self._data = memoryview(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n = min(len(b), len(self._data), 1000)  # short reads, as a pipe gives
+        b[:n] = self._data[:n]
+        self._data = self._data[n:]
+        return n

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import importlib
-import io
-import os
-import stat
 
 from ..errors import UsageError
+from ..streams import is_stream
 from .base import Region, Source
 
 # format name -> (module, class). Readers are imported only when used, so
@@ -41,7 +39,7 @@ def open_source(path: str, fmt: str = "auto") -> Source:
     """Open `path` ('-' for stdin) with the reader for `fmt`, or the detected one."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    if path != "-" and is_stream(path):
+    if path != "-" and is_stream(path):  # stdin stays raw unless told (a pipe of raw memory)
         return _open_stream(path, fmt)
     if fmt == "auto":
         fmt = "raw" if path == "-" else detect_format(_peek(path))
@@ -56,26 +54,21 @@ def _peek(path: str, n: int = 64) -> bytes:
         return fh.read(n)
 
 
-def is_stream(path: str) -> bool:
-    """A FIFO, socket or character device: what is read from it is gone, so it is opened once."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False  # the reader's own open names the problem
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
-
-
 def _open_stream(path: str, fmt: str) -> Source:
-    """Open a FIFO or device once: the bytes read to detect its format are read again by its reader."""
+    """Open a FIFO or device once: the bytes read to name its format are read again by its reader."""
     from ..errors import InputError
+    from ..streams import read_up_to, replayed
     from .raw import open_input
 
     fh = open_input(path)
     try:
         if fmt == "auto":
-            head = _read_up_to(fh, 64, path)
+            try:
+                head = read_up_to(fh, 64)
+            except OSError as exc:
+                raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
             fmt = detect_format(head)
-            fh = io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
+            fh = replayed(head, fh)
         if fmt == "vms":
             raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end)")
         module, cls = FORMATS[fmt]
@@ -85,43 +78,6 @@ def _open_stream(path: str, fmt: str) -> Source:
         raise
     source._own = True  # every reader that takes a file object closes it when it owns it
     return source
-
-
-def _read_up_to(fh, n: int, path: str) -> bytes:
-    from ..errors import InputError
-
-    head = b""
-    try:
-        while len(head) < n and (more := fh.read(n - len(head))):
-            head += more
-    except OSError as exc:
-        raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
-    return head
-
-
-class _Replay(io.RawIOBase):
-    """A stream whose first bytes were already read (to name its format): they come first again."""
-
-    def __init__(self, head: bytes, fh):
-        self._head, self._fh = memoryview(head), fh
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._fh.readinto(b)
-
-    def fileno(self) -> int:
-        return self._fh.fileno()
-
-    def close(self) -> None:
-        self._fh.close()
-        super().close()
 
 
 __all__ = ["Region", "Source", "open_source", "is_stream", "detect_format", "FORMATS", "MAGICS"]

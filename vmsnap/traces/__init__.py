@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from ..errors import UsageError
 
@@ -69,7 +69,7 @@ def _format_from_content(head: bytes) -> str:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format ``auto`` resolves to for *path*."""
+    """The format ``auto`` resolves to for *path* (a file that can be read again)."""
     from ._io import open_bytes
 
     name = os.fspath(path)
@@ -78,10 +78,13 @@ def detect_format(path: str | os.PathLike) -> str:
         return fmt
     stream, _ = open_bytes(name)
     try:
-        head = stream.read(64 << 10)
+        head = stream.read(_SNIFF)
     finally:
         stream.close()
     return _format_from_content(head)
+
+
+_SNIFF = 64 << 10  # bytes of (decompressed) content that name a format
 
 
 @dataclass
@@ -97,6 +100,20 @@ class Trace:
     lackey_ops: str = "ILSM"
     time_column: int | str | None = None
     compressed: bool = field(default=False)
+    # stdin or a FIFO: opened by open_trace and read once (None: a file, opened per pass)
+    _once: BinaryIO | None = field(default=None, repr=False)
+    _read: bool = field(default=False, repr=False)
+
+    def _open(self) -> BinaryIO:
+        from ._io import open_bytes
+
+        if self._read and self._once is not None:
+            raise UsageError(f"{self.path}: a trace from a pipe or FIFO can be read only once")
+        self._read = True
+        if self._once is not None:
+            return self._once
+        stream, self.compressed = open_bytes(self.path)
+        return stream
 
     @property
     def has_time(self) -> bool:
@@ -106,7 +123,6 @@ class Trace:
     def timed(self) -> Iterator[tuple]:
         """Blocks of (page numbers, int64 timestamps) for traces with timestamps."""
         from . import csv, oracle_general
-        from ._io import open_bytes
 
         if not self.has_time:
             raise UsageError(
@@ -114,7 +130,7 @@ class Trace:
                 "an oracleGeneral trace or a CSV trace with --time-column"
             )
         shift = page_shift(self.page_size)
-        stream, self.compressed = open_bytes(self.path)
+        stream = self._open()
         try:
             if self.fmt == "csv":
                 gen = csv.read(stream, self.path, shift, self.values, self.column, self.delimiter, self.time_column)
@@ -128,10 +144,9 @@ class Trace:
 
     def __iter__(self) -> Iterator["np.ndarray"]:
         from . import binary, csv, lackey, oracle_general, text
-        from ._io import open_bytes
 
         shift = page_shift(self.page_size)
-        stream, self.compressed = open_bytes(self.path)
+        stream = self._open()
         try:
             if self.fmt == "lackey":
                 gen = lackey.read(stream, self.path, shift, self.lackey_ops)
@@ -162,24 +177,55 @@ def open_trace(
 ) -> Trace:
     """Open a trace.  ``values`` is "address" or "page" (default: "page" for
     oracleGeneral, "address" for the others; Lackey is always addresses)."""
+    from ..streams import is_stream
+
     name = os.fspath(path)
     page_shift(page_size)
-    if fmt == "auto":
-        fmt = detect_format(name)
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown trace format {fmt!r} (one of: auto, {', '.join(FORMATS)})")
-    if values is None:
-        values = "page" if fmt == "oracleGeneral" else "address"
-    if values not in VALUES:
-        raise UsageError(f"values must be 'address' or 'page', not {values!r}")
-    if fmt == "lackey" and values != "address":
-        raise UsageError("Lackey traces hold byte addresses; --values page does not apply")
-    if column is not None and fmt != "csv":
-        raise UsageError("--column applies to CSV traces only")
-    if time_column is not None and fmt != "csv":
-        raise UsageError("--time-column applies to CSV traces only")
-    if not os.path.exists(name):
-        from ..errors import InputError
+    once, compressed = None, False
+    if is_stream(name):  # stdin or a FIFO: opened once, now
+        once, compressed, fmt = _open_once(name, fmt)
+    try:
+        if fmt == "auto":
+            fmt = detect_format(name)
+        if fmt not in FORMATS:
+            raise UsageError(f"unknown trace format {fmt!r} (one of: auto, {', '.join(FORMATS)})")
+        if values is None:
+            values = "page" if fmt == "oracleGeneral" else "address"
+        if values not in VALUES:
+            raise UsageError(f"values must be 'address' or 'page', not {values!r}")
+        if fmt == "lackey" and values != "address":
+            raise UsageError("Lackey traces hold byte addresses; --values page does not apply")
+        if column is not None and fmt != "csv":
+            raise UsageError("--column applies to CSV traces only")
+        if time_column is not None and fmt != "csv":
+            raise UsageError("--time-column applies to CSV traces only")
+        if once is None and not os.path.exists(name):
+            from ..errors import InputError
 
-        raise InputError(f"{name}: no such file")
-    return Trace(name, fmt, page_size, values, column, delimiter, lackey_ops, time_column)
+            raise InputError(f"{name}: no such file")
+        return Trace(name, fmt, page_size, values, column, delimiter, lackey_ops, time_column,
+                     compressed=compressed, _once=once)
+    except BaseException:
+        if once is not None:
+            once.close()
+        raise
+
+
+def _open_once(name: str, fmt: str) -> tuple[BinaryIO, bool, str]:
+    """(stream, compressed, format) of stdin or a FIFO, its format named (when "auto")
+    from its name or from what it starts with, which the stream then gives again."""
+    from ..streams import read_up_to, replayed
+    from ._io import open_bytes
+
+    stream, compressed = open_bytes(name)
+    if fmt == "auto":
+        fmt = (_format_from_name(name) if name != "-" else None) or ""
+        if not fmt:
+            try:
+                head = read_up_to(stream, _SNIFF)
+            except BaseException:
+                stream.close()
+                raise
+            fmt = _format_from_content(head)
+            stream = replayed(head, stream)
+    return stream, compressed, fmt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from typing import BinaryIO, Iterator
 
 from ..errors import InputError
@@ -35,23 +36,34 @@ class _ZstdErrorWrapper(io.RawIOBase):
         except zstandard.ZstdError as exc:
             raise InputError(f"{self._name}: corrupt zstd stream: {exc}") from None
 
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
     def close(self) -> None:
         self._inner.close()
         super().close()
 
 
 def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
-    """Open *path* for reading, decompressing zstd transparently.
+    """Open *path* ('-': stdin) for reading, decompressing zstd transparently.
 
     Returns (stream, compressed).
     """
+    from ..streams import read_up_to, replayed
+
     name = os.fspath(path)
     try:
-        f = open(name, "rb")
+        f = sys.stdin.buffer if name == "-" else open(name, "rb")
+        if f.seekable():
+            head = f.read(4)
+            f.seek(0)
+        else:  # a pipe or FIFO: the magic's bytes are read again by the reader
+            head = read_up_to(f, 4)
+            f = replayed(head, f)
     except OSError as exc:
         raise InputError(f"{name}: cannot open trace: {exc.strerror or exc}") from None
-    head = f.read(4)
-    f.seek(0)
     if head == ZSTD_MAGIC:
         import zstandard
 

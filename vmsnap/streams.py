@@ -1,0 +1,60 @@
+"""Inputs that can be read only once: stdin, a FIFO, a character device.
+
+Naming a format means reading an input's first bytes. A file can be read again
+from its start; one of these cannot, so it is opened once, and `replayed` hands
+the bytes already read to its reader again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from typing import BinaryIO
+
+
+def is_stream(path: str) -> bool:
+    """'-', or a FIFO, socket or character device: what is read from it is gone."""
+    if path == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False  # the reader's own open names the problem
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def read_up_to(fh: BinaryIO, n: int) -> bytes:
+    """The first n bytes of fh, fewer only at its end (a pipe may give them in pieces)."""
+    head = b""
+    while len(head) < n and (more := fh.read(n - len(head))):
+        head += more
+    return head
+
+
+def replayed(head: bytes, fh: BinaryIO) -> io.BufferedReader:
+    """A reader that gives `head` again, then the rest of fh; closing it closes fh."""
+    return io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
+
+
+class _Replay(io.RawIOBase):
+    def __init__(self, head: bytes, fh: BinaryIO):
+        self._head, self._fh = memoryview(head), fh
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._fh.readinto(b)
+
+    def fileno(self) -> int:
+        return self._fh.fileno()
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
