@@ -343,3 +343,47 @@ class _Unseekable(io.RawIOBase):
         b[:n] = self._data[:n]
         self._data = self._data[n:]
         return n
+
+
+SKIPPABLE = (0x184D2A53).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"skip!"
+
+
+def _frames(parts, checksum, with_size):
+    """[(frame bytes, the part it holds or None)]: each part its own zstd frame, with or
+    without checksum and content size, and a skippable frame after the first."""
+    c = zstandard.ZstdCompressor(write_checksum=checksum, write_content_size=with_size)
+    out = []
+    for i, part in enumerate(parts):
+        if with_size:
+            out.append((c.compress(part), part))
+        else:  # streamed: the frame header holds no content size
+            obj = c.compressobj()
+            out.append((obj.compress(part) + obj.flush(), part))
+        if i == 0:
+            out.append((SKIPPABLE, None))
+    return out
+
+
+@SETTINGS
+@given(n_parts=st.integers(1, 3), checksum=st.booleans(), with_size=st.booleans(),
+       seed=st.integers(0, 2**32 - 1), cut=st.floats(0, 1))
+def test_a_zstd_trace_cut_anywhere_is_an_error_or_its_whole_frames(tmp_path, n_parts, checksum, with_size, seed, cut):
+    rng = np.random.default_rng(seed)
+    parts = [b"".join(b"%d\n" % v for v in rng.integers(0, 1 << 20, int(rng.integers(1, 3000))))
+             for _ in range(n_parts)]
+    frames = _frames(parts, checksum, with_size)
+    blob = b"".join(f for f, _ in frames)
+    end = int(cut * len(blob))
+    (tmp_path / "t.txt").write_bytes(blob[:end])
+    boundaries = np.cumsum([len(f) for f, _ in frames]).tolist()
+    if 0 < end < 4:  # not even the magic: read as text, and refused as such
+        with pytest.raises(FormatError):
+            pages_of(tmp_path / "t.txt", values="page")
+        return
+    if end != 0 and end not in boundaries:
+        with pytest.raises(InputError, match="truncated zstd stream|corrupt zstd"):
+            pages_of(tmp_path / "t.txt", values="page")
+        return
+    whole = b"".join(part for (_, part), b in zip(frames, boundaries) if part is not None and b <= end)
+    (tmp_path / "want.txt").write_bytes(whole)
+    assert np.array_equal(pages_of(tmp_path / "t.txt", values="page"), pages_of(tmp_path / "want.txt", values="page"))

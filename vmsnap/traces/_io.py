@@ -19,11 +19,13 @@ BLOCK = 8 << 20  # bytes read per block
 
 
 class _ZstdErrorWrapper(io.RawIOBase):
-    """Turn zstandard's errors into InputError with the trace name."""
+    """Turn zstandard's errors into InputError with the trace name, and a stream that
+    ends inside a frame (zstandard just stops there) into one too."""
 
-    def __init__(self, inner: BinaryIO, name: str):
+    def __init__(self, inner: BinaryIO, name: str, frames: "_FrameWalk"):
         self._inner = inner
         self._name = name
+        self._frames = frames
 
     def readable(self) -> bool:  # pragma: no cover - io protocol
         return True
@@ -32,9 +34,13 @@ class _ZstdErrorWrapper(io.RawIOBase):
         import zstandard
 
         try:
-            return self._inner.read(n)
+            data = self._inner.read(n)
         except zstandard.ZstdError as exc:
             raise InputError(f"{self._name}: corrupt zstd stream: {exc}") from None
+        if not data and n != 0 and not self._frames.at_frame_end():
+            raise InputError(f"{self._name}: truncated zstd stream: it ends inside a frame, "
+                             f"{self._frames.bytes_in} compressed bytes in")
+        return data
 
     def readinto(self, b) -> int:
         data = self.read(len(b))
@@ -67,9 +73,94 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
     if head == ZSTD_MAGIC:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True, closefd=True)
-        return _ZstdErrorWrapper(reader, name), True
+        frames = _FrameWalk(f)
+        reader = zstandard.ZstdDecompressor().stream_reader(frames, read_across_frames=True, closefd=True)
+        return _ZstdErrorWrapper(reader, name, frames), True
     return f, False
+
+
+class _FrameWalk:
+    """The compressed bytes on their way to the decompressor, walked frame by frame
+    (RFC 8878: frame header, block headers, checksum; skippable frames) without
+    decoding them, to tell at the end of input whether the last frame was whole."""
+
+    def __init__(self, source: BinaryIO):
+        self._source = source
+        self.bytes_in = 0
+        self._state, self._need, self._buf = "magic", 4, b""
+        self._checksum = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        self._walk(memoryview(data))
+        self.bytes_in += len(data)
+        return data
+
+    def close(self) -> None:
+        self._source.close()
+
+    def at_frame_end(self) -> bool:
+        return self._state in ("magic", "unknown") and not self._buf
+
+    def _walk(self, data: memoryview) -> None:
+        while data and self._state != "unknown":
+            if self._state in ("skip", "block", "checksum"):  # bytes passed over, not parsed
+                k = min(self._need, len(data))
+                self._need -= k
+                data = data[k:]
+                if self._need == 0:
+                    self._next(b"")
+                continue
+            k = min(self._need - len(self._buf), len(data))
+            self._buf += bytes(data[:k])
+            data = data[k:]
+            if len(self._buf) == self._need:
+                field, self._buf = self._buf, b""
+                self._next(field)
+
+    def _next(self, field: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(field, "little")
+            if magic == 0xFD2FB528:
+                self._state, self._need = "descriptor", 1
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._state, self._need = "skip_size", 4
+            else:  # not a frame: the decompressor names the error
+                self._state = "unknown"
+        elif state == "descriptor":
+            d = field[0]
+            fcs_flag, single, did_flag = d >> 6, (d >> 5) & 1, d & 3
+            self._checksum = bool((d >> 2) & 1)
+            fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
+            rest = (0 if single else 1) + (0, 1, 2, 4)[did_flag] + fcs
+            self._state, self._need = ("header", rest) if rest else ("block_header", 3)
+        elif state == "header":
+            self._state, self._need = "block_header", 3
+        elif state == "block_header":
+            h = int.from_bytes(field, "little")
+            last, kind, size = h & 1, (h >> 1) & 3, h >> 3
+            self._last = bool(last)
+            content = 1 if kind == 1 else size  # an RLE block stores its one byte
+            self._state, self._need = "block", content
+            if content == 0:
+                self._next(b"")
+        elif state == "block":
+            if not self._last:
+                self._state, self._need = "block_header", 3
+            elif self._checksum:
+                self._state, self._need = "checksum", 4
+            else:
+                self._state, self._need = "magic", 4
+        elif state == "checksum":
+            self._state, self._need = "magic", 4
+        elif state == "skip_size":
+            size = int.from_bytes(field, "little")
+            self._state, self._need = "skip", size
+            if size == 0:
+                self._next(b"")
+        elif state == "skip":
+            self._state, self._need = "magic", 4
 
 
 def read_blocks(stream: BinaryIO, size: int | None = None) -> Iterator[bytes]:
