@@ -1,5 +1,6 @@
 import os
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -84,3 +85,22 @@ def pwrites_direct(directory, monkeypatch, action) -> list[bool]:
         m.setattr(os, "pwrite", spy)
         action()
     return flags
+
+
+def within(seconds, fn, *args):
+    """fn(*args) on a thread; a reader that reopened the FIFO would wait forever for a writer."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # handed to the test's thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still reading after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from _hotcold_build import classic_workload, write_dumps, write_idle_dir
 from click.testing import CliRunner
+from conftest import within
 
 from vmsnap.analyze.hotcold import read_levels
 from vmsnap.cli import main
@@ -145,3 +146,13 @@ def test_progress_bar_goes_to_stderr(dumps, capsys):
     assert err.out == ""
     assert "dumps" in err.err and "B" in err.err
     assert res.n_periods == 5
+
+
+@pytest.mark.parametrize("fmt", ["auto", "dumps", "series"])
+def test_a_fifo_or_stdin_scan_is_refused_before_it_is_read(tmp_path, dumps, fmt):
+    fifo = tmp_path / "scan.fifo"
+    os.mkfifo(fifo)  # no writer: anything that opened it to read would wait here forever
+    paths = dumps[0]
+    for scans in ([str(fifo), *map(str, paths[1:])], ["-"]):
+        r = within(20, CliRunner().invoke, main, ["analyze", "hotcold", "--format", fmt, *scans], b"")
+        assert r.exit_code == 2 and "read from files, not stdin" in r.output, r.output

@@ -10,7 +10,7 @@ from vmsnap import api
 from vmsnap.errors import InputError
 from vmsnap.sources import open_source
 
-from conftest import build_image
+from conftest import build_image, within
 from source_builders import simple_stream
 
 PS = 4096
@@ -31,25 +31,6 @@ def fifo_fed_with(tmp_path, data: bytes, name="in.fifo"):
 
     threading.Thread(target=feed, daemon=True).start()
     return str(path)
-
-
-def within(seconds, fn, *args):
-    """fn(*args) on a thread; a reader that reopened the FIFO would wait forever for a writer."""
-    out = {}
-
-    def run():
-        try:
-            out["value"] = fn(*args)
-        except BaseException as exc:  # handed to the test's thread
-            out["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"still reading after {seconds} s"
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def regions_of(source):

@@ -73,7 +73,13 @@ def open_scans(paths: Sequence[str], fmt: str = "auto", *, page_size: int | None
     ``page_size`` applies to formats that do not carry one (idle, damon, dumps;
     4096 by default); the series file records its own and rejects a different one.
     """
+    from ..streams import is_stream
+
     paths = list(paths)
+    for p in paths:  # before anything is read from it: what is read from a pipe is gone
+        if is_stream(p):
+            raise UsageError(f"{p}: hot/cold scans are read from files, not stdin, a pipe, FIFO or device "
+                             "(they are read more than once); copy it to a file first")
     if fmt == "auto":
         fmt = detect_scan_format(paths)
     if fmt not in FORMATS:
