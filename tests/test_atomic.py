@@ -131,3 +131,10 @@ def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, sna
     assert result.exit_code == UsageError.exit_code and "is the input file" in result.output
     assert {p: p.read_bytes() for p in (raw, snap)} == before
     assert sorted(os.listdir(tmp_path)) == ["in.raw", "link", "s.vms"]
+
+
+def test_a_name_ending_in_a_slash_is_a_directory_that_is_not_there(tmp_path):
+    (tmp_path / "in.raw").write_bytes(IMAGE)
+    with pytest.raises(OutputError, match="no such directory"):
+        api.save(str(tmp_path / "in.raw"), str(tmp_path / "nodir") + "/")
+    assert sorted(os.listdir(tmp_path)) == ["in.raw"]

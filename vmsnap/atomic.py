@@ -57,6 +57,8 @@ def atomic_output(path: str, *, readable: bool = False, source: str | None = Non
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
     if stat.S_ISDIR(mode):
         raise OutputError(f"{path}: is a directory")
+    if path.endswith(os.sep):  # a directory was meant, and there is none: not a file named so
+        raise OutputError(f"{path}: no such directory")
     if source not in (None, "-") and stat.S_ISREG(mode) and _same_file(source, target):
         raise UsageError(f"{path}: is the input file; write the output to another name")
     if not stat.S_ISREG(mode):
