@@ -34,12 +34,13 @@ def os_error_message(exc: OSError) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str, *, readable: bool = False, source: str | None = None) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: str | None = None) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes `path` only if the block completes.
 
     source: the input file the output is made from; an output that is that same file
     is refused (it would be replaced by what was made from it), as zstd refuses.
     """
+    path = os.fspath(path)
     if path == "-":
         yield sys.stdout.buffer
         try:
