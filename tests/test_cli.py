@@ -105,6 +105,8 @@ def test_save_options_for_slices_and_long_matching(tmp_path, small_batches):
     (["save", "IN", "-o", "x.vms", "--page-size", "3000"], 2, "power of two"),
     (["save", "IN", "-o", "x.vms", "--page-size", "4Q"], 2, "not a size"),
     (["save", "IN", "-o", "x.vms", "--format", "nope"], 2, "unknown input format"),
+    (["save", "IN", "-o", "x.vms", "--frame-size", "2K"], 2, "smaller than the page size"),
+    (["save", "IN", "-o", "x.vms", "--frame-size", "2G"], 2, "larger than 1024 MiB"),
     (["info", "IN"], FormatError.exit_code, "not a vmsnap snapshot"),
 ])
 def test_errors_are_one_line_with_documented_codes(tmp_path, image, monkeypatch, args, code, message):

@@ -39,6 +39,9 @@ from .slices import GRAIN, SliceFinder
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
 MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
+# A frame's stored size is a 32-bit field, and a restore holds a few decoded frames in
+# memory: 1 GiB of pages compresses to less than 4 GiB whatever they hold.
+MAX_FRAME_SIZE = 1 << 30
 
 
 def check_page_size(page_size: int) -> None:
@@ -56,6 +59,8 @@ class SnapshotWriter:
             raise UsageError(f"zstd level must be 1..22, got {level}")
         if frame_size < page_size:
             raise UsageError(f"frame size {frame_size} is smaller than the page size {page_size}")
+        if frame_size > MAX_FRAME_SIZE:
+            raise UsageError(f"frame size {frame_size} is larger than {MAX_FRAME_SIZE >> 20} MiB")
         self.page_size = page_size
         self.block_size = block_size_for(page_size)
         self.batch_bytes = BATCH_BYTES  # page_batches makes it at least one page
