@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from vmsnap import api
-from vmsnap.atomic import atomic_output, is_regular_file
+from vmsnap.atomic import atomic_output
+from vmsnap.streams import is_regular_file
 from vmsnap.cli import main
 from vmsnap.errors import OutputError, UsageError
 

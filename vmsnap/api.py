@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .atomic import atomic_output, is_regular_file, os_error_message
+from .atomic import atomic_output, os_error_message
 from .errors import FormatError, OutputError, UsageError
 from .format.reader import RegionInfo, Snapshot
 from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .output import ImageWriter
 from .progress import progress_bar
+from .streams import is_regular_file
 from .sources import open_source
 
 _ZEROS = bytes(1 << 20)

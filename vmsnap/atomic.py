@@ -107,14 +107,6 @@ def _in_place(path: str, target: str) -> Iterator[BinaryIO]:
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
 
 
-def is_regular_file(fh: BinaryIO) -> bool:
-    """Whether fh is open on a regular file (which can take positioned writes and holes)."""
-    try:
-        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
-    except (AttributeError, OSError, ValueError):
-        return False
-
-
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -1,4 +1,4 @@
-"""Inputs that can be read only once: stdin, a FIFO, a character device.
+"""Inputs that can be read only once (stdin, a FIFO, a character device), and regular files.
 
 Naming a format means reading an input's first bytes. A file can be read again
 from its start; one of these cannot, so it is opened once, and `replayed` hands
@@ -22,6 +22,14 @@ def is_stream(path: str) -> bool:
     except OSError:
         return False  # the reader's own open names the problem
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+
+
+def is_regular_file(fh: BinaryIO) -> bool:
+    """Whether fh is open on a regular file (positioned reads and writes, holes)."""
+    try:
+        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def read_up_to(fh: BinaryIO, n: int) -> bytes:

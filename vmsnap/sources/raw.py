@@ -11,6 +11,7 @@ import sys
 from typing import BinaryIO, Iterator
 
 from ..errors import open_for_reading
+from ..streams import is_regular_file
 from .base import Region, Source, read_exact_chunks, sparse_file_chunks
 
 
@@ -25,7 +26,7 @@ class RawSource(Source):
             fh = open_input(path)
         self._fh = fh
         self._size = _regular_file_size(fh)
-        self._regular = _is_regular(fh)
+        self._regular = is_regular_file(fh)
         name = "stdin" if path == "-" else os.path.basename(path)
         super().__init__(f"raw:{name}")
 
@@ -53,15 +54,6 @@ def open_input(path: str) -> BinaryIO:
     if path == "-":
         return sys.stdin.buffer
     return open_for_reading(path)
-
-
-def _is_regular(fh: BinaryIO) -> bool:
-    import stat
-
-    try:
-        return stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _regular_file_size(fh: BinaryIO) -> int | None:
