@@ -1,8 +1,8 @@
 """Inputs that can be read only once (stdin, a FIFO, a character device), and regular files.
 
 Naming a format means reading an input's first bytes. A file can be read again
-from its start; one of these cannot, so it is opened once, and `replayed` hands
-the bytes already read to its reader again.
+from its start; one of these cannot, so it is opened once, and `sniff` hands
+the bytes it read to the input's reader again.
 """
 
 from __future__ import annotations
@@ -32,17 +32,13 @@ def is_regular_file(fh: BinaryIO) -> bool:
         return False
 
 
-def read_up_to(fh: BinaryIO, n: int) -> bytes:
-    """The first n bytes of fh, fewer only at its end (a pipe may give them in pieces)."""
+def sniff(fh: BinaryIO, n: int) -> tuple[bytes, io.BufferedReader]:
+    """(the first n bytes of fh, fewer only at its end; a reader that gives them again,
+    then the rest of fh). Closing the reader closes fh."""
     head = b""
-    while len(head) < n and (more := fh.read(n - len(head))):
+    while len(head) < n and (more := fh.read(n - len(head))):  # a pipe may give them in pieces
         head += more
-    return head
-
-
-def replayed(head: bytes, fh: BinaryIO) -> io.BufferedReader:
-    """A reader that gives `head` again, then the rest of fh; closing it closes fh."""
-    return io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
+    return head, io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
 
 
 class _Replay(io.RawIOBase):

@@ -57,18 +57,17 @@ def _peek(path: str, n: int = 64) -> bytes:
 def _open_stream(path: str, fmt: str) -> Source:
     """Open a FIFO or device once: the bytes read to name its format are read again by its reader."""
     from ..errors import InputError
-    from ..streams import read_up_to, replayed
+    from ..streams import sniff
     from .raw import open_input
 
     fh = open_input(path)
     try:
         if fmt == "auto":
             try:
-                head = read_up_to(fh, 64)
+                head, fh = sniff(fh, 64)
             except OSError as exc:
                 raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
             fmt = detect_format(head)
-            fh = replayed(head, fh)
         if fmt == "vms":
             raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end)")
         module, cls = FORMATS[fmt]

@@ -214,7 +214,7 @@ def open_trace(
 def _open_once(name: str, fmt: str) -> tuple[BinaryIO, bool, str]:
     """(stream, compressed, format) of stdin or a FIFO, its format named (when "auto")
     from its name or from what it starts with, which the stream then gives again."""
-    from ..streams import read_up_to, replayed
+    from ..streams import sniff
     from ._io import open_bytes
 
     stream, compressed = open_bytes(name)
@@ -222,10 +222,9 @@ def _open_once(name: str, fmt: str) -> tuple[BinaryIO, bool, str]:
         fmt = (_format_from_name(name) if name != "-" else None) or ""
         if not fmt:
             try:
-                head = read_up_to(stream, _SNIFF)
+                head, stream = sniff(stream, _SNIFF)
             except BaseException:
                 stream.close()
                 raise
             fmt = _format_from_content(head)
-            stream = replayed(head, stream)
     return stream, compressed, fmt

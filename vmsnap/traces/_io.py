@@ -57,7 +57,7 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
 
     Returns (stream, compressed).
     """
-    from ..streams import read_up_to, replayed
+    from ..streams import sniff
 
     name = os.fspath(path)
     try:
@@ -66,8 +66,7 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
             head = f.read(4)
             f.seek(0)
         else:  # a pipe or FIFO: the magic's bytes are read again by the reader
-            head = read_up_to(f, 4)
-            f = replayed(head, f)
+            head, f = sniff(f, 4)
     except OSError as exc:
         raise InputError(f"{name}: cannot open trace: {exc.strerror or exc}") from None
     if head == ZSTD_MAGIC:
