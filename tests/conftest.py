@@ -1,4 +1,5 @@
 import os
+import stat
 import sys
 import threading
 
@@ -104,3 +105,14 @@ def within(seconds, fn, *args):
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def char_device(tmp_path, name, minor):
+    """A character device node like /dev/null (1, 3) or /dev/full (1, 7), in tmp_path:
+    tests never write to the real /dev nodes."""
+    path = tmp_path / name
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+    except PermissionError:
+        pytest.skip("cannot make device nodes here (no CAP_MKNOD); the FIFO tests cover the same path")
+    return path

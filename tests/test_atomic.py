@@ -14,7 +14,7 @@ from vmsnap.streams import is_regular_file
 from vmsnap.cli import main
 from vmsnap.errors import OutputError, UsageError
 
-from conftest import build_image
+from conftest import build_image, char_device
 
 IMAGE = build_image([("random", 1), ("zero",), ("random", 2), ("fill", 7)], tail=b"end")
 
@@ -75,24 +75,14 @@ def test_a_symlink_is_followed_and_stays(tmp_path, snapshot):
     assert link.is_symlink() and real.read_bytes() == IMAGE
 
 
-def _device(tmp_path, name, minor):
-    """A character device node like /dev/null (1, 3) or /dev/full (1, 7), in tmp_path."""
-    path = tmp_path / name
-    try:
-        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
-    except PermissionError:
-        pytest.skip("cannot make device nodes here (no CAP_MKNOD); the FIFO tests cover the same path")
-    return path
-
-
-def test_restore_to_a_null_device_writes_it_and_leaves_it_a_device(tmp_path, snapshot):
-    null = _device(tmp_path, "null", 3)
+def test_restore_to_a_null_device_writes_it_and_leaves_it_achar_device(tmp_path, snapshot):
+    null = char_device(tmp_path, "null", 3)
     api.restore(str(snapshot), str(null))
     assert stat.S_ISCHR(os.lstat(null).st_mode)
 
 
-def test_save_to_a_full_device_is_exit_6_and_leaves_it_a_device(tmp_path):
-    full = _device(tmp_path, "full", 7)
+def test_save_to_a_full_device_is_exit_6_and_leaves_it_achar_device(tmp_path):
+    full = char_device(tmp_path, "full", 7)
     (tmp_path / "in.raw").write_bytes(IMAGE)
     result = CliRunner().invoke(main, ["save", str(tmp_path / "in.raw"), "-o", str(full), "-q"])
     assert result.exit_code == OutputError.exit_code == 6

@@ -341,21 +341,108 @@ def test_restore_with_a_tiny_canonical_cache_is_still_identical(tmp_path, monkey
     assert pages["ref"] == 9 and pages["slice"] == 2
 
 
-def test_canonical_pages_are_released_after_their_last_reference(tmp_path):
-    from vmsnap.format.reader import CanonicalPages
+@pytest.mark.parametrize("keep_pages", [1 << 20, 1])
+def test_canonical_pages_are_released_after_their_last_reference(tmp_path, monkeypatch, keep_pages):
+    from vmsnap.format import reader
 
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", keep_pages * 4096)
     spec = [("random", i) for i in range(8)] + [("copy", 2), ("copy", 5), ("random", 20), ("copy", 2)] + \
            [("shift", i, 512 * (1 + i)) for i in (0, 4)]
     data = build_image(spec)
     snap, restored = save_restore(tmp_path, data, frame_size=2 * 4096)
     assert restored == data
     with vmsnap.open(str(snap)) as s:
-        canonical = CanonicalPages(s, s.regions)
+        canonical = reader.CanonicalPages(s, s.regions)
         out = b"".join(bytes(p) for p in s.segments(s.regions[0], canonical=canonical))
+        canonical.close()
         assert out == data
         assert len(canonical.wanted) > 0
+        assert (canonical._spill_pages > 0) == (keep_pages == 1)  # one page in memory: the others spilled
         assert canonical.free_count == len(canonical.store)  # every kept page given back
-        assert (canonical.slot == -1).all()
+        assert (canonical.slot == -1).all() and (canonical.spilled == -1).all()
+
+
+def _shuffled_copy(pages: int) -> bytes:
+    """Distinct pages, then the same pages in random order: shared pages as a guest
+    scatters them, each referenced by a record of its own."""
+    first = build_image([("random", 100 + i) for i in range(pages)])
+    order = np.random.default_rng(7).permutation(pages)
+    return first + b"".join(first[i * 4096:(i + 1) * 4096] for i in order)
+
+
+@pytest.fixture
+def counted_decodes(monkeypatch):
+    from vmsnap.format.reader import Snapshot
+
+    decoded = []
+    decode = Snapshot._decode_frame
+    monkeypatch.setattr(Snapshot, "_decode_frame", lambda self, k: decoded.append(k) or decode(self, k))
+    return decoded
+
+
+def test_references_in_random_order_beyond_memory_read_the_spill_not_their_frames(tmp_path, monkeypatch,
+                                                                                  counted_decodes):
+    import tempfile
+
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 8 * 4096)  # 8 of the 64 shared pages in memory
+    spill_dir = tmp_path / "tmp"
+    spill_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_dir))
+    made = []
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: made.append(kw) or real(**kw))
+    data = _shuffled_copy(64)
+    snap, restored = save_restore(tmp_path, data, frame_size=4 * 4096)
+    assert restored == data
+    assert api.info(str(snap))["pages"]["ref"] == 64
+    # Each of the 16 frames decoded once; decoding again per reference would be ~60 more.
+    assert sorted(counted_decodes) == list(range(16))
+    assert len(made) == 1 and os.listdir(spill_dir) == []  # one spill, unlinked
+
+
+def test_reading_pages_shared_in_random_order_decodes_each_frame_once(tmp_path, counted_decodes):
+    data = _shuffled_copy(64)
+    snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
+    counted_decodes.clear()
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(64 * 4096, 64 * 4096) == data[64 * 4096:]
+    assert sorted(counted_decodes) == list(range(16))
+
+
+def test_a_full_spill_is_exit_6_and_leaves_no_output(tmp_path, monkeypatch):
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from conftest import char_device
+    from vmsnap.cli import main
+    from vmsnap.format import reader
+
+    full = char_device(tmp_path, "full", 7)
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", 4096)
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: open(full, "r+b"))
+    raw, snap, out = tmp_path / "in.raw", tmp_path / "s.vms", tmp_path / "out.raw"
+    raw.write_bytes(_shuffled_copy(8))
+    api.save(str(raw), str(snap), format="raw")
+    result = CliRunner().invoke(main, ["restore", str(snap), "-o", str(out), "-q"])
+    assert result.exit_code == 6, result.output
+    assert result.output.strip().splitlines() == [
+        f"vmsnap: error: temporary file for shared pages in {tempfile.gettempdir()}: no space left on device"]
+    assert not out.exists() and sorted(os.listdir(tmp_path)) == ["full", "in.raw", "s.vms"]
+
+
+@given(images(), st.sampled_from([1, 3]), st.integers(1, 3))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_round_trip_with_memory_for_a_few_shared_pages_is_identical(tmp_path, small_batches, monkeypatch, image,
+                                                                     frame_pages, keep_pages):
+    from vmsnap.format import reader
+
+    page_size, data = image
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", keep_pages * page_size)
+    _, restored = save_restore(tmp_path, data, page_size=page_size, frame_size=frame_pages * page_size)
+    assert restored == data
 
 
 def test_page_access_and_bytes_per_kind(tmp_path):
@@ -437,3 +524,13 @@ def test_frame_pool_reuses_a_retired_buffer_only_after_recycle():
     again = pool.take(1024)  # a smaller frame fits in the recycled buffer
     assert again.base is first and len(again) == 1024
     assert pool.take(4096).base is None  # it was taken: fresh again
+
+
+def test_reading_one_shared_page_decodes_only_its_frame(tmp_path, counted_decodes):
+    data = _shuffled_copy(64)
+    snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
+    with vmsnap.open(str(snap)) as s:
+        for page in (64, 100, 127):
+            counted_decodes.clear()
+            assert s.page(page) == data[page * 4096:(page + 1) * 4096]
+            assert len(counted_decodes) <= 1  # 0 when the frame is still cached

@@ -47,6 +47,7 @@ class VmsSource(Source):
                 for r in snap.regions:
                     yield Region(r.name, r.base, r.size), self._pieces(r, canonical)
             finally:
+                canonical.close()
                 snap._prefetch = None
 
     def _pieces(self, region, canonical) -> Iterator[bytes]:
