@@ -201,3 +201,20 @@ def test_ctrl_c_while_the_reader_of_stdout_stalls_exits_130(tmp_path):
     finally:
         os.close(stalled)
         os.close(keep)
+
+
+def test_short_zero_runs_are_written_and_long_ones_stay_holes(tmp_path, monkeypatch):
+    """A hole per single zero page would be a write per data page; runs of at least
+    MIN_HOLE stay holes."""
+    alternating = [("random", 10 + i) if i % 2 == 0 else ("zero",) for i in range(512)]  # 2 MiB
+    data = build_image(alternating + [("zero",)] * 1024 + alternating)  # then 4 MiB of zeros, then 2 MiB
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    writes, real = [], os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, buf, offset: writes.append(len(buf)) or real(fd, buf, offset))
+    out = tmp_path / "out.raw"
+    api.restore(str(tmp_path / "s.vms"), str(out))
+    assert out.read_bytes() == data
+    assert len(writes) <= 4, writes  # 512 writes of 4 KiB before
+    assert sum(writes) <= len(data) - (4 << 20)  # the long run was not written
+    assert os.stat(out).st_blocks * 512 <= len(data) - (4 << 20) + (64 << 10)

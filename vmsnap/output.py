@@ -26,6 +26,10 @@ from typing import BinaryIO
 BUFFER_BYTES = 4 << 20
 BUFFERS = 4  # 16 MiB in flight: as fast as 32 MiB on the bench dump, 12 MiB less RSS
 ALIGN = 4096  # a multiple of every common logical block size
+# Shorter zero runs are written as zeros in the buffer: a hole per short run would cost a
+# write per run (a page of data between single zero pages: 32,768 writes of 4 KiB for
+# 256 MiB, 4.9 s against 1.1 s). On real guests that writes 4-5 MiB of zeros per GiB.
+MIN_HOLE = 256 << 10
 
 
 class ImageWriter:
@@ -99,11 +103,12 @@ class ImageWriter:
             self._thread.join()
 
     def _skip_to(self, offset: int) -> None:
-        """Bytes up to `offset` are zeros: pad within the block, leave whole blocks unwritten."""
+        """Bytes up to `offset` are zeros: a short run is padded into the buffer (whatever
+        does not fit stays unwritten); a long one leaves its whole blocks unwritten."""
         end = self._start + self._fill
         boundary = -(-end // ALIGN) * ALIGN
-        if offset <= boundary:
-            self._pad(offset - end)
+        if offset <= boundary or offset - end < MIN_HOLE:
+            self._pad(min(offset - end, BUFFER_BYTES - self._fill))
             if self._fill == BUFFER_BYTES:
                 self._submit()
         else:
