@@ -9,6 +9,7 @@ import sys
 import threading
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from vmsnap import api, output
 from vmsnap.errors import OutputError
@@ -218,3 +219,32 @@ def test_short_zero_runs_are_written_and_long_ones_stay_holes(tmp_path, monkeypa
     assert len(writes) <= 4, writes  # 512 writes of 4 KiB before
     assert sum(writes) <= len(data) - (4 << 20)  # the long run was not written
     assert os.stat(out).st_blocks * 512 <= len(data) - (4 << 20) + (64 << 10)
+
+
+def test_pieces_of_a_page_or_two_reach_the_sink_joined(tmp_path):
+    import vmsnap
+
+    alternating = [("random", 10 + i) if i % 2 == 0 else ("zero",) for i in range(1024)]  # 4 MiB
+    data = build_image(alternating)
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    seen = []
+    with vmsnap.open(str(tmp_path / "s.vms")) as snap:
+        assert snap.stats()["records"] == 1024
+        snap.produce(lambda region, piece: seen.append(bytes(piece)))
+    assert b"".join(seen) == data
+    assert len(seen) == 4  # 1 MiB each, not a piece per record
+
+
+@given(st.lists(st.one_of(st.integers(0, 200_000), st.binary(max_size=70_000)), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_coalesced_pieces_are_the_same_bytes(pieces):
+    from vmsnap.format.reader import COALESCE_BYTES, SMALL_PIECE, _coalesced
+
+    copied = []
+    out = [bytes(p) for p in _coalesced(iter(pieces), lambda: copied.append(1))]  # bytes(n): n zeros
+    assert b"".join(out) == b"".join(bytes(p) for p in pieces)
+    small = [p for p in pieces if (p if isinstance(p, int) else len(p)) < SMALL_PIECE]
+    assert len(copied) == len(small)
+    assert all(len(o) <= max(COALESCE_BYTES, 200_000) for o in out)
+    assert len(out) <= len(pieces)
