@@ -402,6 +402,33 @@ def test_references_in_random_order_beyond_memory_read_the_spill_not_their_frame
     assert len(made) == 1 and os.listdir(spill_dir) == []  # one spill, unlinked
 
 
+def _shuffled_slices(pages: int) -> bytes:
+    """Distinct pages, then copies of them at 512-byte offsets (a tar of the same files)
+    in random order, each one a SLICE record of its own, among a few whole copies."""
+    first = build_image([("random", 300 + i) for i in range(pages + 1)])
+    rng = np.random.default_rng(9)
+    order, shifts = rng.permutation(pages), 512 * rng.integers(0, 8, pages)
+    return first + b"".join(first[i * 4096 + s:(i + 1) * 4096 + s] for i, s in zip(order, shifts))
+
+
+@pytest.mark.parametrize("keep_pages", [1 << 20, 3])
+def test_slices_in_random_order_restore_and_read_with_each_frame_decoded_once(tmp_path, monkeypatch, small_batches,
+                                                                               counted_decodes, keep_pages):
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", keep_pages * 4096)
+    data = _shuffled_slices(64)
+    snap, restored = save_restore(tmp_path, data, frame_size=4 * 4096)
+    assert restored == data
+    pages = api.info(str(snap))["pages"]
+    assert pages["slice"] + pages["ref"] == 64 and pages["slice"] > 40
+    assert sorted(counted_decodes) == list(range(17))  # 65 data pages in frames of 4
+    counted_decodes.clear()
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(65 * 4096 + 100, 63 * 4096) == data[65 * 4096 + 100:128 * 4096 + 100]
+    assert len(counted_decodes) == len(set(counted_decodes)) >= 15  # one piece: no frame decoded twice
+
+
 def test_reading_pages_shared_in_random_order_decodes_each_frame_once(tmp_path, counted_decodes):
     data = _shuffled_copy(64)
     snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)

@@ -408,16 +408,16 @@ class Snapshot:
             elif kind == S.REC_SLICE:
                 arg += skip * ps
             stop = i + 1
-            if kind == S.REC_REF:
+            if kind in (S.REC_REF, S.REC_SLICE):
                 stop = min(int(self._ref_group_ends[region.first_record + i]) - region.first_record, len(recs))
             if stop > i + 1:
-                # Consecutive REF records (pages shared in random order are one record
-                # each) are served together, in pieces of up to SEGMENT_BYTES.
+                # Consecutive REF and SLICE records (pages shared in random order are one
+                # record each) are served together, in pieces of up to SEGMENT_BYTES.
                 args, run_counts = recs["arg"][i:stop].copy(), counts[i:stop].copy()
                 args[0], run_counts[0] = arg, count
                 page += int(ends[stop - 1] - ends[i])
-                dpns = _expand_runs(args, run_counts)[:-(-remaining // ps)]  # no more pages than asked for
-                pieces = self._shared_pages(dpns, canonical)
+                plan = _SharedPlan(recs["kind"][i:stop], args, run_counts, ps, -(-remaining // ps))
+                pieces = self._shared_pages(plan, canonical)
                 i = stop
             else:
                 pieces = self._run(kind, count, arg, canonical)
@@ -466,13 +466,13 @@ class Snapshot:
                 else:
                     yield self.stream_bytes(offset, n * ps)
 
-    def _shared_pages(self, dpns: np.ndarray, canonical) -> Iterator[memoryview]:
+    def _shared_pages(self, plan: "_SharedPlan", canonical) -> Iterator[memoryview]:
+        """The pages of a run of REF and SLICE records, in pieces of up to SEGMENT_BYTES."""
         per_piece = max(1, SEGMENT_BYTES // self.page_size)
-        if canonical is not None:
-            yield from canonical.take_each(dpns, per_piece)
-            return
-        for start in range(0, len(dpns), per_piece):
-            yield memoryview(self.gather_data_pages(dpns[start:start + per_piece]).reshape(-1))
+        for start in range(0, plan.pages, per_piece):
+            reads, assemble = plan.piece(start, min(plan.pages, start + per_piece))
+            rows = canonical.take_each(reads) if canonical is not None else self.gather_data_pages(reads)
+            yield memoryview(assemble(rows).reshape(-1))
 
     def stream_bytes(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset+length) of the data page stream (all data pages in order)."""
@@ -819,12 +819,11 @@ class CanonicalPages:
         self._delivered(count)
         return memoryview(pages.reshape(-1))
 
-    def take_each(self, dpns: np.ndarray, per_piece: int) -> Iterator[memoryview]:
-        """The data pages `dpns` (REF pages in restore order), in pieces of up to `per_piece` pages."""
-        for start in range(0, len(dpns), per_piece):
-            pages = self._pages(dpns[start:start + per_piece])
-            self._delivered(len(pages))
-            yield memoryview(pages.reshape(-1))
+    def take_each(self, dpns: np.ndarray) -> np.ndarray:
+        """The data pages `dpns`, the next reads of REF and SLICE pages in restore order."""
+        pages = self._pages(dpns)
+        self._delivered(len(dpns))
+        return pages
 
     def take_slice(self, offset: int, count: int) -> memoryview:
         """`count` pages of a slice run at byte `offset` of the data page stream."""
@@ -932,11 +931,57 @@ def _coalesced(pieces: Iterator[int | memoryview], copied: Callable[[], None]) -
 
 
 def _ref_group_ends(kinds: np.ndarray) -> np.ndarray:
-    """For each record: one past the last of the consecutive REF records from it on
-    (segments() clips it to the record's region)."""
+    """For each record: one past the last of the consecutive REF and SLICE records from it
+    on (segments() clips it to the record's region)."""
     n = len(kinds)
-    others = np.append(np.flatnonzero(kinds != S.REC_REF), n)
+    others = np.append(np.flatnonzero((kinds != S.REC_REF) & (kinds != S.REC_SLICE)), n)
     return others[np.searchsorted(others, np.arange(n))]
+
+
+class _SharedPlan:
+    """The pages of consecutive REF and SLICE records, and the data pages each one reads.
+
+    A REF page reads one data page; a SLICE page at an unaligned offset reads the two
+    it straddles (the order and count of _referenced_pages, which CanonicalPages keeps
+    its pages by).
+    """
+
+    def __init__(self, kinds: np.ndarray, args: np.ndarray, counts: np.ndarray, page_size: int, limit: int):
+        self.page_size = page_size
+        per_page = np.repeat(np.arange(len(kinds)), counts.astype(np.int64))[:limit]
+        within = (np.arange(len(per_page)) -
+                  np.repeat(np.cumsum(counts) - counts, counts.astype(np.int64))[:limit]).astype(np.uint64)
+        is_slice = kinds[per_page] == S.REC_SLICE
+        ps = np.uint64(page_size)
+        offset = np.where(is_slice, args[per_page] + within * ps, (args[per_page] + within) * ps)
+        self.first, self.shift = offset // ps, (offset % ps).astype(np.intp)
+        reads = 1 + (self.shift != 0)
+        self.read_end = np.cumsum(reads)  # page i reads data pages [read_end[i] - reads[i], read_end[i])
+        self.pages = len(per_page)
+
+    def piece(self, lo: int, hi: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """Data pages read by pages [lo, hi), and a function from those pages to theirs."""
+        r0 = int(self.read_end[lo - 1]) if lo else 0
+        start = self.read_end[lo:hi] - r0 - 1 - (self.shift[lo:hi] != 0)  # each page's first read
+        shift = self.shift[lo:hi]
+        reads = np.repeat(self.first[lo:hi], 1 + (shift != 0))
+        reads += (np.arange(len(reads)) - np.repeat(start, 1 + (shift != 0))).astype(np.uint64)
+
+        def assemble(rows: np.ndarray) -> np.ndarray:
+            if not shift.any():
+                return rows
+            out = np.empty((hi - lo, self.page_size), np.uint8)
+            for s in np.unique(shift).tolist():
+                sel = np.flatnonzero(shift == s)
+                at = start[sel]
+                if s == 0:
+                    out[sel] = rows[at]
+                else:
+                    out[sel, :self.page_size - s] = rows[at, s:]
+                    out[sel, self.page_size - s:] = rows[at + 1, :s]
+            return out
+
+        return reads, assemble
 
 
 def _expand_runs(args: np.ndarray, counts: np.ndarray) -> np.ndarray:
