@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vmsnap.errors import FormatError, InputError, UsageError
@@ -168,8 +168,13 @@ def test_csv_errors(tmp_path):
 @SETTINGS
 @given(vals=st.lists(st.integers(0, (1 << 64) - 1), max_size=300))
 def test_u64_round_trip(tmp_path, vals):
+    from vmsnap.traces._io import ZSTD_START, is_zstd_start
+
     p = tmp_path / "t.u64"
     a = np.array(vals, dtype="<u8")
+    # Compression is found from content: a trace that starts as a valid zstd frame does is
+    # read as one (test_a_trace_starting_with_the_zstd_magic_alone_is_plain covers the rest).
+    assume(not is_zstd_start(a.tobytes()[:ZSTD_START]))
     p.write_bytes(a.tobytes())
     assert pages_of(p).tolist() == [v >> 12 for v in vals]
     assert pages_of(p, values="page").tolist() == vals
@@ -387,3 +392,30 @@ def test_a_zstd_trace_cut_anywhere_is_an_error_or_its_whole_frames(tmp_path, n_p
     whole = b"".join(part for (_, part), b in zip(frames, boundaries) if part is not None and b <= end)
     (tmp_path / "want.txt").write_bytes(whole)
     assert np.array_equal(pages_of(tmp_path / "t.txt", values="page"), pages_of(tmp_path / "want.txt", values="page"))
+
+
+@pytest.mark.parametrize("first", [0xFD2FB528, 0x7FFFFD2FB528, 0x7FFEFD2FB528])
+def test_a_trace_starting_with_the_zstd_magic_alone_is_plain(tmp_path, first):
+    """Its first address ends in fd2fb528, the zstd magic, and what follows is no valid
+    zstd frame header (a reserved bit set, or a block larger than its window)."""
+    for vals in ([first], [first, 1], [first, 0x7FFFFD2FB530, 0x1000]):
+        p = tmp_path / "t.u64"
+        p.write_bytes(np.array(vals, dtype="<u8").tobytes())
+        assert pages_of(p, values="page").tolist() == vals
+
+
+@SETTINGS
+@given(data=st.binary(max_size=3000), level=st.integers(1, 19), checksum=st.booleans(),
+       content_size=st.booleans(), streamed=st.booleans())
+def test_every_zstd_stream_is_recognised(data, level, checksum, content_size, streamed):
+    import zstandard
+
+    from vmsnap.traces._io import ZSTD_START, is_zstd_start
+
+    c = zstandard.ZstdCompressor(level=level, write_checksum=checksum, write_content_size=content_size)
+    if streamed:  # no content size in the header: a window descriptor instead
+        cobj = c.compressobj()
+        blob = cobj.compress(data) + cobj.flush()
+    else:
+        blob = c.compress(data)
+    assert is_zstd_start(blob[:ZSTD_START])

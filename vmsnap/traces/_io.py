@@ -1,8 +1,13 @@
-"""Byte streams under the trace readers: plain files or zstd, found by magic.
+"""Byte streams under the trace readers: plain files or zstd, found by content.
 
 Every reader pulls fixed-size blocks through :func:`open_bytes`, so memory stays
-bounded whatever the trace size.  A zstd frame is recognised by its magic
-number (``28 b5 2f fd``), never by the file name.
+bounded whatever the trace size.  A zstd stream is recognised by its start, never
+by the file name: the magic number (``28 b5 2f fd``), then a frame header and a
+first block header that are valid (RFC 8878).  The magic alone is not enough: a
+binary trace of 64-bit addresses starts with it whenever its first address ends
+in ``fd2fb528`` (a stack address such as 0x7ffffd2fb528, say).  Such a trace
+whose next bytes also happen to form a valid header is still taken for zstd; it
+then almost surely fails to decompress, with an error, rather than being misread.
 """
 
 from __future__ import annotations
@@ -16,6 +21,40 @@ from ..errors import InputError
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 BLOCK = 8 << 20  # bytes read per block
+ZSTD_START = 4 + 14 + 3  # magic, the longest frame header, a block header
+MAX_WINDOW_LOG = 31  # the largest window zstandard decodes by default
+
+
+def is_zstd_start(head: bytes) -> bool:
+    """Whether `head` (the first ZSTD_START bytes, or all there are) begins a zstd frame:
+    the magic, a frame header without reserved bits and a window it can decode, and a
+    first block header of a known type and a size within the frame's limit."""
+    if head[:4] != ZSTD_MAGIC or len(head) < 6:
+        return False
+    d = head[4]
+    if d & 0x08:  # Reserved_Bit
+        return False
+    single, did_flag, fcs_flag = (d >> 5) & 1, d & 3, d >> 6
+    fcs_size = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    pos = 5
+    if single:
+        window = None
+    else:
+        exponent, mantissa = head[5] >> 3, head[5] & 7
+        if 10 + exponent > MAX_WINDOW_LOG:
+            return False
+        base = 1 << (10 + exponent)
+        window = base + base // 8 * mantissa
+        pos = 6
+    pos += (0, 1, 2, 4)[did_flag]
+    if len(head) < pos + fcs_size + 3:  # every frame has at least one block
+        return False
+    if single:
+        window = int.from_bytes(head[pos:pos + fcs_size], "little") + (256 if fcs_size == 2 else 0)
+    pos += fcs_size
+    block = int.from_bytes(head[pos:pos + 3], "little")
+    kind, size = (block >> 1) & 3, block >> 3
+    return kind != 3 and size <= min(window, 128 << 10)
 
 
 class _ZstdErrorWrapper(io.RawIOBase):
@@ -63,13 +102,13 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
     try:
         f = sys.stdin.buffer if name == "-" else open(name, "rb")
         if f.seekable():
-            head = f.read(4)
+            head = f.read(ZSTD_START)
             f.seek(0)
-        else:  # a pipe or FIFO: the magic's bytes are read again by the reader
-            head, f = sniff(f, 4)
+        else:  # a pipe or FIFO: these bytes are read again by the reader
+            head, f = sniff(f, ZSTD_START)
     except OSError as exc:
         raise InputError(f"{name}: cannot open trace: {exc.strerror or exc}") from None
-    if head == ZSTD_MAGIC:
+    if is_zstd_start(head):
         import zstandard
 
         frames = _FrameWalk(f)
