@@ -68,6 +68,27 @@ def test_round_trip_is_identical(tmp_path, small_batches, image, frame_pages):
     assert stats["image_bytes"] == len(data)
 
 
+@given(images(), st.sampled_from([1, 3]), st.sampled_from([2, 5, 1024]), st.sampled_from([2, 16]),
+       st.floats(0, 1), st.floats(0, 1))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_range_reads_the_same_bytes_with_any_window(tmp_path, small_batches, monkeypatch, image, frame_pages,
+                                                         window_pages, short_pages, start, length):
+    """Records of a few pages are put together a window at a time: whatever the window and
+    the range, the bytes are the image's, restored whole or read in part."""
+    from vmsnap.format import reader
+
+    page_size, data = image
+    monkeypatch.setattr(reader, "SEGMENT_BYTES", window_pages * page_size)
+    monkeypatch.setattr(reader, "SMALL_PIECE", short_pages * page_size)
+    monkeypatch.setattr(reader, "WINDOW_RECORDS", 2)
+    snap, restored = save_restore(tmp_path, data, page_size=page_size, frame_size=frame_pages * page_size)
+    assert restored == data
+    a = int(start * len(data))
+    n = int(length * (len(data) - a))
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(a, n) == data[a:a + n]
+
+
 def test_page_kinds_become_the_right_records(tmp_path):
     spec = [("zero",)] * 5 + [("fill", 0xFF)] * 3 + [("unit", b"\xde\xad\xbe\xef")] + \
            [("sparse", {3: 7, 9: 1})] + [("random", 1), ("random", 2), ("copy", 10), ("copy", 11), ("copy", 10)]

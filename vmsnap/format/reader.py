@@ -35,6 +35,11 @@ KEEP_CANONICAL_BYTES = 64 << 20  # canonical pages held for later references dur
 # produce() joins pieces shorter than SMALL_PIECE (a record of a page or two each, when page
 # kinds alternate) into pieces of up to COALESCE_BYTES: one digest update and one write each.
 SMALL_PIECE = 64 << 10
+# segments() puts at least this many consecutive short records (fewer than SMALL_PIECE bytes
+# each) together in one window of numpy operations; fewer cost less one at a time (on the
+# benchmark dump, windows of 2 or more records made a restore 0.1 s slower, of 32 or more
+# 0.04 s faster).
+WINDOW_RECORDS = 32
 COALESCE_BYTES = 1 << 20
 
 
@@ -85,7 +90,7 @@ class Snapshot:
             raise
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_size = 2
-        self._ref_group_ends: np.ndarray | None = None  # see _ref_group_ends(), made at first use
+        self._short_run_ends: np.ndarray | None = None  # see _short_run_ends(), made at first use
         self._prefetch: _Prefetcher | None = None
         self._frame_pool: _FramePool | None = None  # set while produce() runs
         self._scratch = threading.local()
@@ -360,13 +365,19 @@ class Snapshot:
             dpn += take
             count -= take
 
-    def gather_data_pages(self, dpns: np.ndarray) -> np.ndarray:
-        """Stored data pages `dpns` (uint64, any order), each frame decoded once."""
-        out = np.empty((len(dpns), self.page_size), np.uint8)
+    def gather_data_pages(self, dpns: np.ndarray, out: np.ndarray | None = None,
+                          at: np.ndarray | None = None) -> np.ndarray:
+        """Stored data pages `dpns` (uint64, any order), each frame decoded once: into
+        out[at] when given (at: a row of out per page), else a new array."""
+        if out is None:
+            out, at = np.empty((len(dpns), self.page_size), np.uint8), np.arange(len(dpns))
         frames, rows = np.divmod(dpns, np.uint64(self.frame_pages))
+        if len(frames) and frames[0] == frames[-1]:  # the common case: one frame
+            out[at] = self._frame(int(frames[0]))[rows.astype(np.intp)]
+            return out
         for k in np.unique(frames).tolist():
-            at = np.flatnonzero(frames == k)
-            out[at] = self._frame(k)[rows[at].astype(np.intp)]
+            sel = np.flatnonzero(frames == k)
+            out[at[sel]] = self._frame(k)[rows[sel].astype(np.intp)]
         return out
 
     def _sparse_pages(self, first: int, count: int) -> np.ndarray:
@@ -393,8 +404,10 @@ class Snapshot:
         ends = np.cumsum(counts)
         first = int(np.searchsorted(ends, start_page, side="right"))
         page = int(ends[first - 1]) if first else 0
-        if self._ref_group_ends is None:
-            self._ref_group_ends = _ref_group_ends(self.records["kind"])
+        short = max(1, SMALL_PIECE // ps)  # records shorter than this many pages go in windows
+        window = max(1, SEGMENT_BYTES // ps)
+        if self._short_run_ends is None:
+            self._short_run_ends = _short_run_ends(self.records["count"], short)
         i = first
         while i < len(recs):
             if remaining <= 0:
@@ -408,16 +421,18 @@ class Snapshot:
             elif kind == S.REC_SLICE:
                 arg += skip * ps
             stop = i + 1
-            if kind in (S.REC_REF, S.REC_SLICE):
-                stop = min(int(self._ref_group_ends[region.first_record + i]) - region.first_record, len(recs))
-            if stop > i + 1:
-                # Consecutive REF and SLICE records (pages shared in random order are one
-                # record each) are served together, in pieces of up to SEGMENT_BYTES.
+            if count < short:  # and the short records after it, up to a window of pages
+                stop = min(int(self._short_run_ends[region.first_record + i]) - region.first_record,
+                           int(np.searchsorted(ends, ends[i] - count + window, side="right")))
+            if stop - i >= WINDOW_RECORDS:
+                # A record per page or two (kinds that alternate, pages shared in random
+                # order) would cost a pass of this loop each: a window of them is put
+                # together with a few numpy operations per kind instead.
                 args, run_counts = recs["arg"][i:stop].copy(), counts[i:stop].copy()
                 args[0], run_counts[0] = arg, count
                 page += int(ends[stop - 1] - ends[i])
-                plan = _SharedPlan(recs["kind"][i:stop], args, run_counts, ps, -(-remaining // ps))
-                pieces = self._shared_pages(plan, canonical)
+                plan = _WindowPlan(recs["kind"][i:stop], args, run_counts, ps, -(-remaining // ps))
+                pieces = (memoryview(self._assemble(plan, canonical).reshape(-1)),)
                 i = stop
             else:
                 pieces = self._run(kind, count, arg, canonical)
@@ -466,13 +481,28 @@ class Snapshot:
                 else:
                     yield self.stream_bytes(offset, n * ps)
 
-    def _shared_pages(self, plan: "_SharedPlan", canonical) -> Iterator[memoryview]:
-        """The pages of a run of REF and SLICE records, in pieces of up to SEGMENT_BYTES."""
-        per_piece = max(1, SEGMENT_BYTES // self.page_size)
-        for start in range(0, plan.pages, per_piece):
-            reads, assemble = plan.piece(start, min(plan.pages, start + per_piece))
-            rows = canonical.take_each(reads) if canonical is not None else self.gather_data_pages(reads)
-            yield memoryview(assemble(rows).reshape(-1))
+    def _assemble(self, plan: "_WindowPlan", canonical) -> np.ndarray:
+        """The pages of a window of short records, as one (pages, page_size) array."""
+        out = np.empty((plan.pages, self.page_size), np.uint8)
+        out[plan.zero] = 0
+        for unit in np.unique(plan.pattern_ids).tolist():
+            out[plan.pattern[plan.pattern_ids == unit]] = np.frombuffer(
+                P.render_pattern(self.patterns[unit], self.page_size), np.uint8)
+        if len(plan.sparse):
+            words = out.view("<u8")
+            words[plan.sparse] = 0
+            lo = self.sparse_offsets[plan.sparse_ids].astype(np.int64)
+            n = self.sparse_offsets[plan.sparse_ids + np.uint64(1)].astype(np.int64) - lo
+            entries = self.sparse_words[np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))]
+            words[np.repeat(plan.sparse, n), entries["word"]] = entries["value"]
+        if len(plan.data):  # decoded before the shared pages: those may read these
+            self.gather_data_pages(plan.dpns, out, plan.data)
+            if canonical is not None:
+                canonical.offer_pages(plan.dpns, out, plan.data)
+        if len(plan.shared):
+            rows = canonical.take_each(plan.reads) if canonical is not None else self.gather_data_pages(plan.reads)
+            plan.put_shared(out, rows)
+        return out
 
     def stream_bytes(self, offset: int, length: int) -> memoryview:
         """Bytes [offset, offset+length) of the data page stream (all data pages in order)."""
@@ -785,18 +815,29 @@ class CanonicalPages:
         """A data run [dpn, dpn+len(rows)) was decoded: keep the pages referenced later."""
         lo = int(self.wanted.searchsorted(np.uint64(dpn)))
         hi = int(self.wanted.searchsorted(np.uint64(dpn + len(rows))))
-        if lo == hi:
-            return
-        j = np.arange(lo, hi)
-        j = j[(self.slot[j] < 0) & (self.spilled[j] < 0) & (self.last_use[j] >= self.delivered)]
-        keep, spill = j[:self.free_count], j[self.free_count:]
-        if len(keep):
-            self.free_count -= len(keep)
-            slots = self.free[self.free_count:self.free_count + len(keep)]
-            self.store[slots] = rows[(self.wanted[keep] - np.uint64(dpn)).astype(np.intp)]
-            self.slot[keep] = slots
-        if len(spill):
-            self._spill_out(spill, rows[(self.wanted[spill] - np.uint64(dpn)).astype(np.intp)])
+        if lo < hi:
+            j = np.arange(lo, hi)
+            self._keep(j, rows, (self.wanted[j] - np.uint64(dpn)).astype(np.intp))
+
+    def offer_pages(self, dpns: np.ndarray, rows: np.ndarray, at: np.ndarray) -> None:
+        """Data pages dpns (any order) were decoded into rows[at]: keep those referenced later."""
+        if len(self.wanted) and len(dpns):
+            j = np.minimum(self.wanted.searchsorted(dpns), len(self.wanted) - 1)
+            hit = np.flatnonzero(self.wanted[j] == dpns)
+            self._keep(j[hit], rows, at[hit])
+
+    def _keep(self, j: np.ndarray, rows: np.ndarray, at: np.ndarray) -> None:
+        """Hold wanted pages j, whose contents are rows[at], in memory or else in the spill."""
+        new = (self.slot[j] < 0) & (self.spilled[j] < 0) & (self.last_use[j] >= self.delivered)
+        j, at = j[new], at[new]
+        keep = min(len(j), self.free_count)
+        if keep:
+            self.free_count -= keep
+            slots = self.free[self.free_count:self.free_count + keep]
+            self.store[slots] = rows[at[:keep]]
+            self.slot[j[:keep]] = slots
+        if keep < len(j):
+            self._spill_out(j[keep:], rows[at[keep:]])
 
     def _spill_out(self, j: np.ndarray, pages: np.ndarray) -> None:
         """Append pages to the spill file (unlinked from the start: nothing is left behind)."""
@@ -930,58 +971,58 @@ def _coalesced(pieces: Iterator[int | memoryview], copied: Callable[[], None]) -
         yield stage[:fill]
 
 
-def _ref_group_ends(kinds: np.ndarray) -> np.ndarray:
-    """For each record: one past the last of the consecutive REF and SLICE records from it
-    on (segments() clips it to the record's region)."""
-    n = len(kinds)
-    others = np.append(np.flatnonzero((kinds != S.REC_REF) & (kinds != S.REC_SLICE)), n)
+def _short_run_ends(counts: np.ndarray, short: int) -> np.ndarray:
+    """For each record: one past the last of the consecutive records of fewer than `short`
+    pages from it on (segments() clips it to the record's region)."""
+    n = len(counts)
+    others = np.append(np.flatnonzero(counts >= short), n)
     return others[np.searchsorted(others, np.arange(n))]
 
 
-class _SharedPlan:
-    """The pages of consecutive REF and SLICE records, and the data pages each one reads.
+class _WindowPlan:
+    """Where each page of a window of records comes from, by kind, as index arrays.
 
-    A REF page reads one data page; a SLICE page at an unaligned offset reads the two
-    it straddles (the order and count of _referenced_pages, which CanonicalPages keeps
-    its pages by).
+    A REF page reads one data page and a SLICE page at an unaligned offset the two
+    it straddles: `reads` lists them in the order and number that _referenced_pages
+    gives, which CanonicalPages keeps its pages by.
     """
 
     def __init__(self, kinds: np.ndarray, args: np.ndarray, counts: np.ndarray, page_size: int, limit: int):
         self.page_size = page_size
-        per_page = np.repeat(np.arange(len(kinds)), counts.astype(np.int64))[:limit]
-        within = (np.arange(len(per_page)) -
-                  np.repeat(np.cumsum(counts) - counts, counts.astype(np.int64))[:limit]).astype(np.uint64)
-        is_slice = kinds[per_page] == S.REC_SLICE
+        counts = counts.astype(np.int64)
+        record = np.repeat(np.arange(len(kinds)), counts)[:limit]
+        within = (np.arange(len(record)) - np.repeat(np.cumsum(counts) - counts, counts)[:limit]).astype(np.uint64)
+        kind, arg = kinds[record], args[record]
+        self.pages = len(record)
+        self.zero = np.flatnonzero(kind == S.REC_ZERO)
+        self.pattern = np.flatnonzero(kind == S.REC_PATTERN)
+        self.pattern_ids = arg[self.pattern]
+        self.sparse = np.flatnonzero(kind == S.REC_SPARSE)
+        self.sparse_ids = arg[self.sparse] + within[self.sparse]
+        self.data = np.flatnonzero(kind == S.REC_DATA)
+        self.dpns = arg[self.data] + within[self.data]
+        self.shared = np.flatnonzero((kind == S.REC_REF) | (kind == S.REC_SLICE))
         ps = np.uint64(page_size)
-        offset = np.where(is_slice, args[per_page] + within * ps, (args[per_page] + within) * ps)
-        self.first, self.shift = offset // ps, (offset % ps).astype(np.intp)
-        reads = 1 + (self.shift != 0)
-        self.read_end = np.cumsum(reads)  # page i reads data pages [read_end[i] - reads[i], read_end[i])
-        self.pages = len(per_page)
+        sa, sw = arg[self.shared], within[self.shared]
+        offset = np.where(kind[self.shared] == S.REC_SLICE, sa + sw * ps, (sa + sw) * ps)
+        self.shift = (offset % ps).astype(np.intp)
+        two = self.shift != 0
+        self.first_read = np.cumsum(1 + two) - 1 - two  # index in reads of each shared page's first
+        self.reads = np.repeat(offset // ps, 1 + two)
+        self.reads += (np.arange(len(self.reads)) - np.repeat(self.first_read, 1 + two)).astype(np.uint64)
 
-    def piece(self, lo: int, hi: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """Data pages read by pages [lo, hi), and a function from those pages to theirs."""
-        r0 = int(self.read_end[lo - 1]) if lo else 0
-        start = self.read_end[lo:hi] - r0 - 1 - (self.shift[lo:hi] != 0)  # each page's first read
-        shift = self.shift[lo:hi]
-        reads = np.repeat(self.first[lo:hi], 1 + (shift != 0))
-        reads += (np.arange(len(reads)) - np.repeat(start, 1 + (shift != 0))).astype(np.uint64)
-
-        def assemble(rows: np.ndarray) -> np.ndarray:
-            if not shift.any():
-                return rows
-            out = np.empty((hi - lo, self.page_size), np.uint8)
-            for s in np.unique(shift).tolist():
-                sel = np.flatnonzero(shift == s)
-                at = start[sel]
-                if s == 0:
-                    out[sel] = rows[at]
-                else:
-                    out[sel, :self.page_size - s] = rows[at, s:]
-                    out[sel, self.page_size - s:] = rows[at + 1, :s]
-            return out
-
-        return reads, assemble
+    def put_shared(self, out: np.ndarray, rows: np.ndarray) -> None:
+        """Put the shared pages into out from `rows`, the data pages in `reads`: one block
+        copy per distinct offset."""
+        ps = self.page_size
+        for s in np.unique(self.shift).tolist():
+            sel = np.flatnonzero(self.shift == s)
+            at, dest = self.first_read[sel], self.shared[sel]
+            if s == 0:
+                out[dest] = rows[at]
+            else:
+                out[dest, :ps - s] = rows[at, s:]
+                out[dest, ps - s:] = rows[at + 1, :s]
 
 
 def _expand_runs(args: np.ndarray, counts: np.ndarray) -> np.ndarray:
