@@ -12,6 +12,7 @@ ORDER = [
     ("save.md", "Save and restore: vmsnap vs zstd --long (issue 2)", "bench/bench_save.py --size 1G --big 8G --runs 3"),
     ("floor.md", "The floor of a save and a restore: their essential work alone (issue 2)",
      "bench/floor.py --size 1G --runs 3"),
+    ("layouts.md", "Page layouts that cost a restore most per byte (issue 2)", "bench/bench_layouts.py --runs 3"),
     ("readers.md", "Input readers and QEMU's migration stream (issue 3)", "bench/bench_readers.py"),
     ("qemu.md", "A real QEMU guest: .vms vs QEMU's migration stream (issue 3)", "bench/bench_qemu.py"),
     ("sharing.md", "Sharing analysis (issue 4)", "bench/bench_sharing.py"),
