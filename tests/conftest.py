@@ -116,3 +116,30 @@ def char_device(tmp_path, name, minor):
     except PermissionError:
         pytest.skip("cannot make device nodes here (no CAP_MKNOD); the FIFO tests cover the same path")
     return path
+
+
+def resign(blob, *, page_size=None, edit=None, raw_size=None, content_size=True):
+    """A snapshot's bytes with its header and index rebuilt (the index's fields changed by
+    edit(index)) and every digest made to match again: a consistent file that lies, as a
+    damaged writer or a hostile host could make one."""
+    import zstandard
+
+    from vmsnap.format import structs as S
+
+    head = S.Header.parse(blob)
+    header_end = head.body.length + S.DIGEST_SIZE
+    trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
+    value = head.body.value
+    body_struct = S.IndexBodyWithAttachments if value.flags & S.FLAG_ATTACHMENTS else S.IndexBody
+    index = body_struct.parse(zstandard.ZstdDecompressor().decompress(
+        blob[trailer.index_offset:trailer.index_offset + trailer.index_size], max_output_size=trailer.index_raw_size))
+    if edit:
+        edit(index)
+    header = S.Header.build({"body": {"value": {"version": value.version, "flags": value.flags,
+                                                "page_size": page_size or value.page_size, "source": value.source}}})
+    assert len(header) == header_end  # the frames stay where they are
+    body = body_struct.build(index)
+    stored = zstandard.ZstdCompressor(write_content_size=content_size).compress(body)
+    return header + blob[header_end:trailer.index_offset] + stored + S.Trailer.build(
+        {"index_offset": trailer.index_offset, "index_size": len(stored),
+         "index_raw_size": len(body) if raw_size is None else raw_size, "index_digest": S.digest(stored)})

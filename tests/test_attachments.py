@@ -8,7 +8,7 @@ import pytest
 from blake3 import blake3
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import build_image
+from conftest import build_image, resign
 from vmsnap import api
 from vmsnap.errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError, VmsnapError
 from vmsnap.format import structs as S
@@ -118,22 +118,10 @@ def test_attachment_needs_the_option_and_unique_names(tmp_path):
 
 def _rewrite_index(path, change):
     """Re-build the index (and trailer) after change(index) edits it: a consistent but lying index."""
-    import zstandard
-
-    blob = path.read_bytes()
-    trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
-    body = zstandard.ZstdDecompressor().decompress(blob[trailer.index_offset:trailer.index_offset + trailer.index_size],
-                                                   max_output_size=trailer.index_raw_size)
-    index = S.IndexBodyWithAttachments.parse(body)
-    change(index)
-    body = S.IndexBodyWithAttachments.build(index)
-    stored = zstandard.ZstdCompressor().compress(body)
-    path.write_bytes(blob[:trailer.index_offset] + stored + S.Trailer.build(
-        {"index_offset": trailer.index_offset, "index_size": len(stored), "index_raw_size": len(body),
-         "index_digest": S.digest(stored)}))
+    path.write_bytes(resign(path.read_bytes(), edit=change))
 
 
-@pytest.mark.parametrize("delta", [+1, -1, +(1 << 30)])
+@pytest.mark.parametrize("delta", [+1, -1, +(1 << 20)])
 def test_frame_length_that_lies_is_an_integrity_error(tmp_path, delta):
     import numpy as np
 

@@ -16,7 +16,7 @@ from vmsnap import api
 from vmsnap.errors import IntegrityError, OutputError, UnsupportedVersionError, VmsnapError, FormatError
 from vmsnap.format import structs as S
 
-from conftest import build_image
+from conftest import build_image, resign
 
 SPEC = [("random", i) for i in range(6)] + [("zero",)] * 3 + [("fill", 7), ("sparse", {1: 5})] + \
        [("copy", 1), ("unit", b"xyz")] + [("random", 9)] * 2
@@ -243,3 +243,80 @@ def test_a_frame_that_holds_other_than_its_pages_is_an_integrity_error(snapshot,
         with pytest.raises(IntegrityError, match=f"frame 0 at offset {int(frames['offset'][0])} {message}"):
             s._decode_frame(0)
         assert isinstance(s._decode_frame(1), np.ndarray)  # the other frames are still read
+
+
+# -- crafted files: every digest valid, a field set to what a valid file never holds ------
+
+def _last_frame_too_big(index):
+    import numpy as np
+
+    frames = np.frombuffer(index["frames"], S.FRAME_DTYPE).copy()
+    frames["pages"][-1] = 1 << 30  # 512 GiB of 512-byte pages to decode
+    index["frames"], index["data_pages"] = frames.tobytes(), int(frames["pages"].sum())
+
+
+@pytest.mark.parametrize("crafted, code, message", [
+    (dict(raw_size=1 << 45, content_size=False), 90, "index holds .* bytes, trailer says 35184372088832"),
+    (dict(page_size=32 << 20), 4, "invalid page size 33554432"),
+    (dict(edit=lambda f: f.__setitem__("frame_pages", (1 << 30) // 512 + 1)), 4, "frames of 2097153 pages are larger"),
+    (dict(edit=_last_frame_too_big), 4, "the last frame holds more pages than a frame does"),
+])
+def test_fields_no_valid_file_holds_are_one_line_errors_not_allocations(snapshot, tmp_path, crafted, code, message):
+    """Each would have asked for terabytes (MemoryError, a traceback) before the reader checked it."""
+    from click.testing import CliRunner
+
+    from vmsnap.cli import main
+
+    _, blob = snapshot
+    (tmp_path / "same.vms").write_bytes(resign(blob))  # the helper alone keeps a file valid
+    api.verify(str(tmp_path / "same.vms"))
+    path = tmp_path / "crafted.vms"
+    path.write_bytes(resign(blob, **crafted))
+    for command in (["verify", str(path)], ["restore", str(path), "-o", str(tmp_path / "out.raw")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == code, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vmsnap: error: ")
+        assert __import__("re").search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out.raw").exists()
+
+
+def test_an_attachment_frame_larger_than_any_writer_makes_is_refused(tmp_path):
+    import numpy as np
+
+    from vmsnap.format.writer import SnapshotWriter
+
+    path = tmp_path / "a.vms"
+    with open(path, "wb") as fh:
+        w = SnapshotWriter(fh, attachments=True)
+        w.add_region("ram", 0, [bytes(4096)])
+        w.add_attachment("dev", [b"state" * 100])
+        w.close()
+
+    def edit(fields):
+        frames = np.frombuffer(fields["attachments"][0]["frames"], S.ATTACHMENT_FRAME_DTYPE).copy()
+        frames["raw_size"][0] = (1 << 30) + 1
+        fields["attachments"][0]["frames"] = frames.tobytes()
+        fields["attachments"][0]["size"] = (1 << 30) + 1
+
+    path.write_bytes(resign(path.read_bytes(), edit=edit))
+    with pytest.raises(FormatError, match="attachment 'dev' frame larger than 1024 MiB"):
+        vmsnap.open(str(path))
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(snapshot, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from vmsnap.cli import main
+    from vmsnap.format.reader import Snapshot
+
+    _, blob = snapshot
+    (tmp_path / "s.vms").write_bytes(blob)
+
+    def no_memory(self, k):
+        raise MemoryError()
+
+    monkeypatch.setattr(Snapshot, "_decode_frame", no_memory)
+    result = CliRunner().invoke(main, ["restore", str(tmp_path / "s.vms"), "-o", str(tmp_path / "out.raw")])
+    assert result.exit_code == 1 and result.output == "vmsnap: error: out of memory\n"
+    assert not (tmp_path / "out.raw").exists()

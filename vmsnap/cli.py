@@ -57,6 +57,10 @@ class VmsnapGroup(click.Group):
             _fail(Terminated("terminated"))
         except KeyboardInterrupt:
             _fail(Interrupted("interrupted"))
+        except MemoryError:
+            # Readers bound what they allocate by what a valid file can need; this is left
+            # for work too big for the machine.
+            _fail(VmsnapError("out of memory"))
         except BrokenPipeError:
             # The reader of our stdout went away (`vmsnap cat ... | head`): not an error of ours.
             _quiet_broken_pipe()

@@ -127,7 +127,7 @@ class Snapshot:
             raise IntegrityError(f"{self.path}: truncated or corrupted header (offset 0)") from None
         body = header.body.value
         self.page_size = body.page_size
-        if self.page_size < 512 or self.page_size & (self.page_size - 1):
+        if not S.MIN_PAGE_SIZE <= self.page_size <= S.MAX_PAGE_SIZE or self.page_size & (self.page_size - 1):
             raise FormatError(f"{self.path}: invalid page size {self.page_size}")
         self.source = body.source
         self.header_size = header.body.length + S.DIGEST_SIZE
@@ -148,10 +148,7 @@ class Snapshot:
         stored = self._pread(trailer.index_offset, trailer.index_size, "index")
         if S.digest(stored) != trailer.index_digest:
             raise IntegrityError(f"{self.path}: index failed its digest (offset {trailer.index_offset})")
-        try:
-            body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=trailer.index_raw_size)
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"{self.path}: malformed index: {exc}") from None
+        body = self._decompress_index(stored, trailer.index_raw_size)
         if len(body) != trailer.index_raw_size:
             raise IntegrityError(f"{self.path}: corrupted trailer: index holds {len(body)} bytes, "
                                  f"trailer says {trailer.index_raw_size}")
@@ -182,6 +179,18 @@ class Snapshot:
         self.block_size = block_size_for(self.page_size)
         self._check_index()
 
+    def _decompress_index(self, stored, limit: int) -> bytes:
+        """The index body, one more byte than `limit` at most: memory follows what the frame
+        holds, not the size the trailer claims (which a damaged trailer can make anything)."""
+        body = bytearray()
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False) as reader:
+                while len(body) <= limit and (chunk := reader.read(min(SEGMENT_BYTES, limit + 1 - len(body)))):
+                    body += chunk
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"{self.path}: malformed index: {exc}") from None
+        return bytes(body)
+
     def _check_index(self) -> None:
         """Reject an index whose tables contradict each other (never index out of range later)."""
         bad = lambda what: FormatError(f"{self.path}: inconsistent index: {what}")  # noqa: E731
@@ -189,10 +198,14 @@ class Snapshot:
         fr = self.frames
         if self.frame_pages < 1:
             raise bad("frame size is zero")
+        if self.frame_pages * ps > S.MAX_FRAME_BYTES:
+            raise bad(f"frames of {self.frame_pages} pages are larger than {S.MAX_FRAME_BYTES >> 20} MiB")
         if int(fr["pages"].sum(dtype=np.uint64)) != self.data_pages:
             raise bad("frames do not hold the stored data pages")
         if len(fr) > 1 and np.any(fr["pages"][:-1] != self.frame_pages):
             raise bad("a frame other than the last is not full")
+        if len(fr) and fr["pages"][-1] > self.frame_pages:
+            raise bad("the last frame holds more pages than a frame does")
         # Data frames and attachment frames, together, tile the file between header and index.
         offsets = np.concatenate([fr["offset"].astype(np.uint64)]
                                  + [a.frames["offset"].astype(np.uint64) for a in self.attachments.values()])
@@ -208,6 +221,8 @@ class Snapshot:
         if np.any(np.diff(fr["offset"].astype(np.int64)) <= 0):
             raise bad("data frames out of file order")
         for a in self.attachments.values():
+            if np.any(a.frames["raw_size"] > S.MAX_FRAME_BYTES):
+                raise bad(f"attachment {a.name!r} frame larger than {S.MAX_FRAME_BYTES >> 20} MiB")
             if int(a.frames["raw_size"].sum(dtype=np.uint64)) != a.size:
                 raise bad(f"attachment {a.name!r} frames do not add up to its size")
             if np.any(np.diff(a.frames["offset"].astype(np.int64)) <= 0):

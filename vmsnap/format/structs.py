@@ -54,6 +54,12 @@ REC_SLICE = 5
 RECORD_KINDS = {REC_ZERO: "zero", REC_PATTERN: "pattern", REC_SPARSE: "sparse", REC_DATA: "data", REC_REF: "ref",
                 REC_SLICE: "slice"}
 MAX_RUN = 0xFFFFFFFF  # a longer run is split into several records
+# Limits a writer keeps and a reader enforces, so that no field of a damaged or crafted
+# file makes a reader allocate more than a valid file could need.
+MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
+# A frame's stored size is a 32-bit field, and a restore holds a few decoded frames in
+# memory: 1 GiB of pages compresses to less than 4 GiB whatever they hold.
+MAX_FRAME_BYTES = 1 << 30  # page bytes a data frame holds, and bytes an attachment frame does
 
 # Header flags. A reader rejects a file with a flag it does not know (version 1
 # readers know none), so a file using an extension is refused by older vmsnap

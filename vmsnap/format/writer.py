@@ -38,10 +38,7 @@ from .slices import GRAIN, SliceFinder
 
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
-MIN_PAGE_SIZE, MAX_PAGE_SIZE = 512, 16 << 20
-# A frame's stored size is a 32-bit field, and a restore holds a few decoded frames in
-# memory: 1 GiB of pages compresses to less than 4 GiB whatever they hold.
-MAX_FRAME_SIZE = 1 << 30
+MIN_PAGE_SIZE, MAX_PAGE_SIZE, MAX_FRAME_SIZE = S.MIN_PAGE_SIZE, S.MAX_PAGE_SIZE, S.MAX_FRAME_BYTES
 
 
 def check_page_size(page_size: int) -> None:
