@@ -9,7 +9,6 @@ import sys
 import threading
 
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from vmsnap import api, output
 from vmsnap.errors import OutputError
@@ -234,17 +233,3 @@ def test_pieces_of_a_page_or_two_reach_the_sink_joined(tmp_path):
         snap.produce(lambda region, piece: seen.append(bytes(piece)))
     assert b"".join(seen) == data
     assert len(seen) <= 4  # not a piece per record
-
-
-@given(st.lists(st.one_of(st.integers(0, 200_000), st.binary(max_size=70_000)), max_size=40))
-@settings(max_examples=200, deadline=None)
-def test_coalesced_pieces_are_the_same_bytes(pieces):
-    from vmsnap.format.reader import COALESCE_BYTES, SMALL_PIECE, _coalesced
-
-    copied = []
-    out = [bytes(p) for p in _coalesced(iter(pieces), lambda: copied.append(1))]  # bytes(n): n zeros
-    assert b"".join(out) == b"".join(bytes(p) for p in pieces)
-    small = [p for p in pieces if (p if isinstance(p, int) else len(p)) < SMALL_PIECE]
-    assert len(copied) == len(small)
-    assert all(len(o) <= max(COALESCE_BYTES, 200_000) for o in out)
-    assert len(out) <= len(pieces)

@@ -32,15 +32,12 @@ from .digests import BlockHasher, block_size_for, region_digest
 
 SEGMENT_BYTES = 4 << 20  # pattern and sparse runs are produced in pieces of this size
 KEEP_CANONICAL_BYTES = 64 << 20  # canonical pages held for later references during a restore
-# produce() joins pieces shorter than SMALL_PIECE (a record of a page or two each, when page
-# kinds alternate) into pieces of up to COALESCE_BYTES: one digest update and one write each.
+# segments() puts at least WINDOW_RECORDS consecutive short records (fewer than SMALL_PIECE
+# bytes each: a page or two, when page kinds alternate) together in one window of numpy
+# operations, up to SEGMENT_BYTES; fewer cost less one at a time (on the benchmark dump,
+# windows of 2 or more records made a restore 0.1 s slower, of 32 or more 0.04 s faster).
 SMALL_PIECE = 64 << 10
-# segments() puts at least this many consecutive short records (fewer than SMALL_PIECE bytes
-# each) together in one window of numpy operations; fewer cost less one at a time (on the
-# benchmark dump, windows of 2 or more records made a restore 0.1 s slower, of 32 or more
-# 0.04 s faster).
 WINDOW_RECORDS = 32
-COALESCE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -609,7 +606,7 @@ class Snapshot:
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
-                    for piece in _coalesced(self.segments(r, canonical=canonical), self._frame_pool.recycle):
+                    for piece in self.segments(r, canonical=canonical):
                         checker.feed(piece)
                         sink(r, piece)
                         if progress:
@@ -959,31 +956,6 @@ def _referenced_pages(rec: np.ndarray, page_size: int) -> np.ndarray:
     reads = 1 + straddles.astype(np.int64)
     within = np.arange(int(reads.sum())) - np.repeat(np.cumsum(reads) - reads, reads)
     return np.repeat(dpn, reads) + within.astype(np.uint64)
-
-
-def _coalesced(pieces: Iterator[int | memoryview], copied: Callable[[], None]) -> Iterator[int | memoryview]:
-    """The same bytes, with runs of short pieces (zero runs included) joined in one reused
-    buffer: a piece is valid until the next one is asked for. copied() is called when a
-    short piece has been copied, and so is consumed."""
-    stage = memoryview(bytearray(COALESCE_BYTES))
-    zeros = memoryview(bytes(SMALL_PIECE))
-    fill = 0
-    for piece in pieces:
-        n = piece if isinstance(piece, int) else len(piece)
-        if n >= SMALL_PIECE:
-            if fill:
-                yield stage[:fill]
-                fill = 0
-            yield piece
-            continue
-        if fill + n > COALESCE_BYTES:
-            yield stage[:fill]
-            fill = 0
-        stage[fill:fill + n] = zeros[:n] if isinstance(piece, int) else piece
-        fill += n
-        copied()
-    if fill:
-        yield stage[:fill]
 
 
 def _short_run_ends(counts: np.ndarray, short: int) -> np.ndarray:
