@@ -30,7 +30,7 @@ from ..errors import (FormatError, InputError, IntegrityError, OutputError, Unsu
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
-SEGMENT_BYTES = 4 << 20  # pattern and sparse runs are produced in pieces of this size
+SEGMENT_BYTES = 4 << 20  # pattern and sparse runs, and windows of short records, are produced in pieces of this size
 KEEP_CANONICAL_BYTES = 64 << 20  # canonical pages held for later references during a restore
 # segments() puts at least WINDOW_RECORDS consecutive short records (fewer than SMALL_PIECE
 # bytes each: a page or two, when page kinds alternate) together in one window of numpy
@@ -918,7 +918,8 @@ class CanonicalPages:
         try:
             got = os.preadv(self._spill.fileno(), [out], place * ps)
         except OSError as exc:
-            raise OutputError(f"temporary file for shared pages: {os_error_message(exc)}") from None
+            raise OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: "
+                              f"{os_error_message(exc)}") from None
         if got != out.nbytes:
             raise OutputError(f"temporary file for shared pages: read {got} of {out.nbytes} bytes at page {place}")
 
