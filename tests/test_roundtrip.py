@@ -450,6 +450,16 @@ def test_slices_in_random_order_restore_and_read_with_each_frame_decoded_once(tm
     assert len(counted_decodes) == len(set(counted_decodes)) >= 15  # one piece: no frame decoded twice
 
 
+def test_gathered_pages_come_from_their_own_frames_in_any_order(tmp_path):
+    """First and last in one frame, others in another: found by fuzzing windows of REF pages."""
+    data = build_image([("random", i) for i in range(8)])
+    snap, _ = save_restore(tmp_path, data, frame_size=2 * 4096)
+    with vmsnap.open(str(snap)) as s:
+        for order in ([0, 2, 1], [1, 5, 0], [7, 0, 6], [3, 3, 2], [4]):
+            got = s.gather_data_pages(np.array(order, np.uint64))
+            assert [bytes(p) for p in got] == [data[i * 4096:(i + 1) * 4096] for i in order]
+
+
 def test_reading_pages_shared_in_random_order_decodes_each_frame_once(tmp_path, counted_decodes):
     data = _shuffled_copy(64)
     snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)

@@ -384,7 +384,7 @@ class Snapshot:
         if out is None:
             out, at = np.empty((len(dpns), self.page_size), np.uint8), np.arange(len(dpns))
         frames, rows = np.divmod(dpns, np.uint64(self.frame_pages))
-        if len(frames) and frames[0] == frames[-1]:  # the common case: one frame
+        if len(frames) and frames.min() == frames.max():  # the common case: one frame
             out[at] = self._frame(int(frames[0]))[rows.astype(np.intp)]
             return out
         for k in np.unique(frames).tolist():
