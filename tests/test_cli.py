@@ -144,6 +144,34 @@ def test_restored_bytes_that_fail_a_block_digest_exit_90_and_leave_no_output(tmp
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("output", ["file", "-"])
+def test_cat_of_bytes_that_fail_a_block_digest_exits_90_and_writes_nothing(tmp_path, image, monkeypatch, output):
+    """cat checks the blocks around its range, not only the frames: bytes put together wrongly
+    (as a bug in putting records together would) never reach its output."""
+    from vmsnap.format.reader import Snapshot
+
+    data, raw = image
+    snap, out = tmp_path / "s.vms", tmp_path / "out.bin"
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    decode = Snapshot._decode_frame
+
+    def decode_wrongly(self, k):  # bytes that passed the frame digest but are not the image's
+        frame = decode(self, k).copy()
+        frame[0, 7] ^= 1
+        return frame
+
+    monkeypatch.setattr(Snapshot, "_decode_frame", decode_wrongly)
+    target = str(out) if output == "file" else "-"
+    result = run("cat", str(snap), "--offset", "100", "--length", "10", "-o", target)
+    assert result.exit_code == IntegrityError.exit_code == 90
+    assert "block at offset 0x0 failed its digest" in result.output
+    assert not out.exists() and result.stdout_bytes == b""
+    with pytest.raises(IntegrityError):
+        api.cat(str(snap), 100, 10)
+    with api.open_snapshot(str(snap)) as s:  # a lookup checks the frames it reads, not the blocks around it
+        assert len(s.read(100, 10)) == 10
+
+
 def test_corrupt_and_newer_snapshots_exit_codes(tmp_path, image):
     data, raw = image
     snap = tmp_path / "s.vms"

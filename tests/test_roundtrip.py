@@ -87,6 +87,7 @@ def test_any_range_reads_the_same_bytes_with_any_window(tmp_path, small_batches,
     n = int(length * (len(data) - a))
     with vmsnap.open(str(snap)) as s:
         assert s.read(a, n) == data[a:a + n]
+        assert s.read(a, n, check_blocks=True) == data[a:a + n]
 
 
 def test_page_kinds_become_the_right_records(tmp_path):

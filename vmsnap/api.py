@@ -58,9 +58,10 @@ def cat(path: str, offset: int, length: int, region: str | None = None, output: 
     Returns them, or with `output` ('-' for stdout) streams them there and returns None.
     """
     with Snapshot(path) as snap:
+        # An extraction checks the blocks around the range, not only the frames it reads.
         if output is None:
-            return snap.read(offset, length, region)
-        pieces = snap.iter_range(offset, length, region)
+            return snap.read(offset, length, region, check_blocks=True)
+        pieces = snap.iter_range(offset, length, region, check_blocks=True)
         first = next(pieces, None)  # range errors surface before the output is created
         with atomic_output(output, source=path) as out:
             for piece in _chain(first, pieces):
