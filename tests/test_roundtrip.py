@@ -585,6 +585,20 @@ def test_frame_pool_reuses_a_retired_buffer_only_after_recycle():
     assert pool.take(4096).base is None  # it was taken: fresh again
 
 
+def test_a_read_keeps_the_frames_its_shared_pages_come_back_to(tmp_path, counted_decodes):
+    """Copies of two runs of 16 pages, alternating: a read outside a restore keeps more
+    than two decoded frames, so each frame is decoded once (it was once per copy)."""
+    pages = [("random", 500 + i) for i in range(64)]
+    copies = [("copy", i) for i in range(16)] + [("copy", i) for i in range(32, 48)]
+    data = build_image(pages + copies + copies)
+    snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
+    assert api.info(str(snap))["pages"]["ref"] == 64
+    counted_decodes.clear()
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(64 * 4096, 64 * 4096) == data[64 * 4096:]
+    assert sorted(counted_decodes) == [0, 1, 2, 3, 8, 9, 10, 11]
+
+
 def test_reading_one_shared_page_decodes_only_its_frame(tmp_path, counted_decodes):
     data = _shuffled_copy(64)
     snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
