@@ -329,8 +329,10 @@ class Snapshot:
         self._cache[k] = frame
         # Reads (cat, read, page) jump between the frames that shared pages point into:
         # they keep more decoded frames (cat of 64 MiB of the benchmark snapshot: 1.9 s
-        # with two frames kept, 0.5 s with eight).
-        keep = self._cache_size if self._frame_pool is not None else \
+        # with two frames kept, 0.5 s with eight). A whole pass (produce, a .vms read as
+        # a source) takes frames in order and shared pages from CanonicalPages.
+        in_pass = self._prefetch is not None or self._frame_pool is not None
+        keep = self._cache_size if in_pass else \
             max(self._cache_size, READ_CACHE_BYTES // max(1, self.frame_pages * self.page_size))
         while len(self._cache) > keep:
             _, old = self._cache.popitem(last=False)
