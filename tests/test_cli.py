@@ -124,43 +124,38 @@ def _vmsnap(*args, **kw):
     return subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], capture_output=True, **kw)
 
 
-def test_restored_bytes_that_fail_a_block_digest_exit_90_and_leave_no_output(tmp_path, image, monkeypatch):
+@pytest.fixture
+def wrongly_decoded(tmp_path, image, monkeypatch):
+    """A good snapshot of `image` whose frames decode, after their digest passed, to bytes that
+    are not the image's: what a bug in putting pages together looks like to the checks after it."""
     from vmsnap.format.reader import Snapshot
 
-    data, raw = image
-    snap, out = tmp_path / "s.vms", tmp_path / "out.raw"
-    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    snap = tmp_path / "s.vms"
+    assert run("save", str(image[1]), "-o", str(snap)).exit_code == 0
     decode = Snapshot._decode_frame
 
-    def decode_wrongly(self, k):  # bytes that passed the frame digest but are not the image's
+    def decode_wrongly(self, k):
         frame = decode(self, k).copy()
         frame[0, 7] ^= 1
         return frame
 
     monkeypatch.setattr(Snapshot, "_decode_frame", decode_wrongly)
-    result = run("restore", str(snap), "-o", str(out))
+    return snap
+
+
+def test_restored_bytes_that_fail_a_block_digest_exit_90_and_leave_no_output(tmp_path, wrongly_decoded):
+    out = tmp_path / "out.raw"
+    result = run("restore", str(wrongly_decoded), "-o", str(out))
     assert result.exit_code == IntegrityError.exit_code == 90
     assert "block at offset 0x0 failed its digest" in result.output and "Traceback" not in result.output
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
 @pytest.mark.parametrize("output", ["file", "-"])
-def test_cat_of_bytes_that_fail_a_block_digest_exits_90_and_writes_nothing(tmp_path, image, monkeypatch, output):
+def test_cat_of_bytes_that_fail_a_block_digest_exits_90_and_writes_nothing(tmp_path, wrongly_decoded, output):
     """cat checks the blocks around its range, not only the frames: bytes put together wrongly
-    (as a bug in putting records together would) never reach its output."""
-    from vmsnap.format.reader import Snapshot
-
-    data, raw = image
-    snap, out = tmp_path / "s.vms", tmp_path / "out.bin"
-    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
-    decode = Snapshot._decode_frame
-
-    def decode_wrongly(self, k):  # bytes that passed the frame digest but are not the image's
-        frame = decode(self, k).copy()
-        frame[0, 7] ^= 1
-        return frame
-
-    monkeypatch.setattr(Snapshot, "_decode_frame", decode_wrongly)
+    never reach its output."""
+    snap, out = wrongly_decoded, tmp_path / "out.bin"
     target = str(out) if output == "file" else "-"
     result = run("cat", str(snap), "--offset", "100", "--length", "10", "-o", target)
     assert result.exit_code == IntegrityError.exit_code == 90
