@@ -264,9 +264,11 @@ class Snapshot:
                            for r in self.regions]) != self.image_digest:
             raise bad("image digest does not match the regions")
 
-    def _blocks_of(self, r: RegionInfo) -> list[bytes]:
+    def _blocks_of(self, r: RegionInfo, first: int = 0, last: int | None = None) -> list[bytes]:
+        """The stored digests of the region's blocks [first, last) (all by default)."""
         n = -(-r.size // self.block_size)
-        return [b.tobytes() for b in self.block_digests[r.first_block:r.first_block + n]]
+        last = n if last is None else min(last, n)
+        return [b.tobytes() for b in self.block_digests[r.first_block + first:r.first_block + last]]
 
     # -- page contents ---------------------------------------------------------------
 
@@ -580,38 +582,27 @@ class Snapshot:
         yielded: frame digests vouch for the stored bytes, block digests for how they were
         put together."""
         bs, ps = self.block_size, self.page_size
-        first = start // bs
-        stop = min(-(-end // bs) * bs, r.size)
-        hasher = BlockHasher(bs, max_threads=1)
+        first, last = start // bs, -(-end // bs)
+        checker = _BlockChecker(self, r, first, last)
         held: list[int | memoryview] = []  # the pieces of the block being checked
-        fill = 0
-        for piece in self.segments(r, first * bs // ps, -(-stop // ps)):
+        at, fill = first * bs, 0  # region offset of held[0]; bytes held
+        for piece in self.segments(r, at // ps, -(-min(last * bs, r.size) // ps)):
             piece = piece if isinstance(piece, int) else memoryview(piece).cast("B")
             while piece:
                 take = min(piece if isinstance(piece, int) else len(piece), bs - fill)
                 if isinstance(piece, int):
                     part, piece = take, piece - take
-                    hasher.update_zero(take)
                 else:
                     part, piece = piece[:take], piece[take:]
-                    hasher.update(part)
+                checker.feed(part)  # raises when a block is complete and wrong
                 held.append(part)
                 fill += take
                 if fill == bs:
-                    yield from self._release(r, hasher, held, start, end)
-                    fill = 0
-        if fill:  # the region's last block, shorter than a block
-            hasher.finish()
-            yield from self._release(r, hasher, held, start, end)
-
-    def _release(self, r: RegionInfo, hasher: BlockHasher, held: list, start: int, end: int):
-        """Check the block just hashed, then yield its part of [start, end)."""
-        block = len(hasher.digests) - 1 + start // self.block_size
-        if hasher.digests[-1] != self.block_digests[r.first_block + block].tobytes():
-            raise IntegrityError(f"{self.path}: region {r.name!r} block at offset {block * self.block_size:#x} "
-                                 f"failed its digest")
-        yield from _cut(held, block * self.block_size, start, end)
-        held.clear()
+                    yield from _cut(held, at, start, end)
+                    held.clear()
+                    at, fill = at + bs, 0
+        checker.finish()  # the region's last block, shorter than a block
+        yield from _cut(held, at, start, end)
 
     def page(self, index: int, region: str | None = None) -> bytes:
         """Page `index` of `region` (default: the only region), cut at the region's end."""
@@ -725,11 +716,12 @@ class Snapshot:
 
 
 class _BlockChecker:
-    """Checks a region's produced bytes block by block against the stored digests."""
+    """Checks a region's produced bytes block by block against the stored digests (blocks
+    [first, last) of it; all of them by default)."""
 
-    def __init__(self, snap: Snapshot, region: RegionInfo):
-        self.snap, self.region = snap, region
-        self.expected = snap._blocks_of(region)
+    def __init__(self, snap: Snapshot, region: RegionInfo, first: int = 0, last: int | None = None):
+        self.snap, self.region, self.first = snap, region, first
+        self.expected = snap._blocks_of(region, first, last)
         # Hashing here, one thread: the pool's threads decode frames on the other CPUs
         # (BLAKE3's own threads would take them from the decoding).
         self.hasher = BlockHasher(snap.block_size, max_threads=1)
@@ -747,7 +739,7 @@ class _BlockChecker:
         for i in range(self.checked, len(got)):
             if i >= len(self.expected) or got[i] != self.expected[i]:
                 raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} block at offset "
-                                     f"{i * self.snap.block_size:#x} failed its digest")
+                                     f"{(self.first + i) * self.snap.block_size:#x} failed its digest")
         self.checked = len(got)
 
     def finish(self) -> None:
