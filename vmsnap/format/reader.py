@@ -901,15 +901,12 @@ class CanonicalPages:
                 n = os.pwrite(self._spill.fileno(), data, offset)
                 data, offset = data[n:], offset + n
         except OSError as exc:
-            raise OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: "
-                              f"{os_error_message(exc)}") from None
+            raise _spill_error(os_error_message(exc)) from None
         self.spilled[j] = np.arange(self._spill_pages, self._spill_pages + len(j))
         self._spill_pages += len(j)
 
     def take(self, dpn: int, count: int) -> memoryview:
-        pages = self._pages(np.arange(dpn, dpn + count, dtype=np.uint64))
-        self._delivered(count)
-        return memoryview(pages.reshape(-1))
+        return memoryview(self.take_each(np.arange(dpn, dpn + count, dtype=np.uint64)).reshape(-1))
 
     def take_each(self, dpns: np.ndarray) -> np.ndarray:
         """The data pages `dpns`, the next reads of REF and SLICE pages in restore order."""
@@ -927,27 +924,24 @@ class CanonicalPages:
 
     def _pages(self, d: np.ndarray) -> np.ndarray:
         """Data pages d (uint64 numbers), from memory, the spill, or decoded again."""
-        count = len(d)
         if len(self.wanted):
             j = np.minimum(self.wanted.searchsorted(d), len(self.wanted) - 1)
-            slots = np.where(self.wanted[j] == d, self.slot[j], -1)
+            hit = self.wanted[j] == d
+            slots, places = np.where(hit, self.slot[j], -1), np.where(hit, self.spilled[j], -1)
         else:
-            slots = np.full(count, -1)
+            slots = places = np.full(len(d), -1)
         if slots.min() >= 0:
             return self.store[slots]
-        out = np.empty((count, self.snap.page_size), np.uint8)
+        out = np.empty((len(d), self.snap.page_size), np.uint8)
         kept = slots >= 0
         out[kept] = self.store[slots[kept]]
-        missing = np.flatnonzero(~kept)
-        places = np.where(self.wanted[j[missing]] == d[missing], self.spilled[j[missing]], -1) \
-            if len(self.wanted) else np.full(len(missing), -1)
-        spilled = missing[places >= 0]
+        spilled = np.flatnonzero(~kept & (places >= 0))
         if len(spilled):  # one read per run of pages that are consecutive here and in the spill
-            places = places[places >= 0]
-            cuts = np.flatnonzero((np.diff(spilled) != 1) | (np.diff(places) != 1)) + 1
-            for rows, where in zip(np.split(spilled, cuts), np.split(places, cuts)):
-                self._spill_in(int(where[0]), out[rows[0]:rows[-1] + 1])
-        again = missing[~np.isin(missing, spilled)]  # not decoded in this pass: decode them now
+            where = places[spilled]
+            cuts = np.flatnonzero((np.diff(spilled) != 1) | (np.diff(where) != 1)) + 1
+            for rows, at in zip(np.split(spilled, cuts), np.split(where, cuts)):
+                self._spill_in(int(at[0]), out[rows[0]:rows[-1] + 1])
+        again = np.flatnonzero(~kept & (places < 0))  # not decoded in this pass: decode them now
         if len(again):
             out[again] = self.snap.gather_data_pages(d[again])
         return out
@@ -957,10 +951,9 @@ class CanonicalPages:
         try:
             got = os.preadv(self._spill.fileno(), [out], place * ps)
         except OSError as exc:
-            raise OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: "
-                              f"{os_error_message(exc)}") from None
+            raise _spill_error(os_error_message(exc)) from None
         if got != out.nbytes:
-            raise OutputError(f"temporary file for shared pages: read {got} of {out.nbytes} bytes at page {place}")
+            raise _spill_error(f"read {got} of {out.nbytes} bytes at page {place}")
 
     def close(self) -> None:
         if self._spill is not None:
@@ -979,6 +972,10 @@ class CanonicalPages:
             self.slot[j] = -1
             self.spilled[j] = -1  # its place in the spill is not reused: the file only grows
             self.released = end
+
+
+def _spill_error(what: str) -> OutputError:
+    return OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: {what}")
 
 
 def _referenced_pages(rec: np.ndarray, page_size: int) -> np.ndarray:
