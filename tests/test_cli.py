@@ -43,6 +43,16 @@ def test_every_command_has_help_and_a_man_page(cmd):
         assert name.replace("-", r"\-") in text, f"{name} missing from {page}"
 
 
+@pytest.mark.parametrize("module", ["vmsnap", "vmsnap.cli"])
+def test_every_command_runs_as_a_module(module):
+    # `python -m vmsnap.cli` once ran main() before the qemu group was defined: "No such command 'qemu'".
+    listed = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True).stdout
+    for name in main.commands:
+        assert re.search(rf"^\s+{re.escape(name)}\s", listed, re.M), f"{name} missing from python -m {module} --help"
+    done = subprocess.run([sys.executable, "-m", module, "qemu", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "device-state" in done.stdout, done.stderr
+
+
 def test_man_pages_render_without_warnings():
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "man")
     pages = sorted(os.listdir(root))

@@ -411,10 +411,6 @@ def sharing(dumps, fmt, page_size, top, partitions, temp_dir, scheduler, jobs, q
         _report(result, as_json, False, format_text(result) if not as_json else "")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @main.group(cls=VmsnapGroup)
 def qemu() -> None:
     """Save a running QEMU guest (device state and memory) and resume it later."""
@@ -479,3 +475,7 @@ def qemu_device_state(snapshot, output):
     from .qemu.snapshot import device_state
 
     device_state(snapshot, output)
+
+
+if __name__ == "__main__":  # pragma: no cover  (last: every command is registered by now)
+    main()
