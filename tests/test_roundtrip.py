@@ -103,6 +103,27 @@ def test_page_kinds_become_the_right_records(tmp_path):
     assert stats["data_pages"] == 2
 
 
+def test_copies_beyond_the_digest_window_are_stored_again(tmp_path, small_batches, monkeypatch):
+    from vmsnap.format import dedup
+
+    monkeypatch.setattr(dedup, "MAX_SLOTS", 16)  # remembers the last 12-24 contents
+    # page 0 is used again right away and after 40 new contents; page 1 only after them
+    spec = [("random", 0), ("random", 1), ("copy", 0)] + [("random", 10 + i) for i in range(40)] + \
+           [("copy", 1), ("copy", 0), ("copy", 41), ("copy", 1)]
+    data = build_image(spec)
+    snap, restored = save_restore(tmp_path, data, slice_window=0)
+    assert restored == data
+    with vmsnap.open(str(snap)) as s:
+        kinds = [S.RECORD_KINDS[k] for k in s.records["kind"].tolist()]
+        counts = s.records["count"].tolist()
+    per_page = [k for k, c in zip(kinds, counts) for _ in range(c)]
+    assert per_page[:3] == ["data", "data", "ref"]
+    # page 1 was forgotten and page 0 too (its last use was 40 contents ago): stored anew, then
+    # shared again; page 41 (recent) is still remembered
+    assert per_page[-4:] == ["data", "data", "ref", "ref"]
+    assert api.info(str(snap))["data_pages"] == 2 + 40 + 2
+
+
 def test_copies_off_a_page_boundary_become_slices(tmp_path, small_batches):
     # pages 0-3 random and stored back to back; then copies starting 512, 1536 and 3584
     # bytes into page 0, 1 and 2 (a tar member's content sits 512 bytes past a header)

@@ -5,6 +5,17 @@ it grew the writer's memory with the number of distinct pages (120 MiB for an
 8 GiB guest). This open-addressing table in numpy arrays costs 25 bytes per slot,
 is at most 3/4 full (33-67 bytes per distinct content), and is queried a whole
 batch of pages at a time.
+
+Even so, remembering every content of a 1 TiB guest would take gigabytes, so the
+index remembers a window of contents in two generations, as a cache does: new
+contents and contents found in the older generation go into the current one, and
+when the current one holds MAX_SLOTS * 3/4 entries it becomes the older one and
+the oldest is dropped. Any content stored or referenced among the last
+MAX_SLOTS * 3/4 contents (786,432: 3 GiB of distinct 4 KiB pages, three times
+the window of `zstd --long=30`) is still found; a copy of a content forgotten
+before is stored again. Memory stays under 2.5 tables of MAX_SLOTS slots (63 MiB).
+Which contents are remembered depends only on the order of the digests, so
+snapshots stay deterministic.
 """
 
 from __future__ import annotations
@@ -14,10 +25,66 @@ from typing import Callable
 import numpy as np
 
 _KEY = np.dtype([("lo", "<u8"), ("hi", "<u8")])
+MAX_SLOTS = 1 << 20  # per generation: 25 MiB
 
 
 class DigestIndex:
-    def __init__(self, capacity: int = 1 << 16):
+    def __init__(self, capacity: int = 1 << 16, max_slots: int = MAX_SLOTS):
+        self._capacity = capacity
+        self._limit = max(1, max_slots * 3 // 4)  # entries of the current generation before it retires
+        self._current = _Table(capacity)
+        self._older: _Table | None = None
+        self._contents = 0
+
+    def __len__(self) -> int:
+        """Distinct contents placed so far (remembered or not)."""
+        return self._contents
+
+    @property
+    def remembered(self) -> int:
+        """Entries held now, in both generations (a content may be in both)."""
+        return len(self._current) + (len(self._older) if self._older is not None else 0)
+
+    def assign(self, digests: bytes, place: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Look up each 16-byte digest; contents not remembered get a value from `place`.
+
+        place(rows) is called once with the positions (ascending) of the first
+        occurrences of new contents and returns their values, in that order.
+        Returns (values, is_first): values[i] for digest i, and whether digest i is
+        the first occurrence of a content not remembered before.
+        """
+        keys = np.frombuffer(digests, dtype=_KEY)
+        m = len(keys)
+        if m == 0:
+            return np.zeros(0, np.uint64), np.zeros(0, bool)
+        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        values, found = self._current.find(uniq)
+        carried = np.zeros(0, dtype=np.intp)
+        if self._older is not None and not found.all():
+            missing = np.flatnonzero(~found)
+            old_values, old_found = self._older.find(uniq[missing])
+            carried = missing[old_found]  # still wanted: they move to the current generation
+            values[carried] = old_values[old_found]
+            found[carried] = True
+        new = np.flatnonzero(~found)
+        if new.size:
+            new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
+            values[new] = place(first[new])
+            self._contents += len(new)
+        keep = np.concatenate([carried, new])
+        if keep.size:
+            if len(self._current) + keep.size > self._limit:
+                self._older, self._current = self._current, _Table(self._capacity)
+            self._current.insert(uniq[keep], values[keep])
+        is_first = (~found)[inverse] & (first[inverse] == np.arange(m))
+        return values[inverse], is_first
+
+
+class _Table:
+    """An open-addressing hash table of 16-byte keys to uint64 values, batch at a time."""
+
+    def __init__(self, capacity: int):
         cap = 1 << max(4, (capacity - 1).bit_length())
         self._keys = np.zeros(cap, dtype=_KEY)
         self._vals = np.zeros(cap, dtype=np.uint64)
@@ -27,33 +94,14 @@ class DigestIndex:
     def __len__(self) -> int:
         return self._n
 
-    def assign(self, digests: bytes, place: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Look up each 16-byte digest; contents never seen before get a value from `place`.
-
-        place(rows) is called once with the positions (ascending) of the first
-        occurrences of new contents and returns their values, in that order.
-        Returns (values, is_first): values[i] for digest i, and whether digest i is
-        the first occurrence of a content never seen before.
-        """
-        keys = np.frombuffer(digests, dtype=_KEY)
-        m = len(keys)
-        if m == 0:
-            return np.zeros(0, np.uint64), np.zeros(0, bool)
-        uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        inverse = inverse.ravel()
-        values, found = self._find(uniq)
-        new = np.flatnonzero(~found)
-        if new.size:
-            new = new[np.argsort(first[new], kind="stable")]  # in order of first occurrence
-            values[new] = place(first[new])
-            self._insert(uniq[new], values[new])
-        is_first = (~found)[inverse] & (first[inverse] == np.arange(m))
-        return values[inverse], is_first
+    @property
+    def slots(self) -> int:
+        return len(self._used)
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         return (keys["lo"] & np.uint64(len(self._used) - 1)).astype(np.int64)  # digests are uniform already
 
-    def _find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         values = np.zeros(len(keys), dtype=np.uint64)
         found = np.zeros(len(keys), dtype=bool)
         active = np.arange(len(keys))
@@ -68,7 +116,8 @@ class DigestIndex:
             active, slot = active[more], (slot[more] + 1) & mask
         return values, found
 
-    def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Add keys that are not in the table."""
         if (self._n + len(keys)) * 4 > len(self._used) * 3:  # grown past 3/4 full
             self._grow(self._n + len(keys))
         mask = len(self._used) - 1
@@ -95,4 +144,4 @@ class DigestIndex:
         self._vals = np.zeros(cap, dtype=np.uint64)
         self._used = np.zeros(cap, dtype=bool)
         self._n = 0
-        self._insert(keys, vals)
+        self.insert(keys, vals)
