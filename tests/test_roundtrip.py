@@ -395,7 +395,7 @@ def test_canonical_pages_are_released_after_their_last_reference(tmp_path, monke
     snap, restored = save_restore(tmp_path, data, frame_size=2 * 4096)
     assert restored == data
     with vmsnap.open(str(snap)) as s:
-        canonical = reader.CanonicalPages(s, s.regions)
+        canonical = reader.CanonicalPages(s, [s.region_records(r) for r in s.regions])
         out = b"".join(bytes(p) for p in s.segments(s.regions[0], canonical=canonical))
         canonical.close()
         assert out == data
@@ -620,6 +620,29 @@ def test_a_read_keeps_the_frames_its_shared_pages_come_back_to(tmp_path, counted
     assert sorted(counted_decodes) == [0, 1, 2, 3, 8, 9, 10, 11]
 
 
+@pytest.mark.parametrize("window_records", [2, 1 << 30])  # short records put together, or one at a time
+def test_a_read_decodes_each_frame_once_however_many_its_shared_pages_cycle_through(tmp_path, monkeypatch,
+                                                                                    counted_decodes, window_records):
+    """Shared pages that cycle through more frames than reads keep decoded: their frames
+    are gathered once before the range is produced (a cat of a whole 1 GiB snapshot
+    decoded each frame ten times)."""
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "READ_CACHE_BYTES", 1)  # the two frames any reader keeps
+    monkeypatch.setattr(reader, "WINDOW_RECORDS", window_records)
+    pages = [("random", 700 + i) for i in range(64)]
+    cycling = [("copy", (i % 8) * 8 + i // 8) for i in range(64)]  # frames 0, 2, ..., 14, 0, 2, ...
+    data = build_image(pages + [("random", 900)] + cycling)
+    snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
+    assert api.info(str(snap))["pages"]["ref"] == 64
+    with vmsnap.open(str(snap)) as s:
+        for start, length in ((65, 64), (70, 20), (64, 1)):
+            counted_decodes.clear()
+            assert s.read(start * 4096, length * 4096, check_blocks=start == 70) == \
+                data[start * 4096:(start + length) * 4096]
+            assert len(counted_decodes) == len(set(counted_decodes)), counted_decodes
+
+
 def test_reading_one_shared_page_decodes_only_its_frame(tmp_path, counted_decodes):
     data = _shuffled_copy(64)
     snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
@@ -656,14 +679,15 @@ def _random_spec(rng, pages, page_size):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, monkeypatch, seed):
     """Up to 300 pages a region, regions stored in random order, and random frame sizes,
-    batch sizes, windows and canonical budgets: what a fuzzer found a window bug with."""
+    batch sizes, windows, canonical budgets and digest windows: what a fuzzer found a window bug with."""
     import random
 
-    from vmsnap.format import reader, writer
+    from vmsnap.format import dedup, reader, writer
     from vmsnap.format.writer import SnapshotWriter
 
     rng = random.Random(seed)
     ps = rng.choice([512, 1024, 4096])
+    monkeypatch.setattr(dedup, "MAX_SLOTS", rng.choice([4, 16, 64, 1 << 20]))
     monkeypatch.setattr(reader, "KEEP_CANONICAL_BYTES", ps * rng.choice([1, 2, 8, 1 << 20]))
     monkeypatch.setattr(reader, "WINDOW_RECORDS", rng.choice([2, 3, 32]))
     monkeypatch.setattr(reader, "SEGMENT_BYTES", ps * rng.choice([2, 7, 64, 1024]))

@@ -410,6 +410,44 @@ class Snapshot:
         out[rows, words["word"]] = words["value"]
         return out.view(np.uint8)
 
+    def region_records(self, r: RegionInfo) -> np.ndarray:
+        return self.records[r.first_record:r.first_record + r.record_count]
+
+    def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> np.ndarray:
+        """The records of pages [start_page, end_page) of region r, the first and last cut to them."""
+        recs = self.region_records(r)
+        ends = np.cumsum(recs["count"].astype(np.int64))
+        i = int(np.searchsorted(ends, start_page, side="right"))
+        j = int(np.searchsorted(ends, end_page - 1, side="right"))
+        part = recs[i:j + 1].copy()
+        if len(part) == 0:
+            return part
+        skip = start_page - (int(ends[i - 1]) if i else 0)
+        part["count"][0] -= skip
+        part["arg"][0] += skip * _arg_step(int(part["kind"][0]), self.page_size)
+        part["count"][-1] -= int(ends[j]) - end_page
+        return part
+
+    def _range_canonical(self, r: RegionInfo, start_page: int, end_page: int) -> "CanonicalPages":
+        """Shared pages for producing pages [start_page, end_page) of r: those stored before
+        the range are gathered first, each frame decoded once, however the range's
+        references jump between frames (a cat of a large range read each of a 1 GiB
+        snapshot's frames ten times through the frame cache)."""
+        recs = self._range_records(r, start_page, end_page)
+        canonical = CanonicalPages(self, [recs])
+        try:
+            data = recs[recs["kind"] == S.REC_DATA]
+            stored_here = _expand_runs(data["arg"], data["count"])
+            before = canonical.wanted[~np.isin(canonical.wanted, stored_here)]
+            frames = before // np.uint64(self.frame_pages)
+            for k in np.unique(frames).tolist():
+                dpns = before[frames == k]
+                canonical.offer_pages(dpns, self._frame(k), (dpns % np.uint64(self.frame_pages)).astype(np.intp))
+        except BaseException:
+            canonical.close()
+            raise
+        return canonical
+
     def segments(self, region: RegionInfo, start_page: int = 0, end_page: int | None = None,
                  canonical: "CanonicalPages | None" = None) -> Iterator[int | memoryview]:
         """The region's bytes for pages [start_page, end_page) in order.
@@ -438,10 +476,7 @@ class Snapshot:
             skip = max(0, start_page - page)
             page += count
             count -= skip
-            if kind in (S.REC_SPARSE, S.REC_DATA, S.REC_REF):  # runs whose arg advances per page
-                arg += skip
-            elif kind == S.REC_SLICE:
-                arg += skip * ps
+            arg += skip * _arg_step(kind, ps)
             stop = i + 1
             if count < short:  # and the short records after it, up to a window of pages
                 stop = min(int(self._short_run_ends[region.first_record + i]) - region.first_record,
@@ -571,11 +606,20 @@ class Snapshot:
             if check_blocks:
                 yield from self._checked_range(r, a - r.base, b - r.base)
             else:
-                yield from _cut(self.segments(r, (a - r.base) // self.page_size, -(-(b - r.base) // self.page_size)),
-                                (a - r.base) // self.page_size * self.page_size, a - r.base, b - r.base)
+                first = (a - r.base) // self.page_size
+                yield from _cut(self._range_segments(r, first, -(-(b - r.base) // self.page_size)),
+                                first * self.page_size, a - r.base, b - r.base)
             pos = b
         if hi > pos:
             yield hi - pos
+
+    def _range_segments(self, r: RegionInfo, start_page: int, end_page: int) -> Iterator[int | memoryview]:
+        """segments() of pages [start_page, end_page) of r, their shared pages gathered first."""
+        canonical = self._range_canonical(r, start_page, end_page)
+        try:
+            yield from self.segments(r, start_page, end_page, canonical=canonical)
+        finally:
+            canonical.close()
 
     def _checked_range(self, r: RegionInfo, start: int, end: int) -> Iterator[int | memoryview]:
         """Region bytes [start, end), each block around them checked before any of it is
@@ -586,7 +630,7 @@ class Snapshot:
         checker = _BlockChecker(self, r, first, last)
         held: list[int | memoryview] = []  # the pieces of the block being checked
         at, fill = first * bs, 0  # region offset of held[0]; bytes held
-        for piece in self.segments(r, at // ps, -(-min(last * bs, r.size) // ps)):
+        for piece in self._range_segments(r, at // ps, -(-min(last * bs, r.size) // ps)):
             piece = piece if isinstance(piece, int) else memoryview(piece).cast("B")
             while piece:
                 take = min(piece if isinstance(piece, int) else len(piece), bs - fill)
@@ -635,7 +679,7 @@ class Snapshot:
         decoded frames' buffers are reused once the sink has returned.
         """
         regions = self.regions if regions is None else regions
-        canonical = CanonicalPages(self, regions)
+        canonical = CanonicalPages(self, [self.region_records(r) for r in regions])
         decoders = max(1, jobs - 1)
         with ThreadPoolExecutor(decoders, thread_name_prefix="vmsnap-decode") as pool:
             self._cache.clear()  # frames decoded before may be viewed by the caller: never reuse them
@@ -837,11 +881,11 @@ class CanonicalPages:
     first half's pages shuffled restored in 132 s, against 0.3 s for zstd -d).
     """
 
-    def __init__(self, snap: Snapshot, regions: list[RegionInfo]):
+    def __init__(self, snap: Snapshot, record_runs: list[np.ndarray]):
+        """record_runs: the records to be produced, in order (a region's, or part of one)."""
         self.snap = snap
         ps = snap.page_size
-        targets = [_referenced_pages(snap.records[r.first_record:r.first_record + r.record_count], ps)
-                   for r in regions]
+        targets = [_referenced_pages(recs, ps) for recs in record_runs]
         t = np.concatenate(targets) if targets else np.zeros(0, np.uint64)
         # For each referenced data page: the ordinal of its last reference among all REF pages.
         self.wanted, first_from_end = np.unique(t[::-1], return_index=True)
@@ -976,6 +1020,13 @@ class CanonicalPages:
 
 def _spill_error(what: str) -> OutputError:
     return OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: {what}")
+
+
+def _arg_step(kind: int, page_size: int) -> int:
+    """How far a run's arg advances per page."""
+    if kind in (S.REC_SPARSE, S.REC_DATA, S.REC_REF):
+        return 1
+    return page_size if kind == S.REC_SLICE else 0
 
 
 def _referenced_pages(rec: np.ndarray, page_size: int) -> np.ndarray:

@@ -40,7 +40,7 @@ class VmsSource(Source):
         from ..format.reader import CanonicalPages, _Prefetcher
 
         snap = self._snap
-        canonical = CanonicalPages(snap, snap.regions)
+        canonical = CanonicalPages(snap, [snap.region_records(r) for r in snap.regions])
         with ThreadPoolExecutor(self.jobs, thread_name_prefix="vmsnap-vms") as pool:
             snap._prefetch = _Prefetcher(snap, pool, snap.regions, ahead=self.jobs)
             try:
