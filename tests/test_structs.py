@@ -88,3 +88,28 @@ def test_index_with_attachments_is_the_plain_index_then_the_table():
     extended = S.IndexBodyWithAttachments.build(fields | {"attachments": att})
     assert extended == plain + S.IndexAttachments.build({"attachments": att})
     assert S.KNOWN_FLAGS == S.FLAG_ATTACHMENTS | S.FLAG_SLICES == 3
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 2**32 - 1), st.integers(0, 2**64 - 1)), max_size=20),
+       st.integers(0, 5), st.lists(st.binary(min_size=1, max_size=64), max_size=4), st.booleans(), st.data())
+def test_index_pieces_join_to_what_construct_builds(records, cut, units, with_attachments, data):
+    # the writer streams the index from its tables' arrays (lists of them), uncopied
+    rec = np.zeros(len(records), S.RECORD_DTYPE)
+    for i, (kind, count, arg) in enumerate(records):
+        rec[i]["kind"], rec[i]["count"], rec[i]["arg"] = kind, count, arg
+    words = np.zeros(3, S.SPARSE_WORD_DTYPE)
+    words["word"], words["value"] = [1, 2, 3], [7, 8, 2**63]
+    region = {"name": "ram", "base": 4096, "size": 8192, "first_record": 0, "record_count": len(records),
+              "first_block": 0, "digest": bytes(range(32))}
+    fields = {"frame_pages": 4096, "data_pages": 9, "image_digest": bytes(32), "regions": [region],
+              "patterns": units, "frames": np.zeros(2, S.FRAME_DTYPE),
+              "records": [rec[:cut], rec[cut:]], "sparse_offsets": np.arange(4, dtype="<u8"),
+              "sparse_words": [words[:1], words[1:]], "block_digests": data.draw(st.binary(max_size=48)),
+              "attachments": [{"name": "dev", "size": 3, "digest": bytes(32), "frames": bytes(48)}]}
+    joined = b"".join(bytes(p) for p in S.index_body_pieces(fields, attachments=with_attachments))
+    whole = {k: (b"".join(bytes(S._byte_view(x)) for x in v) if isinstance(v, list) and k in S.TABLE_FIELDS
+                 else v.tobytes() if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
+    body = S.IndexBodyWithAttachments if with_attachments else S.IndexBody
+    assert joined == body.build(whole)
+    parsed = body.parse(joined)
+    assert parsed.records == rec.tobytes() and parsed.sparse_words == words.tobytes()

@@ -149,6 +149,37 @@ IndexBody = Struct(
 )
 
 
+# IndexBody's fields that are fixed-width tables, however many elements: written from
+# their arrays (index_body_pieces), not copied into one body first.
+TABLE_FIELDS = frozenset({"frames", "records", "sparse_offsets", "sparse_words", "block_digests"})
+
+
+def index_body_pieces(fields: dict, attachments: bool) -> list:
+    """IndexBody (then IndexAttachments if `attachments`) as byte pieces whose join is
+    exactly what build() makes, the tables as views of their arrays, uncopied.
+
+    A table's value may be one buffer or a list of them (numpy arrays or bytes),
+    joined in order. Every other field is built by its own construct.
+    """
+    body = IndexBodyWithAttachments if attachments else IndexBody
+    pieces: list = []
+    for sub in body.subcons:
+        value = fields[sub.name]
+        if sub.name in TABLE_FIELDS:
+            parts = [_byte_view(v) for v in (value if isinstance(value, list) else [value])]
+            pieces.append(Int64ul.build(sum(len(v) for v in parts)))
+            pieces.extend(v for v in parts if len(v))
+        else:
+            pieces.append(sub.build(value))
+    return pieces
+
+
+def _byte_view(buf) -> memoryview:
+    if isinstance(buf, np.ndarray):
+        buf = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
+    return memoryview(buf).cast("B")
+
+
 # Attachments: named byte streams stored beside the memory image (for example a
 # QEMU guest's device state), each as its own zstd frames among the data frames.
 AttachmentFrame = Struct(

@@ -355,14 +355,12 @@ class SnapshotWriter:
         while self._pending:
             self._write_frame()
         self._pool.shutdown()
-        records = np.concatenate(self._records) if self._records else np.zeros(0, S.RECORD_DTYPE)
         frames = np.zeros(len(self._frames), dtype=S.FRAME_DTYPE)
         for i, (off, size, pages, dig) in enumerate(self._frames):
             frames[i] = (off, size, pages, dig)
         counts = np.concatenate(self._sparse_counts) if self._sparse_counts else np.zeros(0, np.uint64)
         offsets = np.zeros(len(counts) + 1, dtype="<u8")
         np.cumsum(counts, out=offsets[1:])
-        words = np.concatenate(self._sparse_words) if self._sparse_words else np.zeros(0, S.SPARSE_WORD_DTYPE)
         units = [u for u, _ in sorted(self._patterns.items(), key=lambda kv: kv[1])]
         fields = {
             "frame_pages": self.frame_pages,
@@ -370,21 +368,24 @@ class SnapshotWriter:
             "image_digest": S.image_digest(self._regions),
             "regions": self._regions,
             "patterns": units,
-            "frames": frames.tobytes(),
-            "records": records.tobytes(),
-            "sparse_offsets": offsets.tobytes(),
-            "sparse_words": words.tobytes(),
+            "frames": frames,
+            "records": self._records,
+            "sparse_offsets": offsets,
+            "sparse_words": self._sparse_words,
             "block_digests": b"".join(self._blocks),
+            "attachments": self._attachments,
         }
-        if self._attachments is None:
-            body = S.IndexBody.build(fields)
-        else:
-            body = S.IndexBodyWithAttachments.build(fields | {"attachments": self._attachments})
-        stored = zstandard.ZstdCompressor(level=3).compress(body)
+        # Compressed as it is written, from the tables' own arrays: a whole body and its
+        # copies cost 1.8 MiB per GiB of guest at close (117 MiB at 64 GiB).
+        pieces = S.index_body_pieces(fields, attachments=self._attachments is not None)
+        raw_size = sum(len(p) for p in pieces)
         index_offset = self._pos
-        self._write(stored)
-        self._write(S.Trailer.build({"index_offset": index_offset, "index_size": len(stored),
-                                     "index_raw_size": len(body), "index_digest": S.digest(stored)}))
+        sink = _CountingSink(self._write)
+        with zstandard.ZstdCompressor(level=3).stream_writer(sink, size=raw_size, closefd=False) as z:
+            for piece in pieces:
+                z.write(piece)
+        self._write(S.Trailer.build({"index_offset": index_offset, "index_size": sink.size,
+                                     "index_raw_size": raw_size, "index_digest": sink.digest.digest()}))
         try:
             if self._file is not None:
                 self._file.close(self._pos)
@@ -393,7 +394,7 @@ class SnapshotWriter:
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         return {"bytes_in": self.bytes_in, "bytes_out": self._pos, "regions": len(self._regions),
-                "records": len(records), "data_pages": self._data_pages, "frames": len(frames),
+                "records": self._n_records, "data_pages": self._data_pages, "frames": len(frames),
                 "attachments": len(self._attachments or ())}
 
     def abort(self) -> None:
@@ -402,6 +403,24 @@ class SnapshotWriter:
         self._pool.shutdown(wait=True, cancel_futures=True)
         if self._file is not None:
             self._file.abandon()
+
+
+class _CountingSink:
+    """Where the compressed index goes: written on, counted and digested."""
+
+    def __init__(self, write: Callable[[bytes], None]):
+        self._out = write
+        self.size = 0
+        self.digest = blake3()
+
+    def write(self, data) -> int:
+        self._out(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 def _file_writer(out: BinaryIO) -> ImageWriter | None:
