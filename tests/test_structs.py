@@ -113,3 +113,14 @@ def test_index_pieces_join_to_what_construct_builds(records, cut, units, with_at
     assert joined == body.build(whole)
     parsed = body.parse(joined)
     assert parsed.records == rec.tobytes() and parsed.sparse_words == words.tobytes()
+    # the reader's parse gives the same fields, the tables as views of the body
+    viewed = S.parse_index_body(joined, attachments=with_attachments)
+    for sub in body.subcons:
+        got = viewed[sub.name]
+        assert (bytes(got) if sub.name in S.TABLE_FIELDS else got) == parsed[sub.name], sub.name
+    assert isinstance(viewed["records"], memoryview) and viewed["records"].obj is joined
+    cut_at = data.draw(st.integers(0, len(joined) - 1))
+    with pytest.raises(ConstructError):
+        body.parse(joined[:cut_at])
+    with pytest.raises(ConstructError):
+        S.parse_index_body(joined[:cut_at], attachments=with_attachments)

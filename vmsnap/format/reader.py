@@ -151,22 +151,23 @@ class Snapshot:
             raise IntegrityError(f"{self.path}: corrupted trailer: index holds {len(body)} bytes, "
                                  f"trailer says {trailer.index_raw_size}")
         try:
-            index = (S.IndexBodyWithAttachments if self.flags & S.FLAG_ATTACHMENTS else S.IndexBody).parse(body)
+            index = S.parse_index_body(body, attachments=bool(self.flags & S.FLAG_ATTACHMENTS))
         except ConstructError as exc:
             raise FormatError(f"{self.path}: malformed index: {exc}") from None
         self.index_offset = trailer.index_offset
         self.index_size = trailer.index_size
-        self.frame_pages = index.frame_pages
-        self.data_pages = index.data_pages
-        self.image_digest = index.image_digest
+        self.frame_pages = index["frame_pages"]
+        self.data_pages = index["data_pages"]
+        self.image_digest = index["image_digest"]
         self.regions = [RegionInfo(r.name, r.base, r.size, r.first_record, r.record_count, r.first_block, r.digest)
-                        for r in index.regions]
-        self.patterns = list(index.patterns)
-        self.frames = _array(index.frames, S.FRAME_DTYPE, "frame table", self.path)
-        self.records = _array(index.records, S.RECORD_DTYPE, "record table", self.path)
-        self.sparse_offsets = _array(index.sparse_offsets, np.dtype("<u8"), "sparse offsets", self.path)
-        self.sparse_words = _array(index.sparse_words, S.SPARSE_WORD_DTYPE, "sparse words", self.path)
-        self.block_digests = _array(index.block_digests, np.dtype(f"V{S.BLOCK_DIGEST_SIZE}"), "block digests",
+                        for r in index["regions"]]
+        self.patterns = list(index["patterns"])
+        # Views of the index body (kept alive by them), read-only: nothing may change a table.
+        self.frames = _array(index["frames"], S.FRAME_DTYPE, "frame table", self.path)
+        self.records = _array(index["records"], S.RECORD_DTYPE, "record table", self.path)
+        self.sparse_offsets = _array(index["sparse_offsets"], np.dtype("<u8"), "sparse offsets", self.path)
+        self.sparse_words = _array(index["sparse_words"], S.SPARSE_WORD_DTYPE, "sparse words", self.path)
+        self.block_digests = _array(index["block_digests"], np.dtype(f"V{S.BLOCK_DIGEST_SIZE}"), "block digests",
                                     self.path)
         self.attachments: dict[str, AttachmentInfo] = {}
         for a in index.get("attachments", []):
@@ -177,7 +178,7 @@ class Snapshot:
         self.block_size = block_size_for(self.page_size)
         self._check_index()
 
-    def _decompress_index(self, stored, limit: int) -> bytes:
+    def _decompress_index(self, stored, limit: int) -> bytearray:
         """The index body, one more byte than `limit` at most: memory follows what the frame
         holds, not the size the trailer claims (which a damaged trailer can make anything)."""
         body = bytearray()
@@ -187,7 +188,7 @@ class Snapshot:
                     body += chunk
         except zstandard.ZstdError as exc:
             raise FormatError(f"{self.path}: malformed index: {exc}") from None
-        return bytes(body)
+        return body
 
     def _check_index(self) -> None:
         """Reject an index whose tables contradict each other (never index out of range later)."""
@@ -1121,7 +1122,9 @@ def _expand_runs(args: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return starts + np.arange(total, dtype=np.uint64)
 
 
-def _array(raw: bytes, dtype: np.dtype, what: str, path: str) -> np.ndarray:
+def _array(raw, dtype: np.dtype, what: str, path: str) -> np.ndarray:
     if len(raw) % dtype.itemsize:
         raise FormatError(f"{path}: malformed index: {what} is not a whole number of entries")
-    return np.frombuffer(raw, dtype=dtype)
+    table = np.frombuffer(raw, dtype=dtype)
+    table.flags.writeable = False
+    return table

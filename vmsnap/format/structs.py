@@ -29,6 +29,7 @@ from construct import (
     Prefixed,
     PrefixedArray,
     RawCopy,
+    StreamError,
     Struct,
     GreedyBytes,
     Padding,
@@ -172,6 +173,52 @@ def index_body_pieces(fields: dict, attachments: bool) -> list:
         else:
             pieces.append(sub.build(value))
     return pieces
+
+
+def parse_index_body(body, attachments: bool) -> dict:
+    """The inverse of index_body_pieces: every field as IndexBody.parse() gives it, except
+    that the tables are memoryviews of `body`, not copies (the index of a 64 GiB guest
+    holds 30 MiB of tables; parsing copied them three times). Raises ConstructError
+    (StreamError) where parse() would."""
+    struct = IndexBodyWithAttachments if attachments else IndexBody
+    view = memoryview(body).cast("B")
+    stream = _ViewStream(view)
+    fields: dict = {}
+    for sub in struct.subcons:
+        if sub.name in TABLE_FIELDS:
+            n = Int64ul.parse_stream(stream)
+            fields[sub.name] = stream.take(n)
+        else:
+            fields[sub.name] = sub.parse_stream(stream)
+    return fields
+
+
+class _ViewStream:
+    """A read-only stream over a memoryview, for construct: small reads copy, take() does not."""
+
+    def __init__(self, view: memoryview):
+        self._view, self._pos = view, 0
+
+    def read(self, n: int | None = None) -> bytes:
+        end = len(self._view) if n is None or n < 0 else min(len(self._view), self._pos + n)
+        data = bytes(self._view[self._pos:end])
+        self._pos = end
+        return data
+
+    def take(self, n: int) -> memoryview:
+        if n > len(self._view) - self._pos:
+            raise StreamError(f"stream read less than specified amount, expected {n}, found "
+                              f"{len(self._view) - self._pos}")
+        part = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return part
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = offset if whence == 0 else (self._pos + offset if whence == 1 else len(self._view) + offset)
+        return self._pos
 
 
 def _byte_view(buf) -> memoryview:
