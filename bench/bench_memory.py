@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Peak memory of a save and a restore as the guest grows: 1 GiB to 64 GiB.
+
+Each dump is made by fixtures/genimage.py and streamed through a pipe into
+`vmsnap save -` (no 64 GiB file on disk); the snapshot is then restored to a pipe
+(`vmsnap restore -o - | cat > /dev/null`), so only vmsnap's own memory is measured.
+Peak RSS is GNU time's. With --checkout DIR, the saves are also run from that
+checkout (an older commit, say), on the same streams.
+
+    python3 bench/bench_memory.py [--sizes 1G,8G,32G,64G] [--checkout DIR] [--md bench/results/memory.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "fixtures"))
+from genimage import _size  # noqa: E402
+
+PY = sys.executable
+TIME = ["/usr/bin/time", "-f", "%e %M"]
+
+
+def _timed(cmd: list[str], cwd: str, stdin=None, stdout=None) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS KiB, stdout) of cmd run under GNU time."""
+    p = subprocess.run(TIME + cmd, cwd=cwd, stdin=stdin, stdout=stdout or subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=stdout is None)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr}")
+    wall, rss = p.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(rss), p.stdout if stdout is None else ""
+
+
+def save(size: int, seed: int, out: str, checkout: str) -> dict:
+    gen = subprocess.Popen([PY, os.path.join(ROOT, "fixtures", "genimage.py"), "-", "--size", str(size),
+                            "--seed", str(seed)], stdout=subprocess.PIPE)
+    # `python -m` from the checkout's directory imports that checkout's vmsnap
+    wall, rss, text = _timed([PY, "-m", "vmsnap.cli", "save", "-", "-o", out, "-q", "--json"], checkout,
+                             stdin=gen.stdout)
+    gen.stdout.close()
+    if gen.wait() != 0:
+        raise SystemExit("genimage failed")
+    summary = json.loads(text)
+    return {"wall": wall, "rss": rss, "bytes_out": summary["bytes_out"], "data_pages": summary["data_pages"]}
+
+
+def restore(snap: str) -> dict:
+    with open(os.devnull, "wb") as null:
+        cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=null)
+        wall, rss, _ = _timed([PY, "-m", "vmsnap.cli", "restore", snap, "-o", "-", "-q"], ROOT, stdout=cat.stdin)
+        cat.stdin.close()
+        cat.wait()
+    return {"wall": wall, "rss": rss}
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**30 else f"{n / 2**20:.3g} MiB"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1G,8G,32G,64G")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--checkout", help="another vmsnap checkout whose saves to measure too")
+    ap.add_argument("--md", default=os.path.join(ROOT, "bench", "results", "memory.md"))
+    args = ap.parse_args(argv)
+    sizes = [_size(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "bench", "out")) as tmp:
+        snap = os.path.join(tmp, "s.vms")
+        for size in sizes:
+            row = {"size": size, "save": save(size, args.seed, snap, ROOT)}
+            row["restore"] = restore(snap)
+            if args.checkout:
+                row["other"] = save(size, args.seed, os.path.join(tmp, "other.vms"), args.checkout)
+                row["same_bytes"] = subprocess.run(["cmp", "-s", snap, os.path.join(tmp, "other.vms")]).returncode == 0
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    lines = ["# Memory as the guest grows",
+             "",
+             f"Produced by `python3 bench/bench_memory.py --sizes {args.sizes}"
+             + (" --checkout DIR" if args.checkout else "") + f"` (commit {commit}). Each dump is",
+             "made by fixtures/genimage.py (seed %d) and streamed through a pipe into `vmsnap save -`; the" % args.seed,
+             "snapshot is restored to a pipe. Peak RSS by GNU time; one run each.",
+             ""]
+    head = "| guest | save peak RSS | save wall | snapshot | restore peak RSS | restore wall |"
+    rule = "|---|---|---|---|---|---|"
+    if args.checkout:
+        other = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.checkout, capture_output=True,
+                               text=True).stdout.strip()
+        head += f" save peak RSS, {other} | same snapshot bytes |"
+        rule += "---|---|"
+    lines += [head, rule]
+    for r in rows:
+        s, x = r["save"], r["restore"]
+        line = (f"| {_bytes(r['size'])} | {s['rss'] / 1024:.0f} MiB | {s['wall']:.1f} s | "
+                f"{_bytes(s['bytes_out'])} | {x['rss'] / 1024:.0f} MiB | {x['wall']:.1f} s |")
+        if "other" in r:
+            line += f" {r['other']['rss'] / 1024:.0f} MiB | {'yes' if r['same_bytes'] else 'no'} |"
+        lines.append(line)
+    with open(args.md, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print(f"wrote {args.md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
