@@ -29,9 +29,11 @@ MAX_SLOTS = 1 << 20  # per generation: 25 MiB
 
 
 class DigestIndex:
-    def __init__(self, capacity: int = 1 << 16, max_slots: int = MAX_SLOTS):
+    def __init__(self, capacity: int = 1 << 16, max_slots: int | None = None):
+        """max_slots: slots per generation, MAX_SLOTS (as it is now) by default."""
         self._capacity = capacity
-        self._limit = max(1, max_slots * 3 // 4)  # entries of the current generation before it retires
+        slots = MAX_SLOTS if max_slots is None else max_slots
+        self._limit = max(1, slots * 3 // 4)  # entries of the current generation before it retires
         self._current = _Table(capacity)
         self._older: _Table | None = None
         self._contents = 0

@@ -441,6 +441,8 @@ class Snapshot:
             stored_here = _expand_runs(data["arg"], data["count"])
             before = canonical.wanted[~np.isin(canonical.wanted, stored_here)]
             frames = before // np.uint64(self.frame_pages)
+            # A frame at a time, not gather_data_pages(before): that would hold every such page
+            # in memory at once, where offer_pages keeps 64 MiB and spills the rest.
             for k in np.unique(frames).tolist():
                 dpns = before[frames == k]
                 canonical.offer_pages(dpns, self._frame(k), (dpns % np.uint64(self.frame_pages)).astype(np.intp))

@@ -31,7 +31,7 @@ from ..errors import OutputError, UsageError
 from ..output import ImageWriter
 from ..sources.base import page_batches
 from . import structs as S
-from . import dedup
+from .dedup import DigestIndex
 from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .digests import BlockHasher, block_size_for, region_digest
 from .slices import GRAIN, SliceFinder
@@ -74,7 +74,7 @@ class SnapshotWriter:
         self._framebuf: np.ndarray | None = None
         self._spare_framebufs: list[np.ndarray] = []  # compressed frames' buffers, reused: no page faults
         self._frame_fill = 0
-        self._dedup = dedup.DigestIndex(max_slots=dedup.MAX_SLOTS)  # a window of contents: memory is bounded
+        self._dedup = DigestIndex()  # a window of contents: memory is bounded
         self._data_pages = 0
         # Contents are placed in units of the data page stream: 512-byte grains when
         # slices are looked for (slice_window > 0), whole pages otherwise.
