@@ -399,7 +399,8 @@ def test_canonical_pages_are_released_after_their_last_reference(tmp_path, monke
         out = b"".join(bytes(p) for p in s.segments(s.regions[0], canonical=canonical))
         canonical.close()
         assert out == data
-        assert len(canonical.wanted) > 0
+        assert canonical.wanted_count > 0
+        assert (canonical.remaining == 0).all()  # every planned read was made
         assert (canonical._spill_pages > 0) == (keep_pages == 1)  # one page in memory: the others spilled
         assert canonical.free_count == len(canonical.store)  # every kept page given back
         assert (canonical.slot == -1).all() and (canonical.spilled == -1).all()
