@@ -107,7 +107,7 @@ def test_index_pieces_join_to_what_construct_builds(records, cut, units, with_at
               "sparse_words": [words[:1], words[1:]], "block_digests": data.draw(st.binary(max_size=48)),
               "attachments": [{"name": "dev", "size": 3, "digest": bytes(32), "frames": bytes(48)}]}
     joined = b"".join(bytes(p) for p in S.index_body_pieces(fields, attachments=with_attachments))
-    whole = {k: (b"".join(bytes(S._byte_view(x)) for x in v) if isinstance(v, list) and k in S.TABLE_FIELDS
+    whole = {k: (b"".join(bytes(S.byte_view(x)) for x in v) if isinstance(v, list) and k in S.TABLE_FIELDS
                  else v.tobytes() if isinstance(v, np.ndarray) else v) for k, v in fields.items()}
     body = S.IndexBodyWithAttachments if with_attachments else S.IndexBody
     assert joined == body.build(whole)

@@ -160,14 +160,19 @@ def index_body_pieces(fields: dict, attachments: bool) -> list:
     exactly what build() makes, the tables as views of their arrays, uncopied.
 
     A table's value may be one buffer or a list of them (numpy arrays or bytes),
-    joined in order. Every other field is built by its own construct.
+    joined in order, or a table read back in pieces: an object with len() in bytes
+    and chunks() (tables.SpillTable), returned as it is for the caller to iterate.
+    Every other field is built by its own construct.
     """
     body = IndexBodyWithAttachments if attachments else IndexBody
     pieces: list = []
     for sub in body.subcons:
         value = fields[sub.name]
-        if sub.name in TABLE_FIELDS:
-            parts = [_byte_view(v) for v in (value if isinstance(value, list) else [value])]
+        if sub.name in TABLE_FIELDS and hasattr(value, "chunks"):
+            pieces.append(Int64ul.build(len(value)))
+            pieces.append(value)
+        elif sub.name in TABLE_FIELDS:
+            parts = [byte_view(v) for v in (value if isinstance(value, list) else [value])]
             pieces.append(Int64ul.build(sum(len(v) for v in parts)))
             pieces.extend(v for v in parts if len(v))
         else:
@@ -221,7 +226,8 @@ class _ViewStream:
         return self._pos
 
 
-def _byte_view(buf) -> memoryview:
+def byte_view(buf) -> memoryview:
+    """A flat byte view of a numpy array or any buffer, without a copy where it can."""
     if isinstance(buf, np.ndarray):
         buf = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
     return memoryview(buf).cast("B")

@@ -35,6 +35,7 @@ from .dedup import DigestIndex
 from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .digests import BlockHasher, block_size_for, region_digest
 from .slices import GRAIN, SliceFinder
+from .tables import RunningOffsets, SpillTable
 
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
@@ -82,14 +83,15 @@ class SnapshotWriter:
         self._unit = GRAIN if self._slices else page_size
         self._stride = np.array([0, 0, 1, 1, 1, page_size], dtype=np.uint64)  # arg step per page, by record kind
         self._patterns: dict[bytes, int] = {}
-        self._sparse_counts: list[np.ndarray] = []
-        self._sparse_words: list[np.ndarray] = []
+        # the index's tables, kept in memory up to a bound and in a temporary file past it
+        self._sparse_counts = SpillTable(8, "sparse table")
+        self._sparse_words = SpillTable(S.SPARSE_WORD_DTYPE.itemsize, "sparse words")
         self._n_sparse = 0
-        self._records: list[np.ndarray] = []
+        self._records = SpillTable(S.RECORD_DTYPE.itemsize, "record table")
         self._n_records = 0
         self._run: list[int] | None = None  # open run [kind, count, arg]
         self._regions: list[dict] = []
-        self._blocks: list[bytes] = []
+        self._blocks = SpillTable(S.BLOCK_DIGEST_SIZE, "block digests")
         self.bytes_in = 0
         # Only a file that may hold attachments sets the flag, so a plain snapshot stays
         # readable by vmsnap versions that know no flags.
@@ -122,9 +124,9 @@ class SnapshotWriter:
         self._regions.append({
             "name": name, "base": base, "size": size,
             "first_record": first_record, "record_count": self._n_records - first_record,
-            "first_block": len(self._blocks), "digest": region_digest(blocks),
+            "first_block": self._blocks.entries, "digest": region_digest(blocks),
         })
-        self._blocks.extend(blocks)
+        self._blocks.append(b"".join(blocks))
 
     def add_attachment(self, name: str, chunks: Iterable[bytes]) -> dict:
         """Store a named byte stream (read from `chunks`) as its own zstd frames.
@@ -358,9 +360,6 @@ class SnapshotWriter:
         frames = np.zeros(len(self._frames), dtype=S.FRAME_DTYPE)
         for i, (off, size, pages, dig) in enumerate(self._frames):
             frames[i] = (off, size, pages, dig)
-        counts = np.concatenate(self._sparse_counts) if self._sparse_counts else np.zeros(0, np.uint64)
-        offsets = np.zeros(len(counts) + 1, dtype="<u8")
-        np.cumsum(counts, out=offsets[1:])
         units = [u for u, _ in sorted(self._patterns.items(), key=lambda kv: kv[1])]
         fields = {
             "frame_pages": self.frame_pages,
@@ -370,9 +369,9 @@ class SnapshotWriter:
             "patterns": units,
             "frames": frames,
             "records": self._records,
-            "sparse_offsets": offsets,
+            "sparse_offsets": RunningOffsets(self._sparse_counts),
             "sparse_words": self._sparse_words,
-            "block_digests": b"".join(self._blocks),
+            "block_digests": self._blocks,
             "attachments": self._attachments,
         }
         # Compressed as it is written, from the tables' own arrays: a whole body and its
@@ -383,9 +382,11 @@ class SnapshotWriter:
         sink = _CountingSink(self._write)
         with zstandard.ZstdCompressor(level=3).stream_writer(sink, size=raw_size, closefd=False) as z:
             for piece in pieces:
-                z.write(piece)
+                for part in piece.chunks() if hasattr(piece, "chunks") else (piece,):
+                    z.write(part)
         self._write(S.Trailer.build({"index_offset": index_offset, "index_size": sink.size,
                                      "index_raw_size": raw_size, "index_digest": sink.digest.digest()}))
+        self._close_tables()
         try:
             if self._file is not None:
                 self._file.close(self._pos)
@@ -401,8 +402,13 @@ class SnapshotWriter:
         for future, *_ in self._pending:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._close_tables()
         if self._file is not None:
             self._file.abandon()
+
+    def _close_tables(self) -> None:
+        for table in (self._records, self._sparse_counts, self._sparse_words, self._blocks):
+            table.close()
 
 
 class _CountingSink:
