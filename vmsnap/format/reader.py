@@ -934,7 +934,11 @@ class CanonicalPages:
         end = dpn + len(rows)
         lo = int(self.run_ends.searchsorted(np.uint64(dpn), side="right"))
         hi = int(self.run_starts.searchsorted(np.uint64(end)))
-        if lo < hi:  # runs lo..hi-1 overlap the decoded pages: their parts within them
+        if hi - lo == 1:  # the common case: one run, consecutive ranks
+            s, e = max(int(self.run_starts[lo]), dpn), min(int(self.run_ends[lo]), end)
+            r0 = int(self.run_rank[lo]) + s - int(self.run_starts[lo])
+            self._keep(np.arange(r0, r0 + e - s), rows, np.arange(s - dpn, e - dpn))
+        elif lo < hi:  # runs lo..hi-1 overlap the decoded pages: their parts within them
             s = np.maximum(self.run_starts[lo:hi], np.uint64(dpn))
             n = np.minimum(self.run_ends[lo:hi], np.uint64(end)) - s
             ranks = _expand_runs((self.run_rank[lo:hi] + (s - self.run_starts[lo:hi]).astype(np.int64))
@@ -977,7 +981,8 @@ class CanonicalPages:
         self._spill_pages += len(j)
 
     def take(self, dpn: int, count: int) -> memoryview:
-        return memoryview(self.take_each(np.arange(dpn, dpn + count, dtype=np.uint64)).reshape(-1))
+        """`count` pages of a REF run from data page `dpn`."""
+        return memoryview(self._take_range(dpn, count).reshape(-1))
 
     def take_each(self, dpns: np.ndarray) -> np.ndarray:
         """The data pages `dpns`, as the REF and SLICE pages being produced read them."""
@@ -990,14 +995,35 @@ class CanonicalPages:
         """`count` pages of a slice run at byte `offset` of the data page stream."""
         ps = self.snap.page_size
         first, shift = divmod(offset, ps)
-        d = np.arange(first, first + count + (shift != 0), dtype=np.uint64)
-        ranks, hit = self._lookup(d)
-        joined = self._pages(d, ranks, hit).reshape(-1)
+        n = count + (shift != 0)
         # an unaligned page reads the two pages it straddles (as _read_runs counts them)
-        times = np.full(len(d), 2 if shift else 1, np.int64)
-        times[0] = times[-1] = 1
-        self._consume(ranks[hit], times[hit])
+        times = None
+        if shift and n > 2:
+            times = np.full(n, 2, self.remaining.dtype)
+            times[0] = times[-1] = 1
+        joined = self._take_range(first, n, times).reshape(-1)
         return memoryview(joined)[shift:shift + count * ps]
+
+    def _take_range(self, first: int, n: int, times: np.ndarray | None = None) -> np.ndarray:
+        """Data pages [first, first+n), each read `times` (once by default). A run's pages
+        have consecutive ranks: within one run, slices of the tables instead of lookups."""
+        i = int(self.run_starts.searchsorted(np.uint64(first), side="right")) - 1
+        if i < 0 or first + n > int(self.run_ends[i]):
+            d = np.arange(first, first + n, dtype=np.uint64)
+            ranks, hit = self._lookup(d)
+            pages = self._pages(d, ranks, hit)
+            self._consume(ranks[hit], None if times is None else times[hit])
+            return pages
+        r0 = int(self.run_rank[i]) + first - int(self.run_starts[i])
+        slots = self.slot[r0:r0 + n]
+        if slots.min() >= 0:
+            pages = self.store[slots]
+        else:
+            pages = self._pages(np.arange(first, first + n, dtype=np.uint64), np.arange(r0, r0 + n), np.ones(n, bool))
+        left = self.remaining[r0:r0 + n]  # a view: counted down in place
+        left -= np.minimum(left, 1 if times is None else times)
+        self._release(np.flatnonzero(left == 0) + r0)
+        return pages
 
     def _pages(self, d: np.ndarray, ranks: np.ndarray, hit: np.ndarray) -> np.ndarray:
         """Data pages d (uint64 numbers), from memory, the spill, or decoded again."""
@@ -1034,8 +1060,7 @@ class CanonicalPages:
             self._spill = None
 
     def _consume(self, j: np.ndarray, times: np.ndarray | None = None) -> None:
-        """Pages of rank j were read (`times` each, once by default): release those read
-        for the last time."""
+        """Pages of rank j were read (`times` each, once by default)."""
         if not len(j):
             return
         if times is None and len(j) > 1 and not np.all(j[1:] > j[:-1]):
@@ -1045,7 +1070,12 @@ class CanonicalPages:
         # the page is decoded again when asked for: never wrong bytes.
         left -= np.minimum(left, 1 if times is None else times.astype(left.dtype))
         self.remaining[j] = left
-        done = j[left == 0]
+        self._release(j[left == 0])
+
+    def _release(self, done: np.ndarray) -> None:
+        """Pages of rank `done` were read for the last time: free their slots."""
+        if not len(done):
+            return
         slots = self.slot[done]
         slots = slots[slots >= 0]
         self.free[self.free_count:self.free_count + len(slots)] = slots
