@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import zstandard
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from vmsnap.errors import FormatError, InputError, UsageError
@@ -372,6 +372,9 @@ def _frames(parts, checksum, with_size):
 @SETTINGS
 @given(n_parts=st.integers(1, 3), checksum=st.booleans(), with_size=st.booleans(),
        seed=st.integers(0, 2**32 - 1), cut=st.floats(0, 1))
+# cut inside the first frame header: too short to tell a frame start from a binary trace's
+# first address, so a text trace used to be read as text ("not a number")
+@example(n_parts=1, checksum=False, with_size=False, seed=8316, cut=0.00390625)
 def test_a_zstd_trace_cut_anywhere_is_an_error_or_its_whole_frames(tmp_path, n_parts, checksum, with_size, seed, cut):
     rng = np.random.default_rng(seed)
     parts = [b"".join(b"%d\n" % v for v in rng.integers(0, 1 << 20, int(rng.integers(1, 3000))))

@@ -31,6 +31,7 @@ from typing import BinaryIO, Iterator
 from ..errors import UsageError
 
 FORMATS = ("lackey", "text", "csv", "u64", "oracleGeneral")
+TEXT_FORMATS = ("lackey", "text", "csv")
 VALUES = ("address", "page")
 
 
@@ -112,7 +113,7 @@ class Trace:
         self._read = True
         if self._once is not None:
             return self._once
-        stream, self.compressed = open_bytes(self.path)
+        stream, self.compressed = open_bytes(self.path, text=self.fmt in TEXT_FORMATS)
         return stream
 
     @property
@@ -217,7 +218,7 @@ def _open_once(name: str, fmt: str) -> tuple[BinaryIO, bool, str]:
     from ..streams import sniff
     from ._io import open_bytes
 
-    stream, compressed = open_bytes(name)
+    stream, compressed = open_bytes(name, text=fmt in TEXT_FORMATS)
     if fmt == "auto":
         fmt = (_format_from_name(name) if name != "-" else None) or ""
         if not fmt:

@@ -91,9 +91,13 @@ class _ZstdErrorWrapper(io.RawIOBase):
         super().close()
 
 
-def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
+def open_bytes(path: str | os.PathLike, text: bool = False) -> tuple[BinaryIO, bool]:
     """Open *path* ('-': stdin) for reading, decompressing zstd transparently.
 
+    A binary trace may start with the zstd magic (an address ending in fd2fb528), so
+    zstd is recognised by a valid frame start. A text trace never does (0xb5 and 0xfd
+    are not text): with `text`, the magic alone means zstd, and a stream cut inside its
+    first frame header is reported as truncated, not read as a line of text.
     Returns (stream, compressed).
     """
     from ..streams import sniff
@@ -108,7 +112,7 @@ def open_bytes(path: str | os.PathLike) -> tuple[BinaryIO, bool]:
             head, f = sniff(f, ZSTD_START)
     except OSError as exc:
         raise InputError(f"{name}: cannot open trace: {exc.strerror or exc}") from None
-    if is_zstd_start(head):
+    if is_zstd_start(head) or (text and head[:4] == ZSTD_MAGIC):
         import zstandard
 
         frames = _FrameWalk(f)
