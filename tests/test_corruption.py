@@ -320,3 +320,32 @@ def test_running_out_of_memory_is_one_line_and_exit_1(snapshot, tmp_path, monkey
     result = CliRunner().invoke(main, ["restore", str(tmp_path / "s.vms"), "-o", str(tmp_path / "out.raw")])
     assert result.exit_code == 1 and result.output == "vmsnap: error: out of memory\n"
     assert not (tmp_path / "out.raw").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kind", 9, "unknown record kind or empty run"),
+    ("count", 0, "unknown record kind or empty run"),
+    ("arg", 1 << 40, "record out of range"),
+])
+def test_a_bad_record_in_the_last_block_of_records_is_refused(snapshot, tmp_path, monkeypatch, field, value, message):
+    """The records are checked a block at a time: the last block counts as much as the first."""
+    import numpy as np
+
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "RECORD_BLOCK", 2)
+    _, blob = snapshot
+
+    def edit(fields):
+        rec = np.frombuffer(fields["records"], S.RECORD_DTYPE).copy()
+        last = int(np.flatnonzero(rec["kind"] != S.REC_ZERO)[-1])  # a zero run has no arg to check
+        assert last >= 4  # beyond the first two blocks
+        rec[field][last] = value
+        fields["records"] = rec.tobytes()
+
+    (tmp_path / "same.vms").write_bytes(resign(blob))
+    api.verify(str(tmp_path / "same.vms"))
+    path = tmp_path / "crafted.vms"
+    path.write_bytes(resign(blob, edit=edit))
+    with pytest.raises(FormatError, match=message):
+        vmsnap.open(str(path))

@@ -680,7 +680,8 @@ def _random_spec(rng, pages, page_size):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, monkeypatch, seed):
     """Up to 300 pages a region, regions stored in random order, and random frame sizes,
-    batch sizes, windows, canonical budgets and digest windows: what a fuzzer found a window bug with."""
+    batch sizes, windows, canonical budgets, digest windows and record blocks: what a fuzzer
+    found a window bug with."""
     import random
 
     from vmsnap.format import dedup, reader, writer
@@ -693,6 +694,7 @@ def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, 
     monkeypatch.setattr(reader, "WINDOW_RECORDS", rng.choice([2, 3, 32]))
     monkeypatch.setattr(reader, "SEGMENT_BYTES", ps * rng.choice([2, 7, 64, 1024]))
     monkeypatch.setattr(reader, "SMALL_PIECE", ps * rng.choice([1, 2, 16]))
+    monkeypatch.setattr(reader, "RECORD_BLOCK", rng.choice([1, 2, 5, 1 << 16]))
     monkeypatch.setattr(writer, "BATCH_BYTES", rng.choice([ps * 4, 16384, 4 << 20]))
     regions = [(f"r{r}", r * (1 << 24) + rng.choice([0, ps]),
                 build_image(_random_spec(rng, rng.randrange(300), ps), ps, rng.randbytes(rng.randrange(ps))))
@@ -715,3 +717,22 @@ def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, 
     name, _, data = rng.choice(regions)
     api.restore(str(path), str(tmp_path / "one.raw"), region=name)
     assert (tmp_path / "one.raw").read_bytes() == data
+
+
+@given(st.lists(st.integers(1, 2**32 - 1), max_size=30), st.integers(1, 8), st.data())
+def test_the_record_that_holds_a_page_is_found_a_block_at_a_time(counts, block, data):
+    from vmsnap.format import reader
+    from vmsnap.format import structs as S
+
+    rec = np.zeros(len(counts), S.RECORD_DTYPE)
+    rec["count"] = counts
+    ends = np.cumsum(np.array(counts, dtype=np.int64))
+    page = data.draw(st.integers(0, int(ends[-1]) + 5 if counts else 5))
+    i = int(np.searchsorted(ends, page, side="right"))  # the whole table at once, as it was
+    want = (i, int(ends[i - 1]) if i else 0)
+    old = reader.RECORD_BLOCK
+    reader.RECORD_BLOCK = block
+    try:
+        assert reader._record_at(rec, page) == want
+    finally:
+        reader.RECORD_BLOCK = old

@@ -39,6 +39,10 @@ READ_CACHE_BYTES = 128 << 20  # decoded frames kept for reads outside a restore
 # windows of 2 or more records made a restore 0.1 s slower, of 32 or more 0.04 s faster).
 SMALL_PIECE = 64 << 10
 WINDOW_RECORDS = 32
+# Per-record work (checks at open, plans, segments) goes a block of records at a time, so
+# its transients stay bounded however many records the index holds (a guest whose pages
+# change kind every page has 4 million records per 16 GiB).
+RECORD_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,6 @@ class Snapshot:
             raise
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_size = 2  # decoded frames kept during produce(), whose frames come in order
-        self._short_run_ends: np.ndarray | None = None  # see _short_run_ends(), made at first use
         self._prefetch: _Prefetcher | None = None
         self._frame_pool: _FramePool | None = None  # set while produce() runs
         self._scratch = threading.local()
@@ -234,19 +237,21 @@ class Snapshot:
         if any(not 1 <= len(u) <= ps for u in self.patterns):
             raise bad("pattern unit length")
         rec = self.records
-        kinds, counts, args = rec["kind"], rec["count"].astype(np.uint64), rec["arg"]
         last_kind = S.REC_SLICE if self.flags & S.FLAG_SLICES else S.REC_REF
-        if np.any(kinds > last_kind) or np.any(counts == 0):
-            raise bad("unknown record kind or empty run")
         # (limit, stride): the arg of a run's last page must stay below the limit
         limits = {S.REC_PATTERN: (len(self.patterns), 0), S.REC_SPARSE: (len(self.sparse_offsets) - 1, 1),
                   S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1),
                   S.REC_SLICE: ((self.data_pages - 1) * ps + 1 if self.data_pages else 0, ps)}
-        for kind, (limit, stride) in limits.items():
-            sel = kinds == kind
-            last = args[sel] + (counts[sel] - 1) * stride
-            if np.any(last >= limit) or np.any(last < args[sel]):
-                raise bad(f"{S.RECORD_KINDS[kind]} record out of range")
+        for b0 in range(0, len(rec), RECORD_BLOCK):
+            block = rec[b0:b0 + RECORD_BLOCK]
+            kinds, counts, args = block["kind"], block["count"].astype(np.uint64), block["arg"]
+            if np.any(kinds > last_kind) or np.any(counts == 0):
+                raise bad("unknown record kind or empty run")
+            for kind, (limit, stride) in limits.items():
+                sel = kinds == kind
+                last = args[sel] + (counts[sel] - 1) * stride
+                if np.any(last >= limit) or np.any(last < args[sel]):
+                    raise bad(f"{S.RECORD_KINDS[kind]} record out of range")
         names = set()
         for r in self.regions:
             if r.name in names:
@@ -254,7 +259,7 @@ class Snapshot:
             names.add(r.name)
             if r.first_record + r.record_count > len(rec):
                 raise bad(f"region {r.name!r} records out of range")
-            pages = int(counts[r.first_record:r.first_record + r.record_count].sum())
+            pages = int(self.region_records(r)["count"].sum(dtype=np.uint64))  # buffered: no copy of the table
             if pages != -(-r.size // ps):
                 raise bad(f"region {r.name!r} records cover {pages} pages, size needs {-(-r.size // ps)}")
             if r.first_block + -(-r.size // self.block_size) > len(self.block_digests):
@@ -417,16 +422,15 @@ class Snapshot:
     def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> np.ndarray:
         """The records of pages [start_page, end_page) of region r, the first and last cut to them."""
         recs = self.region_records(r)
-        ends = np.cumsum(recs["count"].astype(np.int64))
-        i = int(np.searchsorted(ends, start_page, side="right"))
-        j = int(np.searchsorted(ends, end_page - 1, side="right"))
+        i, before_i = _record_at(recs, start_page)
+        j, before_j = _record_at(recs, end_page - 1)
         part = recs[i:j + 1].copy()
         if len(part) == 0:
             return part
-        skip = start_page - (int(ends[i - 1]) if i else 0)
+        skip = start_page - before_i
         part["count"][0] -= skip
         part["arg"][0] += skip * _arg_step(int(part["kind"][0]), self.page_size)
-        part["count"][-1] -= int(ends[j]) - end_page
+        part["count"][-1] -= before_j + int(recs["count"][j]) - end_page
         return part
 
     def _range_canonical(self, r: RegionInfo, start_page: int, end_page: int) -> "CanonicalPages":
@@ -463,50 +467,50 @@ class Snapshot:
         total_pages = -(-region.size // ps)
         end_page = total_pages if end_page is None else min(end_page, total_pages)
         remaining = min(region.size, end_page * ps) - start_page * ps
-        recs = self.records[region.first_record:region.first_record + region.record_count]
-        counts = recs["count"].astype(np.int64)
-        ends = np.cumsum(counts)
-        first = int(np.searchsorted(ends, start_page, side="right"))
-        page = int(ends[first - 1]) if first else 0
+        recs = self.region_records(region)
+        b0, page = _record_at(recs, start_page)
         short = max(1, SMALL_PIECE // ps)  # records shorter than this many pages go in windows
         window = max(1, SEGMENT_BYTES // ps)
-        if self._short_run_ends is None:
-            self._short_run_ends = _short_run_ends(self.records["count"], short)
-        i = first
-        while i < len(recs):
-            if remaining <= 0:
-                return
-            kind, count, arg = int(recs["kind"][i]), int(counts[i]), int(recs["arg"][i])
-            skip = max(0, start_page - page)
-            page += count
-            count -= skip
-            arg += skip * _arg_step(kind, ps)
-            stop = i + 1
-            if count < short:  # and the short records after it, up to a window of pages
-                stop = min(int(self._short_run_ends[region.first_record + i]) - region.first_record,
-                           int(np.searchsorted(ends, ends[i] - count + window, side="right")))
-            if stop - i >= WINDOW_RECORDS:
-                # A record per page or two (kinds that alternate, pages shared in random
-                # order) would cost a pass of this loop each: a window of them is put
-                # together with a few numpy operations per kind instead.
-                args, run_counts = recs["arg"][i:stop].copy(), counts[i:stop].copy()
-                args[0], run_counts[0] = arg, count
-                page += int(ends[stop - 1] - ends[i])
-                plan = _WindowPlan(recs["kind"][i:stop], args, run_counts, ps, -(-remaining // ps))
-                pieces = (memoryview(self._assemble(plan, canonical).reshape(-1)),)
-                i = stop
-            else:
-                pieces = self._run(kind, count, arg, canonical)
-                i += 1
-            for piece in pieces:
-                n = piece if isinstance(piece, int) else len(piece)
-                if n > remaining:
-                    piece = remaining if isinstance(piece, int) else memoryview(piece)[:remaining]
-                    n = remaining
-                remaining -= n
-                yield piece
+        while b0 < len(recs) and remaining > 0:
+            block = recs[b0:b0 + RECORD_BLOCK]  # windows end at a block's end
+            b0 += len(block)
+            counts = block["count"].astype(np.int64)
+            ends = np.cumsum(counts)  # within the block
+            short_ends = _short_run_ends(counts, short)
+            i = 0
+            while i < len(block):
                 if remaining <= 0:
                     return
+                kind, count, arg = int(block["kind"][i]), int(counts[i]), int(block["arg"][i])
+                skip = max(0, start_page - page)
+                page += count
+                count -= skip
+                arg += skip * _arg_step(kind, ps)
+                stop = i + 1
+                if count < short:  # and the short records after it, up to a window of pages
+                    stop = min(int(short_ends[i]), int(np.searchsorted(ends, ends[i] - count + window, side="right")))
+                if stop - i >= WINDOW_RECORDS:
+                    # A record per page or two (kinds that alternate, pages shared in random
+                    # order) would cost a pass of this loop each: a window of them is put
+                    # together with a few numpy operations per kind instead.
+                    args, run_counts = block["arg"][i:stop].copy(), counts[i:stop].copy()
+                    args[0], run_counts[0] = arg, count
+                    page += int(ends[stop - 1] - ends[i])
+                    plan = _WindowPlan(block["kind"][i:stop], args, run_counts, ps, -(-remaining // ps))
+                    pieces = (memoryview(self._assemble(plan, canonical).reshape(-1)),)
+                    i = stop
+                else:
+                    pieces = self._run(kind, count, arg, canonical)
+                    i += 1
+                for piece in pieces:
+                    n = piece if isinstance(piece, int) else len(piece)
+                    if n > remaining:
+                        piece = remaining if isinstance(piece, int) else memoryview(piece)[:remaining]
+                        n = remaining
+                    remaining -= n
+                    yield piece
+                    if remaining <= 0:
+                        return
 
     def _run(self, kind: int, count: int, arg: int, canonical) -> Iterator[int | memoryview]:
         ps = self.page_size
@@ -859,15 +863,19 @@ class _Prefetcher:
 
 def _frames_in_use_order(snap: Snapshot, regions: list[RegionInfo]) -> list[int]:
     """The frames that the DATA records of `regions` read, in order of first use."""
-    recs = np.concatenate([snap.records[r.first_record:r.first_record + r.record_count] for r in regions]) \
-        if regions else snap.records[:0]
-    data = recs[recs["kind"] == S.REC_DATA]
+    order: dict[int, None] = {}  # insertion-ordered: a frame's first use
     fp = np.uint64(snap.frame_pages)
-    first = data["arg"] // fp
-    last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
-    frames = _expand_runs(first, last - first + np.uint64(1))
-    unique, first_seen = np.unique(frames, return_index=True)
-    return unique[np.argsort(first_seen, kind="stable")].tolist()
+    for r in regions:
+        recs = snap.region_records(r)
+        for b0 in range(0, len(recs), RECORD_BLOCK):
+            block = recs[b0:b0 + RECORD_BLOCK]
+            data = block[block["kind"] == S.REC_DATA]
+            first = data["arg"] // fp
+            last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
+            frames = _expand_runs(first, last - first + np.uint64(1))
+            unique, first_seen = np.unique(frames, return_index=True)
+            order.update(dict.fromkeys(unique[np.argsort(first_seen, kind="stable")].tolist()))
+    return list(order)
 
 
 class CanonicalPages:
@@ -897,7 +905,8 @@ class CanonicalPages:
         """record_runs: the records to be produced, in order (a region's, or part of one)."""
         self.snap = snap
         ps = snap.page_size
-        reads = [_read_runs(recs, ps) for recs in record_runs]
+        reads = [_read_runs(recs[b0:b0 + RECORD_BLOCK], ps) for recs in record_runs
+                 for b0 in range(0, len(recs), RECORD_BLOCK)]
         starts = np.concatenate([s for s, _ in reads]) if reads else np.zeros(0, np.uint64)
         ends = np.concatenate([e for _, e in reads]) if reads else np.zeros(0, np.uint64)
         self.run_starts, self.run_ends = _merge_runs(starts, ends)
@@ -1147,9 +1156,22 @@ def _cut(pieces, at: int, start: int, end: int) -> Iterator[int | memoryview]:
         at += n
 
 
+def _record_at(recs: np.ndarray, page: int) -> tuple[int, int]:
+    """(index of the record that holds `page`, pages before that record); (len(recs), all
+    their pages) past the end. A block of records at a time."""
+    before = 0
+    for b0 in range(0, len(recs), RECORD_BLOCK):
+        ends = np.cumsum(recs["count"][b0:b0 + RECORD_BLOCK].astype(np.int64)) + before
+        if ends[-1] > page:
+            i = int(np.searchsorted(ends, page, side="right"))
+            return b0 + i, int(ends[i - 1]) if i else before
+        before = int(ends[-1])
+    return len(recs), before
+
+
 def _short_run_ends(counts: np.ndarray, short: int) -> np.ndarray:
     """For each record: one past the last of the consecutive records of fewer than `short`
-    pages from it on (segments() clips it to the record's region)."""
+    pages from it on (up to the end of `counts`)."""
     n = len(counts)
     others = np.append(np.flatnonzero(counts >= short), n)
     return others[np.searchsorted(others, np.arange(n))]
