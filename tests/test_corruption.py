@@ -349,3 +349,17 @@ def test_a_bad_record_in_the_last_block_of_records_is_refused(snapshot, tmp_path
     path.write_bytes(resign(blob, edit=edit))
     with pytest.raises(FormatError, match=message):
         vmsnap.open(str(path))
+
+
+def test_any_damage_to_the_index_is_reported_as_its_digest_first(snapshot, tmp_path):
+    """The index is decoded while it is read and hashed: a flipped byte that also makes it
+    undecodable is still reported as the digest failure, never as a malformed index."""
+    _, blob = snapshot
+    trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
+    path = tmp_path / "bad.vms"
+    for o in range(trailer.index_offset, trailer.index_offset + trailer.index_size):
+        damaged = bytearray(blob)
+        damaged[o] ^= 0x80
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(IntegrityError, match=rf"index failed its digest \(offset {trailer.index_offset}\)"):
+            vmsnap.open(str(path))
