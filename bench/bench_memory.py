@@ -5,7 +5,8 @@ Each dump is made by fixtures/genimage.py and streamed through a pipe into
 `vmsnap save -` (no 64 GiB file on disk); the snapshot is then restored to a pipe
 (`vmsnap restore -o - | cat > /dev/null`), so only vmsnap's own memory is measured.
 Peak RSS is GNU time's. With --checkout DIR, the saves are also run from that
-checkout (an older commit, say), on the same streams.
+checkout (an older commit, say), on the same streams, and the snapshot is also
+restored by it.
 
     python3 bench/bench_memory.py [--sizes 1G,8G,32G,64G] [--checkout DIR] [--md bench/results/memory.md]
 """
@@ -50,10 +51,10 @@ def save(size: int, seed: int, out: str, checkout: str) -> dict:
     return {"wall": wall, "rss": rss, "bytes_out": summary["bytes_out"], "data_pages": summary["data_pages"]}
 
 
-def restore(snap: str) -> dict:
+def restore(snap: str, checkout: str) -> dict:
     with open(os.devnull, "wb") as null:
         cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=null)
-        wall, rss, _ = _timed([PY, "-m", "vmsnap.cli", "restore", snap, "-o", "-", "-q"], ROOT, stdout=cat.stdin)
+        wall, rss, _ = _timed([PY, "-m", "vmsnap.cli", "restore", snap, "-o", "-", "-q"], checkout, stdout=cat.stdin)
         cat.stdin.close()
         cat.wait()
     return {"wall": wall, "rss": rss}
@@ -76,10 +77,13 @@ def main(argv=None) -> int:
         snap = os.path.join(tmp, "s.vms")
         for size in sizes:
             row = {"size": size, "save": save(size, args.seed, snap, ROOT)}
-            row["restore"] = restore(snap)
+            os.sync()  # else the first restore reads while the snapshot is still written back
+            row["restore"] = restore(snap, ROOT)
             if args.checkout:
                 row["other"] = save(size, args.seed, os.path.join(tmp, "other.vms"), args.checkout)
                 row["same_bytes"] = subprocess.run(["cmp", "-s", snap, os.path.join(tmp, "other.vms")]).returncode == 0
+                os.sync()
+                row["other_restore"] = restore(snap, args.checkout)
             rows.append(row)
             print(json.dumps(row), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -96,15 +100,16 @@ def main(argv=None) -> int:
     if args.checkout:
         other = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.checkout, capture_output=True,
                                text=True).stdout.strip()
-        head += f" save peak RSS, {other} | same snapshot bytes |"
-        rule += "---|---|"
+        head += f" save peak RSS, {other} | same snapshot bytes | restore peak RSS, {other} |"
+        rule += "---|---|---|"
     lines += [head, rule]
     for r in rows:
         s, x = r["save"], r["restore"]
         line = (f"| {_bytes(r['size'])} | {s['rss'] / 1024:.0f} MiB | {s['wall']:.1f} s | "
                 f"{_bytes(s['bytes_out'])} | {x['rss'] / 1024:.0f} MiB | {x['wall']:.1f} s |")
         if "other" in r:
-            line += f" {r['other']['rss'] / 1024:.0f} MiB | {'yes' if r['same_bytes'] else 'no'} |"
+            line += (f" {r['other']['rss'] / 1024:.0f} MiB | {'yes' if r['same_bytes'] else 'no'} |"
+                     f" {r['other_restore']['rss'] / 1024:.0f} MiB |")
         lines.append(line)
     with open(args.md, "w") as fh:
         fh.write("\n".join(lines) + "\n")
