@@ -86,9 +86,7 @@ class SnapshotWriter:
         # the index's tables, kept in memory up to a bound and in a temporary file past it
         self._sparse_counts = SpillTable(8, "sparse table")
         self._sparse_words = SpillTable(S.SPARSE_WORD_DTYPE.itemsize, "sparse words")
-        self._n_sparse = 0
         self._records = SpillTable(S.RECORD_DTYPE.itemsize, "record table")
-        self._n_records = 0
         self._run: list[int] | None = None  # open run [kind, count, arg]
         self._regions: list[dict] = []
         self._blocks = SpillTable(S.BLOCK_DIGEST_SIZE, "block digests")
@@ -107,7 +105,7 @@ class SnapshotWriter:
                    progress: Callable[[int], None] | None = None) -> None:
         if any(r["name"] == name for r in self._regions):
             raise UsageError(f"duplicate region name {name!r}")
-        first_record = self._n_records
+        first_record = self._records.entries
         hasher = BlockHasher(self.block_size)
         size = 0
         # A second thread reads, classifies, block-hashes and fingerprints the batches
@@ -123,7 +121,7 @@ class SnapshotWriter:
         blocks = hasher.finish()
         self._regions.append({
             "name": name, "base": base, "size": size,
-            "first_record": first_record, "record_count": self._n_records - first_record,
+            "first_record": first_record, "record_count": self._records.entries - first_record,
             "first_block": self._blocks.entries, "digest": region_digest(blocks),
         })
         self._blocks.append(b"".join(blocks))
@@ -246,10 +244,9 @@ class SnapshotWriter:
         entries = np.empty(len(rows), dtype=S.SPARSE_WORD_DTYPE)
         entries["word"] = cols
         entries["value"] = words[rows, cols]
+        first = self._sparse_counts.entries  # the sparse page number of idx[0]
         self._sparse_words.append(entries)
         self._sparse_counts.append(np.bincount(rows, minlength=len(idx)).astype(np.uint64))
-        first = self._n_sparse
-        self._n_sparse += len(idx)
         return np.arange(first, first + len(idx), dtype=np.uint64)
 
     def _place(self, rows: np.ndarray, grains) -> np.ndarray:
@@ -296,7 +293,6 @@ class SnapshotWriter:
         rec = np.zeros(len(kinds), dtype=S.RECORD_DTYPE)
         rec["kind"], rec["count"], rec["arg"] = kinds, counts, args
         self._records.append(rec)
-        self._n_records += len(rec)
 
     def _close_run(self) -> None:
         if self._run is not None:
@@ -395,7 +391,7 @@ class SnapshotWriter:
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
         return {"bytes_in": self.bytes_in, "bytes_out": self._pos, "regions": len(self._regions),
-                "records": self._n_records, "data_pages": self._data_pages, "frames": len(frames),
+                "records": self._records.entries, "data_pages": self._data_pages, "frames": len(frames),
                 "attachments": len(self._attachments or ())}
 
     def abort(self) -> None:
