@@ -114,7 +114,7 @@ def snapshot(tmp_path):
 @pytest.mark.parametrize("sparse", [True, False])
 def test_a_write_error_in_the_writer_thread_is_one_output_error(tmp_path, snapshot, small_buffers, monkeypatch,
                                                                  sparse):
-    real = output._pwrite_all
+    real = output.pwrite_all
     calls = []
 
     def full_after_two(fd, data, offset):
@@ -123,7 +123,7 @@ def test_a_write_error_in_the_writer_thread_is_one_output_error(tmp_path, snapsh
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data, offset)
 
-    monkeypatch.setattr(output, "_pwrite_all", full_after_two)
+    monkeypatch.setattr(output, "pwrite_all", full_after_two)
     before = sorted(os.listdir(tmp_path))
     with pytest.raises(OutputError, match="^no space left on device$"):
         api.restore(snapshot, str(tmp_path / "out.raw"), sparse=sparse)

@@ -33,6 +33,19 @@ def os_error_message(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def temporary_file_error(purpose: str, detail: str) -> OutputError:
+    """The error of an unnamed temporary file in $TMPDIR (restore's spill, save's index tables)."""
+    return OutputError(f"temporary file for {purpose} in {tempfile.gettempdir()}: {detail}")
+
+
+def pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of `data` at `offset` (pwrite may write less than asked)."""
+    data = memoryview(data).cast("B")
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: str | None = None) -> Iterator[BinaryIO]:
     """Yield a binary file that becomes `path` only if the block completes.

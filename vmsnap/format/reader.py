@@ -24,7 +24,7 @@ from blake3 import blake3
 from construct import ConstructError
 
 from .. import pages as P
-from ..atomic import os_error_message
+from ..atomic import os_error_message, pwrite_all, temporary_file_error
 from ..errors import (FormatError, InputError, IntegrityError, OutputError, UnsupportedVersionError,
                       open_for_reading)
 from . import structs as S
@@ -1025,11 +1025,7 @@ class CanonicalPages:
         try:
             if self._spill is None:
                 self._spill = tempfile.TemporaryFile(prefix="vmsnap-spill-")
-            data = memoryview(np.ascontiguousarray(pages)).cast("B")
-            offset = self._spill_pages * self.snap.page_size
-            while data:
-                n = os.pwrite(self._spill.fileno(), data, offset)
-                data, offset = data[n:], offset + n
+            pwrite_all(self._spill.fileno(), np.ascontiguousarray(pages), self._spill_pages * self.snap.page_size)
         except OSError as exc:
             raise _spill_error(os_error_message(exc)) from None
         self.spilled[j] = np.arange(self._spill_pages, self._spill_pages + len(j))
@@ -1039,11 +1035,12 @@ class CanonicalPages:
         """`count` pages of a REF run from data page `dpn`."""
         return memoryview(self._take_range(dpn, count).reshape(-1))
 
-    def take_each(self, dpns: np.ndarray) -> np.ndarray:
-        """The data pages `dpns`, as the REF and SLICE pages being produced read them."""
+    def take_each(self, dpns: np.ndarray, times: np.ndarray | None = None) -> np.ndarray:
+        """The data pages `dpns`, as the REF and SLICE pages being produced read them
+        (`times` each, once by default)."""
         ranks, hit = self._lookup(dpns)
         pages = self._pages(dpns, ranks, hit)
-        self._consume(ranks[hit])
+        self._consume(ranks[hit], None if times is None else times[hit])
         return pages
 
     def take_slice(self, offset: int, count: int) -> memoryview:
@@ -1064,11 +1061,7 @@ class CanonicalPages:
         have consecutive ranks: within one run, slices of the tables instead of lookups."""
         i = int(self.run_starts.searchsorted(np.uint64(first), side="right")) - 1
         if i < 0 or first + n > int(self.run_ends[i]):
-            d = np.arange(first, first + n, dtype=np.uint64)
-            ranks, hit = self._lookup(d)
-            pages = self._pages(d, ranks, hit)
-            self._consume(ranks[hit], None if times is None else times[hit])
-            return pages
+            return self.take_each(np.arange(first, first + n, dtype=np.uint64), times)
         r0 = int(self.run_rank[i]) + first - int(self.run_starts[i])
         slots = self.slot[r0:r0 + n]
         if slots.min() >= 0:
@@ -1140,7 +1133,7 @@ class CanonicalPages:
 
 
 def _spill_error(what: str) -> OutputError:
-    return OutputError(f"temporary file for shared pages in {tempfile.gettempdir()}: {what}")
+    return temporary_file_error("shared pages", what)
 
 
 def _arg_step(kind: int, page_size: int) -> int:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..atomic import os_error_message
+from ..atomic import os_error_message, temporary_file_error
 from ..errors import OutputError
 from .structs import byte_view
 
@@ -97,8 +97,8 @@ class SpillTable:
             self._file = None
         self._held = []
 
-    def _error(self, what: str) -> OutputError:
-        return OutputError(f"temporary file for the {self.what} in {tempfile.gettempdir()}: {what}")
+    def _error(self, detail: str) -> OutputError:
+        return temporary_file_error(f"the {self.what}", detail)
 
 
 class RunningOffsets:
