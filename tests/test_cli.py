@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -159,6 +160,22 @@ def test_restored_bytes_that_fail_a_block_digest_exit_90_and_leave_no_output(tmp
     assert result.exit_code == IntegrityError.exit_code == 90
     assert "block at offset 0x0 failed its digest" in result.output and "Traceback" not in result.output
     assert not out.exists() and not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("output", ["file", "-"])
+def test_a_wrong_block_after_good_ones_is_named_by_its_offset(tmp_path, monkeypatch, output):
+    """Blocks 0-1 are zero and right; the first data page, and so block 2, comes out wrong."""
+    from vmsnap.format.reader import Snapshot
+
+    raw, snap = tmp_path / "in.raw", tmp_path / "s.vms"
+    raw.write_bytes(bytes(5 << 19) + np.random.default_rng(3).bytes(1 << 20))
+    assert run("save", str(raw), "-o", str(snap)).exit_code == 0
+    decode = Snapshot._decode_frame
+    monkeypatch.setattr(Snapshot, "_decode_frame", lambda self, k: np.bitwise_xor(decode(self, k), 1))
+    result = run("restore", str(snap), "-o", str(tmp_path / "out.raw") if output == "file" else "-")
+    assert result.exit_code == IntegrityError.exit_code
+    assert "block at offset 0x200000 failed its digest" in result.output
+    assert not (tmp_path / "out.raw").exists()
 
 
 @pytest.mark.parametrize("output", ["file", "-"])

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from blake3 import blake3
 
-from .structs import BLOCK_DIGEST_SIZE, BLOCK_SIZE
+from .structs import BLOCK_DIGEST_SIZE, BLOCK_SIZE, byte_view
 
 _THREADS = blake3.AUTO  # whole blocks: release the GIL and use every core
 
@@ -33,12 +33,20 @@ def _zeros(n: int) -> bytes:
 
 
 class BlockHasher:
-    """Feed a region's bytes in order (data or known-zero spans); collect block digests."""
+    """Feed a region's bytes in order (data or known-zero spans); take() the block digests
+    as they complete.
+
+    Digests wait only until the next take(), and the region digest is kept as a
+    running hash, so memory does not grow with the region (a list of every block's
+    digest took 57 bytes per MiB: 57 MiB for a 1 TiB guest).
+    """
 
     def __init__(self, block_size: int, max_threads: int = _THREADS):
         self.block_size = block_size
         self._threads = max_threads
-        self.digests: list[bytes] = []
+        self._pending: list[bytes] = []  # digests not taken yet, each one or a run of them
+        self._region = blake3()  # over every digest taken
+        self.blocks = 0  # blocks whose digest was taken
         self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
         self._fill = 0  # bytes in the current, unfinished block
         self._zero_digest = zero_block_digest(block_size)
@@ -49,7 +57,8 @@ class BlockHasher:
         while pos < n:
             take = min(self.block_size - self._fill, n - pos)
             if self._fill == 0 and take == self.block_size:
-                self.digests.append(blake3(mv[pos:pos + take], max_threads=self._threads).digest(length=BLOCK_DIGEST_SIZE))
+                self._pending.append(blake3(mv[pos:pos + take], max_threads=self._threads)
+                                     .digest(length=BLOCK_DIGEST_SIZE))
             else:
                 self._h.update(mv[pos:pos + take])
                 self._fill += take
@@ -63,7 +72,7 @@ class BlockHasher:
             take = min(self.block_size - self._fill, n)
             if self._fill == 0 and take == self.block_size:
                 full = n // self.block_size
-                self.digests.extend([self._zero_digest] * full)
+                self._pending.append(self._zero_digest * full)
                 n -= full * self.block_size
                 continue
             self._h.update(memoryview(_zeros(self.block_size))[:take])
@@ -72,16 +81,29 @@ class BlockHasher:
                 self._finish_block()
             n -= take
 
-    def finish(self) -> list[bytes]:
+    def take(self) -> bytes:
+        """The digests of the blocks completed since the last take(), concatenated."""
+        blob = b"".join(self._pending)
+        self._pending.clear()
+        self._region.update(blob)
+        self.blocks += len(blob) // BLOCK_DIGEST_SIZE
+        return blob
+
+    def finish(self) -> None:
+        """Close the last, shorter block (its digest is for the next take())."""
         if self._fill:
             self._finish_block()
-        return self.digests
+
+    def region_digest(self) -> bytes:
+        """region_digest() of every digest taken so far."""
+        return self._region.digest()
 
     def _finish_block(self) -> None:
-        self.digests.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
+        self._pending.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
         self._h = blake3()
         self._fill = 0
 
 
 def region_digest(block_digests) -> bytes:
-    return blake3(b"".join(block_digests)).digest()
+    """BLAKE3 over a region's block digests, concatenated in order (any buffer)."""
+    return blake3(byte_view(block_digests)).digest()

@@ -284,17 +284,17 @@ class Snapshot:
                 raise bad(f"region {r.name!r} records cover {pages} pages, size needs {-(-r.size // ps)}")
             if r.first_block + -(-r.size // self.block_size) > len(self.block_digests):
                 raise bad(f"region {r.name!r} block digests out of range")
-            if region_digest(self._blocks_of(r)) != r.digest:
+            if region_digest(self._block_table(r)) != r.digest:
                 raise bad(f"region {r.name!r} digest does not match its block digests")
         if S.image_digest([{"name": r.name, "base": r.base, "size": r.size, "digest": r.digest}
                            for r in self.regions]) != self.image_digest:
             raise bad("image digest does not match the regions")
 
-    def _blocks_of(self, r: RegionInfo, first: int = 0, last: int | None = None) -> list[bytes]:
-        """The stored digests of the region's blocks [first, last) (all by default)."""
+    def _block_table(self, r: RegionInfo, first: int = 0, last: int | None = None) -> np.ndarray:
+        """The stored digests of the region's blocks [first, last) (all by default), a view."""
         n = -(-r.size // self.block_size)
         last = n if last is None else min(last, n)
-        return [b.tobytes() for b in self.block_digests[r.first_block + first:r.first_block + last]]
+        return self.block_digests[r.first_block + first:r.first_block + last]
 
     # -- page contents ---------------------------------------------------------------
 
@@ -819,7 +819,7 @@ class _BlockChecker:
 
     def __init__(self, snap: Snapshot, region: RegionInfo, first: int = 0, last: int | None = None):
         self.snap, self.region, self.first = snap, region, first
-        self.expected = snap._blocks_of(region, first, last)
+        self.expected = snap._block_table(region, first, last)
         # Hashing here, one thread: the pool's threads decode frames on the other CPUs
         # (BLAKE3's own threads would take them from the decoding).
         self.hasher = BlockHasher(snap.block_size, max_threads=1)
@@ -833,12 +833,18 @@ class _BlockChecker:
         self._check()
 
     def _check(self) -> None:
-        got = self.hasher.digests
-        for i in range(self.checked, len(got)):
-            if i >= len(self.expected) or got[i] != self.expected[i]:
-                raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} block at offset "
-                                     f"{(self.first + i) * self.snap.block_size:#x} failed its digest")
-        self.checked = len(got)
+        got = self.hasher.take()
+        if not got:
+            return
+        n = len(got) // S.BLOCK_DIGEST_SIZE
+        want = self.expected[self.checked:self.checked + n]
+        if len(want) < n or want.tobytes() != got:
+            have = np.frombuffer(got, want.dtype)[:len(want)]
+            wrong = np.flatnonzero(have != want)
+            at = self.first + self.checked + (int(wrong[0]) if len(wrong) else len(want))
+            raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} block at offset "
+                                 f"{at * self.snap.block_size:#x} failed its digest")
+        self.checked += n
 
     def finish(self) -> None:
         self.hasher.finish()

@@ -33,12 +33,13 @@ from ..sources.base import page_batches
 from . import structs as S
 from .dedup import DigestIndex
 from .defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
-from .digests import BlockHasher, block_size_for, region_digest
+from .digests import BlockHasher, block_size_for
 from .slices import GRAIN, SliceFinder
 from .tables import RunningOffsets, SpillTable
 
 BATCH_BYTES = 4 << 20
 ANALYSIS_AHEAD = 2  # batches read and classified ahead of the one being encoded
+BLOCKS_APPEND_BYTES = 64 << 10  # block digests gathered before they go to their table
 MIN_PAGE_SIZE, MAX_PAGE_SIZE, MAX_FRAME_SIZE = S.MIN_PAGE_SIZE, S.MAX_PAGE_SIZE, S.MAX_FRAME_BYTES
 
 
@@ -90,6 +91,7 @@ class SnapshotWriter:
         self._run: list[int] | None = None  # open run [kind, count, arg]
         self._regions: list[dict] = []
         self._blocks = SpillTable(S.BLOCK_DIGEST_SIZE, "block digests")
+        self._blocks_taken = bytearray()  # the current region's block digests not in _blocks yet
         self.bytes_in = 0
         # Only a file that may hold attachments sets the flag, so a plain snapshot stays
         # readable by vmsnap versions that know no flags.
@@ -105,7 +107,7 @@ class SnapshotWriter:
                    progress: Callable[[int], None] | None = None) -> None:
         if any(r["name"] == name for r in self._regions):
             raise UsageError(f"duplicate region name {name!r}")
-        first_record = self._records.entries
+        first_record, first_block = self._records.entries, self._blocks.entries
         hasher = BlockHasher(self.block_size)
         size = 0
         # A second thread reads, classifies, block-hashes and fingerprints the batches
@@ -118,13 +120,15 @@ class SnapshotWriter:
                 size += self._encode_batch(batch, result, progress)
         self._close_run()
         self.bytes_in += size
-        blocks = hasher.finish()
+        hasher.finish()
+        self._blocks_taken += hasher.take()
+        self._blocks.append(bytes(self._blocks_taken))
+        self._blocks_taken.clear()
         self._regions.append({
             "name": name, "base": base, "size": size,
             "first_record": first_record, "record_count": self._records.entries - first_record,
-            "first_block": self._blocks.entries, "digest": region_digest(blocks),
+            "first_block": first_block, "digest": hasher.region_digest(),
         })
-        self._blocks.append(b"".join(blocks))
 
     def add_attachment(self, name: str, chunks: Iterable[bytes]) -> dict:
         """Store a named byte stream (read from `chunks`) as its own zstd frames.
@@ -167,12 +171,22 @@ class SnapshotWriter:
         """Classify a batch, hash its blocks, fingerprint its OTHER pages (on the analysis thread)."""
         if isinstance(batch, int):  # zero pages the source knows without reading them
             hasher.update_zero(batch * self.page_size)
+            self._take_blocks(hasher)
             return None
         pages = P.as_pages(batch, self.page_size)
         kind, period = P.classify(pages)
         self._hash_blocks(hasher, batch, kind)
+        self._take_blocks(hasher)
         grains = self._slices.fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
         return pages, kind, period, grains
+
+    def _take_blocks(self, hasher: BlockHasher) -> None:
+        """Move the batch's block digests to the table, 64 KiB at a time (an entry per
+        batch would cost more in bookkeeping than the digests themselves)."""
+        self._blocks_taken += hasher.take()
+        if len(self._blocks_taken) >= BLOCKS_APPEND_BYTES:
+            self._blocks.append(bytes(self._blocks_taken))
+            self._blocks_taken.clear()
 
     def _encode_batch(self, batch, result, progress: Callable[[int], None] | None) -> int:
         """Turn an analysed batch into records and data pages; return its size in bytes."""
