@@ -9,6 +9,10 @@ checkout (an older commit, say), on the same streams, and the snapshot is also
 restored by it.
 
     python3 bench/bench_memory.py [--sizes 1G,8G,32G,64G] [--checkout DIR] [--md bench/results/memory.md]
+
+With --layout alternating the dump is text pages and zero pages one by one, every
+text page distinct: a record per page, where the index's tables are largest (the
+"alternating" layout of bench_layouts.py, at any size).
 """
 
 from __future__ import annotations
@@ -38,9 +42,35 @@ def _timed(cmd: list[str], cwd: str, stdin=None, stdout=None) -> tuple[float, in
     return float(wall), int(rss), p.stdout if stdout is None else ""
 
 
-def save(size: int, seed: int, out: str, checkout: str) -> dict:
-    gen = subprocess.Popen([PY, os.path.join(ROOT, "fixtures", "genimage.py"), "-", "--size", str(size),
-                            "--seed", str(seed)], stdout=subprocess.PIPE)
+def emit_alternating(size: int, seed: int) -> None:
+    """Write `size` bytes of text and zero pages, one by one, to stdout."""
+    import numpy as np
+
+    from genimage import PAGE, ImageGenerator
+
+    pool = ImageGenerator(PAGE, seed)._text(16384)  # 64 MiB of text pages, reused...
+    chunk = np.zeros((2048, PAGE), np.uint8)
+    text = chunk[0::2]
+    out = sys.stdout.buffer
+    number = 0
+    for done in range(0, size, chunk.nbytes):
+        start = number % len(pool)  # a whole number of chunks fits in the pool
+        text[:] = pool[start:start + len(text)]
+        # ...each made distinct by its number in its first 8 bytes
+        text[:, :8] = np.arange(number, number + len(text), dtype="<u8")[:, None].view(np.uint8)
+        number += len(text)
+        out.write(memoryview(chunk.reshape(-1))[:size - done])
+    out.flush()
+
+
+def _dump_command(layout: str, size: int, seed: int) -> list[str]:
+    if layout == "alternating":
+        return [PY, os.path.abspath(__file__), "--emit", "alternating", "--sizes", str(size), "--seed", str(seed)]
+    return [PY, os.path.join(ROOT, "fixtures", "genimage.py"), "-", "--size", str(size), "--seed", str(seed)]
+
+
+def save(size: int, seed: int, out: str, checkout: str, layout: str = "genimage") -> dict:
+    gen = subprocess.Popen(_dump_command(layout, size, seed), stdout=subprocess.PIPE)
     # `python -m` from the checkout's directory imports that checkout's vmsnap
     wall, rss, text = _timed([PY, "-m", "vmsnap.cli", "save", "-", "-o", out, "-q", "--json"], checkout,
                              stdin=gen.stdout)
@@ -69,18 +99,25 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1G,8G,32G,64G")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkout", help="another vmsnap checkout whose saves to measure too")
-    ap.add_argument("--md", default=os.path.join(ROOT, "bench", "results", "memory.md"))
+    ap.add_argument("--layout", choices=["genimage", "alternating"], default="genimage")
+    ap.add_argument("--emit", choices=["alternating"], help=argparse.SUPPRESS)  # the dump, to stdout
+    ap.add_argument("--md", help="default: bench/results/memory.md (memory-alternating.md for that layout)")
     args = ap.parse_args(argv)
     sizes = [_size(s) for s in args.sizes.split(",")]
+    if args.emit:
+        emit_alternating(sizes[0], args.seed)
+        return 0
+    name = "memory.md" if args.layout == "genimage" else f"memory-{args.layout}.md"
+    args.md = args.md or os.path.join(ROOT, "bench", "results", name)
     rows = []
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "bench", "out")) as tmp:
         snap = os.path.join(tmp, "s.vms")
         for size in sizes:
-            row = {"size": size, "save": save(size, args.seed, snap, ROOT)}
+            row = {"size": size, "save": save(size, args.seed, snap, ROOT, args.layout)}
             os.sync()  # else the first restore reads while the snapshot is still written back
             row["restore"] = restore(snap, ROOT)
             if args.checkout:
-                row["other"] = save(size, args.seed, os.path.join(tmp, "other.vms"), args.checkout)
+                row["other"] = save(size, args.seed, os.path.join(tmp, "other.vms"), args.checkout, args.layout)
                 row["same_bytes"] = subprocess.run(["cmp", "-s", snap, os.path.join(tmp, "other.vms")]).returncode == 0
                 os.sync()
                 row["other_restore"] = restore(snap, args.checkout)
@@ -91,8 +128,11 @@ def main(argv=None) -> int:
     lines = ["# Memory as the guest grows",
              "",
              f"Produced by `python3 bench/bench_memory.py --sizes {args.sizes}"
+             + (f" --layout {args.layout}" if args.layout != "genimage" else "")
              + (" --checkout DIR" if args.checkout else "") + f"` (commit {commit}). Each dump is",
-             "made by fixtures/genimage.py (seed %d) and streamed through a pipe into `vmsnap save -`; the" % args.seed,
+             ("made by fixtures/genimage.py (seed %d)" % args.seed if args.layout == "genimage" else
+              "text pages and zero pages one by one, every text page distinct (seed %d)" % args.seed)
+             + " and streamed through a pipe into `vmsnap save -`; the",
              "snapshot is restored to a pipe. Peak RSS by GNU time; one run each.",
              ""]
     head = "| guest | save peak RSS | save wall | snapshot | restore peak RSS | restore wall |"

@@ -327,13 +327,16 @@ def test_running_out_of_memory_is_one_line_and_exit_1(snapshot, tmp_path, monkey
     ("count", 0, "unknown record kind or empty run"),
     ("arg", 1 << 40, "record out of range"),
 ])
-def test_a_bad_record_in_the_last_block_of_records_is_refused(snapshot, tmp_path, monkeypatch, field, value, message):
+@pytest.mark.parametrize("index_memory", [0, 1 << 30], ids=["index-mapped", "index-in-memory"])
+def test_a_bad_record_in_the_last_block_of_records_is_refused(snapshot, tmp_path, monkeypatch, field, value, message,
+                                                              index_memory):
     """The records are checked a block at a time: the last block counts as much as the first."""
     import numpy as np
 
     from vmsnap.format import reader
 
     monkeypatch.setattr(reader, "RECORD_BLOCK", 2)
+    monkeypatch.setattr(reader, "INDEX_MEMORY_BYTES", index_memory)
     _, blob = snapshot
 
     def edit(fields):
@@ -351,9 +354,13 @@ def test_a_bad_record_in_the_last_block_of_records_is_refused(snapshot, tmp_path
         vmsnap.open(str(path))
 
 
-def test_any_damage_to_the_index_is_reported_as_its_digest_first(snapshot, tmp_path):
+@pytest.mark.parametrize("index_memory", [0, 1 << 30], ids=["index-mapped", "index-in-memory"])
+def test_any_damage_to_the_index_is_reported_as_its_digest_first(snapshot, tmp_path, monkeypatch, index_memory):
     """The index is decoded while it is read and hashed: a flipped byte that also makes it
     undecodable is still reported as the digest failure, never as a malformed index."""
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "INDEX_MEMORY_BYTES", index_memory)
     _, blob = snapshot
     trailer = S.Trailer.parse(blob[-S.TRAILER_SIZE:])
     path = tmp_path / "bad.vms"

@@ -9,6 +9,7 @@ block digest.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import tempfile
@@ -43,6 +44,11 @@ WINDOW_RECORDS = 32
 # its transients stay bounded however many records the index holds (a guest whose pages
 # change kind every page has 4 million records per 16 GiB).
 RECORD_BLOCK = 1 << 16
+# A larger index is decoded into an unlinked temporary file in $TMPDIR and mapped, and the
+# mapped pages are dropped after each block of records: the kernel's page cache holds it,
+# not the process (it is 0.5 MiB per GiB of the benchmark guest, 16 bytes per page for a
+# guest with a record per page).
+INDEX_MEMORY_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Snapshot:
         if path == "-":
             raise InputError("a snapshot cannot be read from stdin (its index is at the end): give its file name")
         self._fh = open_for_reading(path)
+        self._index_map: mmap.mmap | None = None  # the index body, when decoded into a file
         try:
             st = os.fstat(self._fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -197,6 +204,8 @@ class Snapshot:
         that is less (an index compresses about 5:1), doubled when it fills: appending
         piece by piece copied the body as it grew (61 MiB at the peak for the 29 MiB
         index of a 64 GiB guest)."""
+        if limit > INDEX_MEMORY_BYTES:
+            return self._decompress_index_to_file(stored, limit)
         body = bytearray(min(limit + 1, max(SEGMENT_BYTES, 16 * stored_size)))
         got = 0
         try:
@@ -212,6 +221,29 @@ class Snapshot:
             raise FormatError(f"{self.path}: malformed index: {exc}") from None
         del body[got:]
         return body
+
+    def _decompress_index_to_file(self, stored, limit: int) -> mmap.mmap | bytes:
+        """The index body, one more byte than `limit` at most, decoded into an unlinked
+        temporary file and mapped read-only (see INDEX_MEMORY_BYTES)."""
+        piece = bytearray(64 << 10)  # small writes, small page-cache folios: a read maps in little around it
+        got = 0
+        with _IndexSpill() as spill:
+            try:
+                with zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False) as reader:
+                    while got <= limit and (n := reader.readinto(piece)):
+                        n = min(n, limit + 1 - got)
+                        spill.write(memoryview(piece)[:n])
+                        got += n
+            except zstandard.ZstdError as exc:
+                raise FormatError(f"{self.path}: malformed index: {exc}") from None
+            self._index_map = spill.map(got)
+        return self._index_map if self._index_map is not None else b""
+
+    def _drop_index_pages(self) -> None:
+        """Unmap the pages of a mapped index that were read: they are read again from the
+        page cache when needed, and do not add up in this process."""
+        if self._index_map is not None:
+            self._index_map.madvise(mmap.MADV_DONTNEED)
 
     def _check_index(self) -> None:
         """Reject an index whose tables contradict each other (never index out of range later)."""
@@ -249,10 +281,11 @@ class Snapshot:
                 raise bad(f"attachment {a.name!r} frames do not add up to its size")
             if np.any(np.diff(a.frames["offset"].astype(np.int64)) <= 0):
                 raise bad(f"attachment {a.name!r} frames out of file order")
-        if len(self.sparse_offsets) < 1 or self.sparse_offsets[0] != 0 or np.any(np.diff(
-                self.sparse_offsets.astype(np.int64)) < 0) or self.sparse_offsets[-1] != len(self.sparse_words):
+        offsets, drop = self.sparse_offsets, self._drop_index_pages
+        if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(self.sparse_words) or any(
+                np.any(np.diff(block.astype(np.int64)) < 0) for _, block in _blocks(offsets, drop, overlap=1)):
             raise bad("sparse table offsets")
-        if len(self.sparse_words) and self.sparse_words["word"].max() >= ps // 8:
+        if any(np.any(block["word"] >= ps // 8) for _, block in _blocks(self.sparse_words, self._drop_index_pages)):
             raise bad("sparse word beyond the page")
         if any(not 1 <= len(u) <= ps for u in self.patterns):
             raise bad("pattern unit length")
@@ -262,8 +295,7 @@ class Snapshot:
         limits = {S.REC_PATTERN: (len(self.patterns), 0), S.REC_SPARSE: (len(self.sparse_offsets) - 1, 1),
                   S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1),
                   S.REC_SLICE: ((self.data_pages - 1) * ps + 1 if self.data_pages else 0, ps)}
-        for b0 in range(0, len(rec), RECORD_BLOCK):
-            block = rec[b0:b0 + RECORD_BLOCK]
+        for _, block in _blocks(rec, self._drop_index_pages):
             kinds, counts, args = block["kind"], block["count"].astype(np.uint64), block["arg"]
             if np.any(kinds > last_kind) or np.any(counts == 0):
                 raise bad("unknown record kind or empty run")
@@ -279,13 +311,15 @@ class Snapshot:
             names.add(r.name)
             if r.first_record + r.record_count > len(rec):
                 raise bad(f"region {r.name!r} records out of range")
-            pages = int(self.region_records(r)["count"].sum(dtype=np.uint64))  # buffered: no copy of the table
+            pages = sum(int(block["count"].sum(dtype=np.uint64))
+                        for _, block in _blocks(self.region_records(r), self._drop_index_pages))
             if pages != -(-r.size // ps):
                 raise bad(f"region {r.name!r} records cover {pages} pages, size needs {-(-r.size // ps)}")
             if r.first_block + -(-r.size // self.block_size) > len(self.block_digests):
                 raise bad(f"region {r.name!r} block digests out of range")
             if region_digest(self._block_table(r)) != r.digest:
                 raise bad(f"region {r.name!r} digest does not match its block digests")
+            self._drop_index_pages()
         if S.image_digest([{"name": r.name, "base": r.base, "size": r.size, "digest": r.digest}
                            for r in self.regions]) != self.image_digest:
             raise bad("image digest does not match the regions")
@@ -442,8 +476,8 @@ class Snapshot:
     def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> np.ndarray:
         """The records of pages [start_page, end_page) of region r, the first and last cut to them."""
         recs = self.region_records(r)
-        i, before_i = _record_at(recs, start_page)
-        j, before_j = _record_at(recs, end_page - 1)
+        i, before_i = _record_at(recs, start_page, self._drop_index_pages)
+        j, before_j = _record_at(recs, end_page - 1, self._drop_index_pages)
         part = recs[i:j + 1].copy()
         if len(part) == 0:
             return part
@@ -488,10 +522,11 @@ class Snapshot:
         end_page = total_pages if end_page is None else min(end_page, total_pages)
         remaining = min(region.size, end_page * ps) - start_page * ps
         recs = self.region_records(region)
-        b0, page = _record_at(recs, start_page)
+        b0, page = _record_at(recs, start_page, self._drop_index_pages)
         short = max(1, SMALL_PIECE // ps)  # records shorter than this many pages go in windows
         window = max(1, SEGMENT_BYTES // ps)
         while b0 < len(recs) and remaining > 0:
+            self._drop_index_pages()
             block = recs[b0:b0 + RECORD_BLOCK]  # windows end at a block's end
             b0 += len(block)
             counts = block["count"].astype(np.int64)
@@ -787,6 +822,33 @@ class Snapshot:
         self.close()
 
 
+class _IndexSpill:
+    """The unlinked temporary file an index is decoded into; its errors name $TMPDIR."""
+
+    def __enter__(self) -> "_IndexSpill":
+        self._file = self._do(lambda: tempfile.TemporaryFile(prefix="vmsnap-index-"))
+        return self
+
+    def write(self, data) -> None:
+        self._do(lambda: self._file.write(data))
+
+    def map(self, size: int) -> mmap.mmap | None:
+        """The file's first `size` bytes, mapped read-only: the mapping keeps the file
+        after it is closed, until the last view of it is gone."""
+        self._do(self._file.flush)
+        return self._do(lambda: mmap.mmap(self._file.fileno(), size, prot=mmap.PROT_READ)) if size else None
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    @staticmethod
+    def _do(action):
+        try:
+            return action()
+        except OSError as exc:
+            raise temporary_file_error("the index", os_error_message(exc)) from None
+
+
 class _HashedRange:
     """Bytes [offset, offset+size) of a snapshot, read a piece at a time and hashed as
     they go (a file-like source for the decompressor)."""
@@ -918,9 +980,7 @@ def _frames_in_use_order(snap: Snapshot, regions: list[RegionInfo]) -> list[int]
     order: dict[int, None] = {}  # insertion-ordered: a frame's first use
     fp = np.uint64(snap.frame_pages)
     for r in regions:
-        recs = snap.region_records(r)
-        for b0 in range(0, len(recs), RECORD_BLOCK):
-            block = recs[b0:b0 + RECORD_BLOCK]
+        for _, block in _blocks(snap.region_records(r), snap._drop_index_pages):
             data = block[block["kind"] == S.REC_DATA]
             first = data["arg"] // fp
             last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
@@ -957,8 +1017,7 @@ class CanonicalPages:
         """record_runs: the records to be produced, in order (a region's, or part of one)."""
         self.snap = snap
         ps = snap.page_size
-        reads = [_read_runs(recs[b0:b0 + RECORD_BLOCK], ps) for recs in record_runs
-                 for b0 in range(0, len(recs), RECORD_BLOCK)]
+        reads = [_read_runs(block, ps) for recs in record_runs for _, block in _blocks(recs, snap._drop_index_pages)]
         starts = np.concatenate([s for s, _ in reads]) if reads else np.zeros(0, np.uint64)
         ends = np.concatenate([e for _, e in reads]) if reads else np.zeros(0, np.uint64)
         self.run_starts, self.run_ends = _merge_runs(starts, ends)
@@ -1201,12 +1260,22 @@ def _cut(pieces, at: int, start: int, end: int) -> Iterator[int | memoryview]:
         at += n
 
 
-def _record_at(recs: np.ndarray, page: int) -> tuple[int, int]:
+def _blocks(table: np.ndarray, after: Callable[[], None] | None = None,
+            overlap: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(b0, table[b0:b0 + RECORD_BLOCK + overlap]) for each block; after() runs once each
+    block is done with (Snapshot._drop_index_pages)."""
+    for b0 in range(0, len(table) - overlap, RECORD_BLOCK):
+        yield b0, table[b0:b0 + RECORD_BLOCK + overlap]
+        if after is not None:
+            after()
+
+
+def _record_at(recs: np.ndarray, page: int, after: Callable[[], None] | None = None) -> tuple[int, int]:
     """(index of the record that holds `page`, pages before that record); (len(recs), all
-    their pages) past the end. A block of records at a time."""
+    their pages) past the end. A block of records at a time (after(): see _blocks)."""
     before = 0
-    for b0 in range(0, len(recs), RECORD_BLOCK):
-        ends = np.cumsum(recs["count"][b0:b0 + RECORD_BLOCK].astype(np.int64)) + before
+    for b0, block in _blocks(recs, after):
+        ends = np.cumsum(block["count"].astype(np.int64)) + before
         if ends[-1] > page:
             i = int(np.searchsorted(ends, page, side="right"))
             return b0 + i, int(ends[i - 1]) if i else before

@@ -1,0 +1,101 @@
+"""A large index is decoded into an unlinked temporary file and mapped, its pages dropped
+block by block: the same bytes come out, nothing is left behind, and its errors are clear."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import vmsnap
+from conftest import build_image, char_device
+from vmsnap import api
+from vmsnap.cli import main
+from vmsnap.format import reader
+
+PAGES = 2048
+FAULT_AROUND = 64 << 10  # Linux's fault_around_bytes
+
+
+@pytest.fixture
+def record_per_page(tmp_path):
+    """An image whose page kinds alternate, so that its index holds a record per page."""
+    spec = [("zero",) if i % 2 else ("random", i) for i in range(PAGES)]
+    data = build_image(spec)
+    raw, snap = tmp_path / "in.raw", tmp_path / "s.vms"
+    raw.write_bytes(data)
+    api.save(str(raw), str(snap))
+    return data, snap
+
+
+@pytest.fixture
+def mapped(monkeypatch, tmp_path):
+    """Every index goes to a temporary file, in a TMPDIR of the test's own."""
+    spill_dir = tmp_path / "tmpdir"
+    spill_dir.mkdir()
+    monkeypatch.setattr(reader, "INDEX_MEMORY_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_dir))
+    return spill_dir
+
+
+def _resident_bytes(address: int) -> int:
+    """Rss of the mapping of this process that holds `address` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= address < hi
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no mapping holds the index")
+
+
+def test_a_mapped_index_restores_the_same_bytes_and_leaves_nothing_in_tmpdir(record_per_page, mapped, tmp_path):
+    data, snap = record_per_page
+    out = tmp_path / "out.raw"
+    with vmsnap.open(str(snap)) as s:
+        assert s._index_map is not None and len(s.records) >= PAGES
+        assert os.listdir(mapped) == []  # unlinked from the start
+    api.restore(str(snap), str(out))
+    assert out.read_bytes() == data
+    assert api.cat(str(snap), 4096 * 1001 + 7, 4096 * 3) == data[4096 * 1001 + 7:4096 * 1004 + 7]
+    api.verify(str(snap))
+    assert os.listdir(mapped) == []
+
+
+def test_the_pages_of_a_mapped_index_are_dropped_block_by_block(mapped, monkeypatch, tmp_path):
+    """The mapped index is page cache, not the process's memory: after a whole pass only the
+    pages read since the last block of records are still mapped in (a fault maps up to
+    64 KiB around it, so the index here is 16 times that)."""
+    pages, ps = 1 << 16, 512
+    image = np.zeros((pages, ps), np.uint8)
+    image[::2] = np.frombuffer(np.random.default_rng(5).bytes(pages // 2 * ps), np.uint8).reshape(-1, ps)
+    raw, snap = tmp_path / "in.raw", tmp_path / "s.vms"
+    raw.write_bytes(image.tobytes())
+    api.save(str(raw), str(snap), page_size=ps)
+    monkeypatch.setattr(reader, "RECORD_BLOCK", 256)  # a block of records is 4 KiB
+    with vmsnap.open(str(snap)) as s:
+        size = len(s._index_map)
+        assert size >= 16 * FAULT_AROUND
+        address = np.frombuffer(s._index_map, np.uint8).ctypes.data
+        s.produce(lambda region, piece: None)
+        assert _resident_bytes(address) <= 3 * FAULT_AROUND, size
+
+
+def test_a_full_tmpdir_for_the_index_is_exit_6_in_one_line(record_per_page, monkeypatch, tmp_path):
+    _, snap = record_per_page
+    full = char_device(tmp_path, "full", 7)
+    monkeypatch.setattr(reader, "INDEX_MEMORY_BYTES", 0)
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: open(full, "r+b"))
+    for args in (["verify", str(snap)], ["restore", str(snap), "-o", str(tmp_path / "out.raw"), "-q"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 6, result.output
+        assert result.output.strip().splitlines() == [
+            f"vmsnap: error: temporary file for the index in {tempfile.gettempdir()}: no space left on device"]
+    assert not (tmp_path / "out.raw").exists()
