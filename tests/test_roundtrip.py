@@ -709,6 +709,12 @@ def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, 
         w.close()
     with vmsnap.open(str(path)) as s:
         assert (s._index_map is not None) == index_in_file
+        refs = s.records[s.records["kind"] == S.REC_REF]  # stats() goes a block at a time; this, all at once
+        targets = np.concatenate([np.arange(a, a + c) for a, c in zip(refs["arg"].tolist(), refs["count"].tolist())]
+                                 + [np.zeros(0, np.int64)])
+        stats = s.stats()
+        assert (stats["pages_shared"], stats["pages_sharing"]) == (len(np.unique(targets)), len(targets))
+        assert sum(stats["pages"].values()) == sum(-(-len(data) // ps) for _, _, data in regions)
         seen = {}
         s.produce(lambda r, p: seen.setdefault(r.name, bytearray()).extend(bytes(p)), jobs=rng.choice([1, 2, 3]))
         for name, base, data in regions:

@@ -771,15 +771,21 @@ class Snapshot:
         ps = self.page_size
         rec = self.records
         pages_by_kind = {name: 0 for name in S.RECORD_KINDS.values()}
-        for kind, name in S.RECORD_KINDS.items():
-            pages_by_kind[name] = int(rec["count"][rec["kind"] == kind].sum(dtype=np.uint64))
         pattern_pages: dict[str, int] = {}
-        sel = rec["kind"] == S.REC_PATTERN
-        for arg, count in zip(rec["arg"][sel].tolist(), rec["count"][sel].tolist()):
-            name = P.pattern_kind_name(len(self.patterns[arg]))
-            pattern_pages[name] = pattern_pages.get(name, 0) + count
-        ref_sel = rec["kind"] == S.REC_REF
-        ref_targets = _expand_runs(rec["arg"][ref_sel], rec["count"][ref_sel])
+        ref_starts, ref_ends = [], []  # the REF records' targets, as runs: not a number per page
+        for _, block in _blocks(rec, self._drop_index_pages):
+            kinds, counts = block["kind"], block["count"]
+            for kind, name in S.RECORD_KINDS.items():
+                pages_by_kind[name] += int(counts[kinds == kind].sum(dtype=np.uint64))
+            sel = kinds == S.REC_PATTERN
+            for arg, count in zip(block["arg"][sel].tolist(), counts[sel].tolist()):
+                name = P.pattern_kind_name(len(self.patterns[arg]))
+                pattern_pages[name] = pattern_pages.get(name, 0) + count
+            sel = kinds == S.REC_REF
+            ref_starts.append(block["arg"][sel])
+            ref_ends.append(block["arg"][sel] + counts[sel].astype(np.uint64))
+        shared_starts, shared_ends = _merge_runs(np.concatenate(ref_starts), np.concatenate(ref_ends)) \
+            if ref_starts else (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
         image_bytes = sum(r.size for r in self.regions)
         data_bytes = int(self.frames["size"].sum(dtype=np.uint64))
         return {
@@ -795,8 +801,8 @@ class Snapshot:
             "pattern_pages": pattern_pages,
             "patterns": len(self.patterns),
             "sparse_pages": len(self.sparse_offsets) - 1,
-            "pages_shared": int(np.unique(ref_targets).size),
-            "pages_sharing": int(ref_targets.size),
+            "pages_shared": int((shared_ends - shared_starts).sum(dtype=np.uint64)),
+            "pages_sharing": pages_by_kind["ref"],
             "attachments": [{"name": a.name, "size": a.size, "stored": a.stored, "digest": a.digest.hex()}
                             for a in self.attachments.values()],
             "stored_bytes": {"data_frames": data_bytes,
