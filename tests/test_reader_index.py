@@ -10,6 +10,8 @@ import tempfile
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vmsnap
 from conftest import build_image, char_device
@@ -99,3 +101,51 @@ def test_a_full_tmpdir_for_the_index_is_exit_6_in_one_line(record_per_page, monk
         assert result.output.strip().splitlines() == [
             f"vmsnap: error: temporary file for the index in {tempfile.gettempdir()}: no space left on device"]
     assert not (tmp_path / "out.raw").exists()
+
+
+@given(st.lists(st.tuples(st.integers(0, 700), st.integers(0, 200)), max_size=40), st.data())
+@settings(max_examples=200, deadline=None)
+def test_the_set_of_referenced_pages_ranks_each_page(runs, data):
+    """_PageSet (a bitmap and a rank directory, runs added in any order, any number of
+    times) against a sorted array of the pages."""
+    pages = 1000
+    wanted = reader._PageSet(pages)
+    for chunk in (runs[:len(runs) // 2], runs[len(runs) // 2:]):
+        starts = np.array([min(s, pages) for s, _ in chunk], np.uint64)
+        ends = np.array([min(s + n, pages) for s, n in chunk], np.uint64)
+        wanted.add(starts, ends)
+    wanted.finish()
+    want = np.unique(np.concatenate([np.arange(min(s, pages), min(s + n, pages)) for s, n in runs]
+                                    + [np.zeros(0, np.int64)]))
+    assert wanted.count == len(want) and wanted.pages().tolist() == want.tolist()
+    probe = np.array(data.draw(st.lists(st.integers(0, pages - 1), min_size=1, max_size=50)), np.uint64)
+    rank, hit = wanted.lookup(probe)
+    assert hit.tolist() == np.isin(probe, want).tolist()
+    assert rank[hit].tolist() == np.searchsorted(want, probe[hit]).tolist()
+    assert [wanted.rank(int(p)) for p in probe] == np.searchsorted(want, probe).tolist()
+    assert wanted.rank(pages) == len(want)
+    first = data.draw(st.integers(0, pages))
+    end = data.draw(st.integers(first, pages))
+    assert wanted.within(first, end).tolist() == (want[(want >= first) & (want < end)] - first).tolist()
+
+
+def test_a_plan_in_a_tmpdir_that_cannot_hold_it_is_exit_6_in_one_line(monkeypatch, tmp_path):
+    """The plan's arrays are allocated when made, so a full disk is an error there, never
+    a SIGBUS when a mapped page is first written."""
+    pages = [("random", i) for i in range(64)]
+    raw, snap = tmp_path / "in.raw", tmp_path / "s.vms"
+    raw.write_bytes(build_image(pages + [("copy", 63 - i) for i in range(64)]))
+    api.save(str(raw), str(snap))
+    full = char_device(tmp_path, "full", 7)
+    monkeypatch.setattr(reader, "PLAN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kw: open(full, "r+b"))
+    result = CliRunner().invoke(main, ["restore", str(snap), "-o", str(tmp_path / "out.raw"), "-q"])
+    assert result.exit_code == 6, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"vmsnap: error: temporary file for shared pages in {tempfile.gettempdir()}: "), lines
+    assert not (tmp_path / "out.raw").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(reader, "PLAN_MEMORY_BYTES", 0)
+    api.restore(str(snap), str(tmp_path / "out.raw"))  # with room, the same plan restores the image
+    assert (tmp_path / "out.raw").read_bytes() == raw.read_bytes()

@@ -680,8 +680,9 @@ def _random_spec(rng, pages, page_size):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, monkeypatch, seed):
     """Up to 300 pages a region, regions stored in random order, and random frame sizes,
-    batch sizes, windows, canonical budgets, digest windows and record blocks, the index in
-    memory or mapped from a file: what a fuzzer found a window bug with."""
+    batch sizes, windows, canonical budgets, digest windows and record blocks, the index and
+    the plan of shared pages in memory or mapped from files: what a fuzzer found a window
+    bug with."""
     import random
 
     from vmsnap.format import dedup, reader, writer
@@ -697,6 +698,8 @@ def test_multi_region_snapshots_read_back_whole_in_part_and_by_region(tmp_path, 
     monkeypatch.setattr(reader, "RECORD_BLOCK", rng.choice([1, 2, 5, 1 << 16]))
     index_in_file = rng.random() < 0.5
     monkeypatch.setattr(reader, "INDEX_MEMORY_BYTES", 0 if index_in_file else 1 << 30)
+    monkeypatch.setattr(reader, "PLAN_MEMORY_BYTES", rng.choice([0, 1 << 30]))
+    monkeypatch.setattr(reader, "PLAN_CHUNK", rng.choice([1, 3, 1 << 18]))
     monkeypatch.setattr(writer, "BATCH_BYTES", rng.choice([ps * 4, 16384, 4 << 20]))
     regions = [(f"r{r}", r * (1 << 24) + rng.choice([0, ps]),
                 build_image(_random_spec(rng, rng.randrange(300), ps), ps, rng.randbytes(rng.randrange(ps))))

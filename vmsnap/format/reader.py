@@ -49,6 +49,10 @@ RECORD_BLOCK = 1 << 16
 # not the process (it is 0.5 MiB per GiB of the benchmark guest, 16 bytes per page for a
 # guest with a record per page).
 INDEX_MEMORY_BYTES = 32 << 20
+# Likewise, a plan of shared pages whose per-page arrays (12 bytes a referenced page)
+# would take more is kept in mapped temporary files, set up PLAN_CHUNK entries at a time.
+PLAN_MEMORY_BYTES = 8 << 20
+PLAN_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class Snapshot:
             raise InputError("a snapshot cannot be read from stdin (its index is at the end): give its file name")
         self._fh = open_for_reading(path)
         self._index_map: mmap.mmap | None = None  # the index body, when decoded into a file
+        self._mapped: list[mmap.mmap] = []  # what _drop_mapped_pages unmaps: that, and plans' arrays
         try:
             st = os.fstat(self._fh.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -237,13 +242,15 @@ class Snapshot:
             except zstandard.ZstdError as exc:
                 raise FormatError(f"{self.path}: malformed index: {exc}") from None
             self._index_map = spill.map(got)
+            if self._index_map is not None:
+                self._mapped.append(self._index_map)
         return self._index_map if self._index_map is not None else b""
 
-    def _drop_index_pages(self) -> None:
-        """Unmap the pages of a mapped index that were read: they are read again from the
-        page cache when needed, and do not add up in this process."""
-        if self._index_map is not None:
-            self._index_map.madvise(mmap.MADV_DONTNEED)
+    def _drop_mapped_pages(self) -> None:
+        """Unmap the pages of a mapped index (and of mapped plans) that were used: they are
+        read again from the page cache when needed, and do not add up in this process."""
+        for mapped in self._mapped:
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     def _check_index(self) -> None:
         """Reject an index whose tables contradict each other (never index out of range later)."""
@@ -281,11 +288,11 @@ class Snapshot:
                 raise bad(f"attachment {a.name!r} frames do not add up to its size")
             if np.any(np.diff(a.frames["offset"].astype(np.int64)) <= 0):
                 raise bad(f"attachment {a.name!r} frames out of file order")
-        offsets, drop = self.sparse_offsets, self._drop_index_pages
+        offsets, drop = self.sparse_offsets, self._drop_mapped_pages
         if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(self.sparse_words) or any(
                 np.any(np.diff(block.astype(np.int64)) < 0) for _, block in _blocks(offsets, drop, overlap=1)):
             raise bad("sparse table offsets")
-        if any(np.any(block["word"] >= ps // 8) for _, block in _blocks(self.sparse_words, self._drop_index_pages)):
+        if any(np.any(block["word"] >= ps // 8) for _, block in _blocks(self.sparse_words, self._drop_mapped_pages)):
             raise bad("sparse word beyond the page")
         if any(not 1 <= len(u) <= ps for u in self.patterns):
             raise bad("pattern unit length")
@@ -295,7 +302,7 @@ class Snapshot:
         limits = {S.REC_PATTERN: (len(self.patterns), 0), S.REC_SPARSE: (len(self.sparse_offsets) - 1, 1),
                   S.REC_DATA: (self.data_pages, 1), S.REC_REF: (self.data_pages, 1),
                   S.REC_SLICE: ((self.data_pages - 1) * ps + 1 if self.data_pages else 0, ps)}
-        for _, block in _blocks(rec, self._drop_index_pages):
+        for _, block in _blocks(rec, self._drop_mapped_pages):
             kinds, counts, args = block["kind"], block["count"].astype(np.uint64), block["arg"]
             if np.any(kinds > last_kind) or np.any(counts == 0):
                 raise bad("unknown record kind or empty run")
@@ -312,14 +319,14 @@ class Snapshot:
             if r.first_record + r.record_count > len(rec):
                 raise bad(f"region {r.name!r} records out of range")
             pages = sum(int(block["count"].sum(dtype=np.uint64))
-                        for _, block in _blocks(self.region_records(r), self._drop_index_pages))
+                        for _, block in _blocks(self.region_records(r), self._drop_mapped_pages))
             if pages != -(-r.size // ps):
                 raise bad(f"region {r.name!r} records cover {pages} pages, size needs {-(-r.size // ps)}")
             if r.first_block + -(-r.size // self.block_size) > len(self.block_digests):
                 raise bad(f"region {r.name!r} block digests out of range")
             if region_digest(self._block_table(r)) != r.digest:
                 raise bad(f"region {r.name!r} digest does not match its block digests")
-            self._drop_index_pages()
+            self._drop_mapped_pages()
         if S.image_digest([{"name": r.name, "base": r.base, "size": r.size, "digest": r.digest}
                            for r in self.regions]) != self.image_digest:
             raise bad("image digest does not match the regions")
@@ -476,8 +483,8 @@ class Snapshot:
     def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> np.ndarray:
         """The records of pages [start_page, end_page) of region r, the first and last cut to them."""
         recs = self.region_records(r)
-        i, before_i = _record_at(recs, start_page, self._drop_index_pages)
-        j, before_j = _record_at(recs, end_page - 1, self._drop_index_pages)
+        i, before_i = _record_at(recs, start_page, self._drop_mapped_pages)
+        j, before_j = _record_at(recs, end_page - 1, self._drop_mapped_pages)
         part = recs[i:j + 1].copy()
         if len(part) == 0:
             return part
@@ -522,11 +529,11 @@ class Snapshot:
         end_page = total_pages if end_page is None else min(end_page, total_pages)
         remaining = min(region.size, end_page * ps) - start_page * ps
         recs = self.region_records(region)
-        b0, page = _record_at(recs, start_page, self._drop_index_pages)
+        b0, page = _record_at(recs, start_page, self._drop_mapped_pages)
         short = max(1, SMALL_PIECE // ps)  # records shorter than this many pages go in windows
         window = max(1, SEGMENT_BYTES // ps)
         while b0 < len(recs) and remaining > 0:
-            self._drop_index_pages()
+            self._drop_mapped_pages()
             block = recs[b0:b0 + RECORD_BLOCK]  # windows end at a block's end
             b0 += len(block)
             counts = block["count"].astype(np.int64)
@@ -772,8 +779,8 @@ class Snapshot:
         rec = self.records
         pages_by_kind = {name: 0 for name in S.RECORD_KINDS.values()}
         pattern_pages: dict[str, int] = {}
-        ref_starts, ref_ends = [], []  # the REF records' targets, as runs: not a number per page
-        for _, block in _blocks(rec, self._drop_index_pages):
+        shared = _PageSet(self.data_pages)  # the REF records' targets: a bit per data page
+        for _, block in _blocks(rec, self._drop_mapped_pages):
             kinds, counts = block["kind"], block["count"]
             for kind, name in S.RECORD_KINDS.items():
                 pages_by_kind[name] += int(counts[kinds == kind].sum(dtype=np.uint64))
@@ -782,10 +789,8 @@ class Snapshot:
                 name = P.pattern_kind_name(len(self.patterns[arg]))
                 pattern_pages[name] = pattern_pages.get(name, 0) + count
             sel = kinds == S.REC_REF
-            ref_starts.append(block["arg"][sel])
-            ref_ends.append(block["arg"][sel] + counts[sel].astype(np.uint64))
-        shared_starts, shared_ends = _merge_runs(np.concatenate(ref_starts), np.concatenate(ref_ends)) \
-            if ref_starts else (np.zeros(0, np.uint64), np.zeros(0, np.uint64))
+            shared.add(block["arg"][sel], block["arg"][sel] + counts[sel].astype(np.uint64))
+        shared.finish()
         image_bytes = sum(r.size for r in self.regions)
         data_bytes = int(self.frames["size"].sum(dtype=np.uint64))
         return {
@@ -801,7 +806,7 @@ class Snapshot:
             "pattern_pages": pattern_pages,
             "patterns": len(self.patterns),
             "sparse_pages": len(self.sparse_offsets) - 1,
-            "pages_shared": int((shared_ends - shared_starts).sum(dtype=np.uint64)),
+            "pages_shared": shared.count,
             "pages_sharing": pages_by_kind["ref"],
             "attachments": [{"name": a.name, "size": a.size, "stored": a.stored, "digest": a.digest.hex()}
                             for a in self.attachments.values()],
@@ -986,7 +991,7 @@ def _frames_in_use_order(snap: Snapshot, regions: list[RegionInfo]) -> list[int]
     order: dict[int, None] = {}  # insertion-ordered: a frame's first use
     fp = np.uint64(snap.frame_pages)
     for r in regions:
-        for _, block in _blocks(snap.region_records(r), snap._drop_index_pages):
+        for _, block in _blocks(snap.region_records(r), snap._drop_mapped_pages):
             data = block[block["kind"] == S.REC_DATA]
             first = data["arg"] // fp
             last = (data["arg"] + data["count"].astype(np.uint64) - np.uint64(1)) // fp
@@ -1010,67 +1015,76 @@ class CanonicalPages:
     scattered over a guest's memory (a 256 MiB image whose second half is its
     first half's pages shuffled restored in 132 s, against 0.3 s for zstd -d).
 
-    The plan is a few bytes per referenced page: the referenced pages as sorted
-    runs (a run per group of overlapping record targets, not a number per page),
-    and per page, by its rank among them, the references still to come, its memory
-    slot and its place in the spill. A page is released when its count reaches
-    zero, whatever order the references come in. (Tracking each page's last use
-    instead cost 48 bytes per page and 33 per reference while the plan was built:
-    100 MiB for a 64 GiB guest.)
+    The plan: the referenced pages as a bitmap over the data pages with a rank
+    directory (a bit per data page), and per referenced page, by its rank among
+    them, the references still to come, its memory slot and its place in the
+    spill (12 bytes). A page is released when its count reaches zero, whatever
+    order the references come in. Past PLAN_MEMORY_BYTES those per-page arrays
+    are in a mapped temporary file whose pages are dropped a block of records at
+    a time, like a large index. It is built in two passes over the records, a
+    block at a time, so nothing is held per reference. (Tracking each page's last
+    use instead cost 48 bytes per page and 33 per reference while the plan was
+    built: 100 MiB for a 64 GiB guest; sorted runs of referenced pages, 12 bytes
+    per page and 60 per reference while they were merged.)
     """
 
     def __init__(self, snap: Snapshot, record_runs: list[np.ndarray]):
         """record_runs: the records to be produced, in order (a region's, or part of one)."""
         self.snap = snap
         ps = snap.page_size
-        reads = [_read_runs(block, ps) for recs in record_runs for _, block in _blocks(recs, snap._drop_index_pages)]
-        starts = np.concatenate([s for s, _ in reads]) if reads else np.zeros(0, np.uint64)
-        ends = np.concatenate([e for _, e in reads]) if reads else np.zeros(0, np.uint64)
-        self.run_starts, self.run_ends = _merge_runs(starts, ends)
-        lengths = (self.run_ends - self.run_starts).astype(np.int64)
-        self.run_rank = np.cumsum(lengths) - lengths  # rank of each run's first page
-        self.wanted_count = int(lengths.sum())
-        self.remaining = _reads_per_page(self, starts, ends)  # references still to come, by rank
-        slots = min(max(1, KEEP_CANONICAL_BYTES // ps), self.wanted_count)
+        self.wanted = _PageSet(snap.data_pages)
+        reads = 0
+        for starts, ends in _plan_reads(snap, record_runs):
+            self.wanted.add(starts, ends)
+            reads += int((ends - starts).sum(dtype=np.uint64))
+        self.wanted.finish()
+        self.wanted_count = n = self.wanted.count
+        count_type = np.int32 if reads < 1 << 31 else np.int64
+        place = np.int32 if n < 1 << 31 else np.int64  # the spill holds each page once at most
+        per_page = 2 * np.dtype(count_type).itemsize + np.dtype(place).itemsize
+        self._arrays = _PlanArrays(snap, in_file=n * per_page > PLAN_MEMORY_BYTES)
+        self.remaining = self._reads_per_page(record_runs, count_type)  # references still to come, by rank
+        slots = min(max(1, KEEP_CANONICAL_BYTES // ps), n)
         self.store = np.empty((slots, ps), np.uint8)  # a slot takes memory when first used
         self.free = np.arange(slots, dtype=np.int32)[::-1].copy()  # a stack: free[:free_count], slot 0 on top
         self.free_count = slots
-        self.slot = np.full(self.wanted_count, -1, np.int32)  # each page's slot, -1 if not in memory
-        place = np.int32 if self.wanted_count < 1 << 31 else np.int64  # the spill holds each page once at most
-        self.spilled = np.full(self.wanted_count, -1, place)  # each page's place in the spill, -1 if none
+        self.slot = self._arrays.full(n, np.int32, -1)  # each page's slot, -1 if not in memory
+        self.spilled = self._arrays.full(n, place, -1)  # each page's place in the spill, -1 if none
         self._spill: BinaryIO | None = None  # made at the first page that memory cannot hold
         self._spill_pages = 0
 
+    def _reads_per_page(self, record_runs: list[np.ndarray], dtype) -> np.ndarray:
+        """How many times each page (by rank) is read: +1 at each read run's first rank and
+        -1 past its last (a run's pages have consecutive ranks), summed up."""
+        counts = self._arrays.full(self.wanted_count + 1, dtype, 0)
+        for starts, ends in _plan_reads(self.snap, record_runs):
+            if len(starts):
+                first, _ = self.wanted.lookup(starts)
+                np.add.at(counts, first, 1)
+                np.add.at(counts, first + (ends - starts).astype(np.int64), -1)
+        carry = 0
+        for b0 in range(0, len(counts), PLAN_CHUNK):  # a piece at a time: a mapped array stays unmapped
+            part = counts[b0:b0 + PLAN_CHUNK]
+            np.cumsum(part, out=part)
+            part += carry
+            carry = int(part[-1])
+            self.snap._drop_mapped_pages()
+        return counts[:-1]
+
     def wanted_pages(self) -> np.ndarray:
         """Every referenced data page, in increasing order (uint64)."""
-        return _expand_runs(self.run_starts, self.run_ends - self.run_starts)
+        return self.wanted.pages()
 
     def _lookup(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rank, referenced) of data pages d; a rank is meaningless where not referenced."""
-        g = self.run_starts.searchsorted(d, side="right").astype(np.int64) - 1
-        g0 = np.maximum(g, 0)
-        hit = (g >= 0) & (d < self.run_ends[g0]) if len(self.run_starts) else np.zeros(len(d), bool)
-        if not len(self.run_starts):
-            return np.zeros(len(d), np.int64), hit
-        within = np.where(hit, d - self.run_starts[g0], np.uint64(0)).astype(np.int64)
-        return self.run_rank[g0] + within, hit
+        return self.wanted.lookup(d)
 
     def offer(self, dpn: int, rows: np.ndarray) -> None:
         """A data run [dpn, dpn+len(rows)) was decoded: keep the pages referenced later."""
-        end = dpn + len(rows)
-        lo = int(self.run_ends.searchsorted(np.uint64(dpn), side="right"))
-        hi = int(self.run_starts.searchsorted(np.uint64(end)))
-        if hi - lo == 1:  # the common case: one run, consecutive ranks
-            s, e = max(int(self.run_starts[lo]), dpn), min(int(self.run_ends[lo]), end)
-            r0 = int(self.run_rank[lo]) + s - int(self.run_starts[lo])
-            self._keep(np.arange(r0, r0 + e - s), rows, np.arange(s - dpn, e - dpn))
-        elif lo < hi:  # runs lo..hi-1 overlap the decoded pages: their parts within them
-            s = np.maximum(self.run_starts[lo:hi], np.uint64(dpn))
-            n = np.minimum(self.run_ends[lo:hi], np.uint64(end)) - s
-            ranks = _expand_runs((self.run_rank[lo:hi] + (s - self.run_starts[lo:hi]).astype(np.int64))
-                                 .astype(np.uint64), n).astype(np.int64)
-            at = _expand_runs(s - np.uint64(dpn), n).astype(np.intp)
-            self._keep(ranks, rows, at)
+        at = self.wanted.within(dpn, dpn + len(rows))
+        if len(at):  # in order, the referenced pages' ranks follow one another
+            r0 = self.wanted.rank(dpn)
+            self._keep(np.arange(r0, r0 + len(at)), rows, at)
 
     def offer_pages(self, dpns: np.ndarray, rows: np.ndarray, at: np.ndarray) -> None:
         """Data pages dpns (any order) were decoded into rows[at]: keep those referenced later."""
@@ -1128,12 +1142,11 @@ class CanonicalPages:
         return memoryview(joined)[shift:shift + count * ps]
 
     def _take_range(self, first: int, n: int, times: np.ndarray | None = None) -> np.ndarray:
-        """Data pages [first, first+n), each read `times` (once by default). A run's pages
-        have consecutive ranks: within one run, slices of the tables instead of lookups."""
-        i = int(self.run_starts.searchsorted(np.uint64(first), side="right")) - 1
-        if i < 0 or first + n > int(self.run_ends[i]):
+        """Data pages [first, first+n), each read `times` (once by default). Referenced
+        pages in a row have consecutive ranks: slices of the tables instead of lookups."""
+        r0 = self.wanted.rank(first)
+        if self.wanted.rank(first + n) - r0 != n:  # not every page of the range is referenced
             return self.take_each(np.arange(first, first + n, dtype=np.uint64), times)
-        r0 = int(self.run_rank[i]) + first - int(self.run_starts[i])
         slots = self.slot[r0:r0 + n]
         if slots.min() >= 0:
             pages = self.store[slots]
@@ -1177,6 +1190,7 @@ class CanonicalPages:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
+        self._arrays.close()
 
     def _consume(self, j: np.ndarray, times: np.ndarray | None = None) -> None:
         """Pages of rank j were read (`times` each, once by default)."""
@@ -1201,6 +1215,114 @@ class CanonicalPages:
         self.free_count += len(slots)
         self.slot[done] = -1
         self.spilled[done] = -1  # its place in the spill is not reused: the file only grows
+
+
+def _plan_reads(snap: Snapshot, record_runs: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The read runs (_read_runs) of the records, a block at a time."""
+    for recs in record_runs:
+        for _, block in _blocks(recs, snap._drop_mapped_pages):
+            yield _read_runs(block, snap.page_size)
+
+
+_LOW_BITS = np.array([(1 << k) - 1 for k in range(65)], dtype=np.uint64)  # [k]: the k lowest bits set
+_BITS_IN_BYTE = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _popcount(words: np.ndarray) -> np.ndarray:
+    """The number of bits set in each uint64."""
+    return _BITS_IN_BYTE[np.ascontiguousarray(words, np.uint64).view(np.uint8)].reshape(-1, 8).sum(axis=1)
+
+
+class _PageSet:
+    """A set of data pages: a bitmap, a bit per page, and a rank directory, the number
+    of pages of the set before each 64 (a page's rank is the number before it)."""
+
+    def __init__(self, pages: int):
+        self.words = np.zeros(pages // 64 + 1, np.uint64)  # room for a rank at `pages` itself
+        self._whole = np.zeros(len(self.words) + 1, np.int32)  # +1/-1 where runs of whole words start/end
+        self.before: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Add the pages of runs [starts, ends)."""
+        s, e = starts.astype(np.int64), ends.astype(np.int64)
+        s, e = s[e > s], e[e > s]
+        first, last = s >> 6, (e - 1) >> 6
+        one = first == last
+        np.bitwise_or.at(self.words, first[one], _LOW_BITS[(e - s)[one]] << (s[one] & 63).astype(np.uint64))
+        s, e, first, last = s[~one], e[~one], first[~one], last[~one]
+        np.bitwise_or.at(self.words, first, ~_LOW_BITS[s & 63])  # from the first page to its word's end
+        np.bitwise_or.at(self.words, last, _LOW_BITS[((e - 1) & 63) + 1])  # the last word, up to the last page
+        middle = last - first > 1
+        np.add.at(self._whole, first[middle] + 1, 1)
+        np.add.at(self._whole, last[middle], -1)
+
+    def finish(self) -> None:
+        """Done adding: fill the whole words and count."""
+        self.words[np.cumsum(self._whole[:-1]) > 0] = ~np.uint64(0)
+        self._whole = None
+        self.before = np.concatenate([[0], np.cumsum(_popcount(self.words))])
+        self.count = int(self.before[-1])
+
+    def rank(self, page: int) -> int:
+        w = page >> 6
+        return int(self.before[w]) + (int(self.words[w]) & ((1 << (page & 63)) - 1)).bit_count()
+
+    def lookup(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rank, in the set) of each page; the rank of a page not in the set is that of
+        a page that is, to index with (or 0 in an empty set)."""
+        d = pages.astype(np.int64)
+        w, bit = d >> 6, (d & 63).astype(np.uint64)
+        word = self.words[w]
+        rank = self.before[w] + _popcount(word & _LOW_BITS[bit])
+        return np.minimum(rank, max(self.count - 1, 0)), ((word >> bit) & np.uint64(1)).astype(bool)
+
+    def within(self, first: int, end: int) -> np.ndarray:
+        """The set's pages in [first, end), as offsets from `first`."""
+        w0, w1 = first >> 6, -(-end // 64)
+        words = self.words[w0:w1]
+        if not words.any():
+            return np.zeros(0, np.intp)
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+        return np.flatnonzero(bits[first - 64 * w0:end - 64 * w0])
+
+    def pages(self) -> np.ndarray:
+        return np.flatnonzero(np.unpackbits(self.words.view(np.uint8), bitorder="little")).astype(np.uint64)
+
+
+class _PlanArrays:
+    """The per-page arrays of a plan: in memory, or (when together they would take more
+    than PLAN_MEMORY_BYTES) each in an unlinked temporary file, mapped, whose pages the
+    snapshot drops a block of records at a time."""
+
+    def __init__(self, snap: Snapshot, in_file: bool):
+        self.snap, self.in_file = snap, in_file
+        self._maps: list[mmap.mmap] = []
+
+    def full(self, n: int, dtype, value: int) -> np.ndarray:
+        if not self.in_file:
+            return np.full(n, value, dtype)
+        size = max(1, n * np.dtype(dtype).itemsize)
+        try:
+            with tempfile.TemporaryFile(prefix="vmsnap-plan-") as fh:
+                # Zeros, allocated now: a full disk is an error here, not SIGBUS at a later store.
+                os.posix_fallocate(fh.fileno(), 0, size)
+                mapped = mmap.mmap(fh.fileno(), size)  # keeps the file until the last view is gone
+        except OSError as exc:
+            raise _spill_error(os_error_message(exc)) from None
+        self._maps.append(mapped)
+        self.snap._mapped.append(mapped)
+        array = np.frombuffer(mapped, dtype, n)
+        if value:
+            for b0 in range(0, n, PLAN_CHUNK):
+                array[b0:b0 + PLAN_CHUNK] = value
+                self.snap._drop_mapped_pages()
+        return array
+
+    def close(self) -> None:
+        for mapped in self._maps:
+            self.snap._mapped.remove(mapped)
+        self._maps = []
 
 
 def _spill_error(what: str) -> OutputError:
@@ -1231,31 +1353,6 @@ def _read_runs(rec: np.ndarray, page_size: int) -> tuple[np.ndarray, np.ndarray]
             np.concatenate([first + counts, first[straddles] + counts[straddles] + np.uint64(1)]))
 
 
-def _merge_runs(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The union of runs [starts, ends), as sorted runs that neither overlap nor touch."""
-    if not len(starts):
-        return starts.astype(np.uint64), ends.astype(np.uint64)
-    order = np.argsort(starts, kind="stable")
-    s, reach = starts[order], np.maximum.accumulate(ends[order])
-    new = np.ones(len(s), bool)
-    new[1:] = s[1:] > reach[:-1]
-    last = np.append(np.flatnonzero(new)[1:] - 1, len(s) - 1)
-    return s[new], reach[last]
-
-
-def _reads_per_page(plan: CanonicalPages, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """How many times each page (by rank) is read by runs [starts, ends): +1 at each run's
-    first rank and -1 past its last, summed up; 4 bytes a page unless counts need 8."""
-    total = int((ends - starts).sum(dtype=np.uint64))
-    dtype = np.int32 if total < 1 << 31 else np.int64
-    diff = np.zeros(plan.wanted_count + 1, dtype)
-    if len(starts):
-        first, _ = plan._lookup(starts)
-        np.add.at(diff, first, 1)
-        np.add.at(diff, first + (ends - starts).astype(np.int64), -1)
-    return np.cumsum(diff[:-1], dtype=dtype)
-
-
 def _cut(pieces, at: int, start: int, end: int) -> Iterator[int | memoryview]:
     """The part of `pieces` (the first at offset `at`) that lies in [start, end)."""
     for piece in pieces:
@@ -1269,7 +1366,7 @@ def _cut(pieces, at: int, start: int, end: int) -> Iterator[int | memoryview]:
 def _blocks(table: np.ndarray, after: Callable[[], None] | None = None,
             overlap: int = 0) -> Iterator[tuple[int, np.ndarray]]:
     """(b0, table[b0:b0 + RECORD_BLOCK + overlap]) for each block; after() runs once each
-    block is done with (Snapshot._drop_index_pages)."""
+    block is done with (Snapshot._drop_mapped_pages)."""
     for b0 in range(0, len(table) - overlap, RECORD_BLOCK):
         yield b0, table[b0:b0 + RECORD_BLOCK + overlap]
         if after is not None:
