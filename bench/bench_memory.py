@@ -10,9 +10,11 @@ restored by it.
 
     python3 bench/bench_memory.py [--sizes 1G,8G,32G,64G] [--checkout DIR] [--md bench/results/memory.md]
 
-With --layout alternating the dump is text pages and zero pages one by one, every
-text page distinct: a record per page, where the index's tables are largest (the
-"alternating" layout of bench_layouts.py, at any size).
+With --layout, the dump is made of text pages, each made distinct, in one of three
+layouts of any size (see emit()): alternating (a record per page, where the index's
+tables are largest), shared-shuffled (bench_layouts.py's layout of that name: a REF
+record per page, as far as the save's window of contents reaches) or many-refs (a REF
+record per page, to a few pages: where the plan of shared pages takes most per page).
 """
 
 from __future__ import annotations
@@ -42,30 +44,48 @@ def _timed(cmd: list[str], cwd: str, stdin=None, stdout=None) -> tuple[float, in
     return float(wall), int(rss), p.stdout if stdout is None else ""
 
 
-def emit_alternating(size: int, seed: int) -> None:
-    """Write `size` bytes of text and zero pages, one by one, to stdout."""
+def emit(layout: str, size: int, seed: int) -> None:
+    """Write `size` bytes of a layout to stdout.
+
+    alternating: text pages and zero pages, one by one (a record per page);
+    shared-shuffled: distinct text pages, then the same pages in random order (a REF
+    record per page, referenced in random order: the most pages shared);
+    many-refs: 64 MiB of distinct text pages, then copies of them drawn at random (a REF
+    record per page: the most references).
+    """
     import numpy as np
 
     from genimage import PAGE, ImageGenerator
 
     pool = ImageGenerator(PAGE, seed)._text(16384)  # 64 MiB of text pages, reused...
-    chunk = np.zeros((2048, PAGE), np.uint8)
-    text = chunk[0::2]
+
+    def text(numbers: np.ndarray) -> np.ndarray:
+        pages = pool[numbers % len(pool)]
+        pages[:, :8] = numbers.astype("<u8")[:, None].view(np.uint8)  # ...each made distinct by its number
+        return pages
+
     out = sys.stdout.buffer
-    number = 0
-    for done in range(0, size, chunk.nbytes):
-        start = number % len(pool)  # a whole number of chunks fits in the pool
-        text[:] = pool[start:start + len(text)]
-        # ...each made distinct by its number in its first 8 bytes
-        text[:, :8] = np.arange(number, number + len(text), dtype="<u8")[:, None].view(np.uint8)
-        number += len(text)
-        out.write(memoryview(chunk.reshape(-1))[:size - done])
+    chunk = 2048  # pages
+    total = -(-size // PAGE)
+    order = np.random.default_rng(seed).permutation(total // 2) if layout == "shared-shuffled" else None
+    rng = np.random.default_rng(seed)
+    for first in range(0, total, chunk):
+        pages = np.arange(first, min(first + chunk, total))
+        if layout == "alternating":
+            block = np.zeros((len(pages), PAGE), np.uint8)
+            block[pages % 2 == 0] = text(pages[pages % 2 == 0] // 2)
+        elif layout == "shared-shuffled":  # the first half's pages, then the same pages in the order drawn
+            half = total // 2
+            block = text(np.where(pages < half, pages, order[np.minimum(pages - half, half - 1)]))
+        else:  # many-refs
+            block = text(np.where(pages < len(pool), pages, rng.integers(0, len(pool), len(pages))))
+        out.write(memoryview(block.reshape(-1))[:size - first * PAGE])
     out.flush()
 
 
 def _dump_command(layout: str, size: int, seed: int) -> list[str]:
-    if layout == "alternating":
-        return [PY, os.path.abspath(__file__), "--emit", "alternating", "--sizes", str(size), "--seed", str(seed)]
+    if layout != "genimage":
+        return [PY, os.path.abspath(__file__), "--emit", layout, "--sizes", str(size), "--seed", str(seed)]
     return [PY, os.path.join(ROOT, "fixtures", "genimage.py"), "-", "--size", str(size), "--seed", str(seed)]
 
 
@@ -99,13 +119,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default="1G,8G,32G,64G")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--checkout", help="another vmsnap checkout whose saves to measure too")
-    ap.add_argument("--layout", choices=["genimage", "alternating"], default="genimage")
-    ap.add_argument("--emit", choices=["alternating"], help=argparse.SUPPRESS)  # the dump, to stdout
-    ap.add_argument("--md", help="default: bench/results/memory.md (memory-alternating.md for that layout)")
+    ap.add_argument("--layout", choices=["genimage", "alternating", "shared-shuffled", "many-refs"], default="genimage")
+    ap.add_argument("--emit", choices=["alternating", "shared-shuffled", "many-refs"], help=argparse.SUPPRESS)  # to stdout
+    ap.add_argument("--md", help="default: bench/results/memory.md (memory-LAYOUT.md for another layout)")
     args = ap.parse_args(argv)
     sizes = [_size(s) for s in args.sizes.split(",")]
     if args.emit:
-        emit_alternating(sizes[0], args.seed)
+        emit(args.emit, sizes[0], args.seed)
         return 0
     name = "memory.md" if args.layout == "genimage" else f"memory-{args.layout}.md"
     args.md = args.md or os.path.join(ROOT, "bench", "results", name)
@@ -130,8 +150,11 @@ def main(argv=None) -> int:
              f"Produced by `python3 bench/bench_memory.py --sizes {args.sizes}"
              + (f" --layout {args.layout}" if args.layout != "genimage" else "")
              + (" --checkout DIR" if args.checkout else "") + f"` (commit {commit}). Each dump is",
-             ("made by fixtures/genimage.py (seed %d)" % args.seed if args.layout == "genimage" else
-              "text pages and zero pages one by one, every text page distinct (seed %d)" % args.seed)
+             {"genimage": "made by fixtures/genimage.py (seed %d)",
+              "alternating": "text pages and zero pages one by one, every text page distinct (seed %d)",
+              "shared-shuffled": "distinct text pages, then the same pages in random order (seed %d)",
+              "many-refs": "64 MiB of distinct text pages, then copies of them drawn at random (seed %d)"}[args.layout]
+             % args.seed
              + " and streamed through a pipe into `vmsnap save -`; the",
              "snapshot is restored to a pipe. Peak RSS by GNU time; one run each.",
              ""]
