@@ -48,7 +48,7 @@ RECORD_BLOCK = 1 << 16
 # mapped pages are dropped after each block of records: the kernel's page cache holds it,
 # not the process (it is 0.5 MiB per GiB of the benchmark guest, 16 bytes per page for a
 # guest with a record per page).
-INDEX_MEMORY_BYTES = 32 << 20
+INDEX_MEMORY_BYTES = 8 << 20
 # Likewise, a plan of shared pages whose per-page arrays (12 bytes a referenced page)
 # would take more is kept in mapped temporary files, set up PLAN_CHUNK entries at a time.
 PLAN_MEMORY_BYTES = 8 << 20
