@@ -11,6 +11,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = [
     ("save.md", "Save and restore: vmsnap vs zstd --long (issue 2)", "bench/bench_save.py --size 1G --big 8G --runs 3"),
     ("memory.md", "Memory as the guest grows, 1 to 64 GiB (issue 2)", "bench/bench_memory.py --sizes 1G,8G,32G,64G"),
+    ("memory-alternating.md", "Memory with a record per page (issue 2)",
+     "bench/bench_memory.py --sizes 4G,16G --layout alternating --checkout DIR"),
+    ("memory-many-refs.md", "Memory with a reference per page (issue 2)",
+     "bench/bench_memory.py --sizes 8G --layout many-refs --checkout DIR"),
     ("floor.md", "The floor of a save and a restore: their essential work alone (issue 2)",
      "bench/floor.py --size 1G --runs 3"),
     ("layouts.md", "Page layouts that cost a restore most per byte (issue 2)", "bench/bench_layouts.py --runs 3"),
