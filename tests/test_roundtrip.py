@@ -424,6 +424,20 @@ def counted_decodes(monkeypatch):
     return decoded
 
 
+def test_a_cat_of_the_whole_image_decodes_each_frame_once(tmp_path, monkeypatch, counted_decodes):
+    """The pages a range refers to that are stored inside it are not gathered beforehand
+    (with a read cache of one frame, each would cost a second decoding): a run of 300 data
+    pages spans whole words of the set of pages stored in the range."""
+    from vmsnap.format import reader
+
+    monkeypatch.setattr(reader, "READ_CACHE_BYTES", 16 * 4096)
+    data = build_image([("random", 500 + i) for i in range(300)] + [("copy", i) for i in range(0, 300, 7)])
+    snap, _ = save_restore(tmp_path, data, frame_size=16 * 4096)
+    counted_decodes.clear()
+    assert api.cat(str(snap), 0, len(data)) == data
+    assert sorted(counted_decodes) == list(range(-(-300 // 16)))
+
+
 def test_references_in_random_order_beyond_memory_read_the_spill_not_their_frames(tmp_path, monkeypatch,
                                                                                   counted_decodes):
     import tempfile

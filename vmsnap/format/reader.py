@@ -480,38 +480,45 @@ class Snapshot:
     def region_records(self, r: RegionInfo) -> np.ndarray:
         return self.records[r.first_record:r.first_record + r.record_count]
 
-    def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> np.ndarray:
-        """The records of pages [start_page, end_page) of region r, the first and last cut to them."""
+    def _range_records(self, r: RegionInfo, start_page: int, end_page: int) -> list[np.ndarray]:
+        """The records of pages [start_page, end_page) of region r, the first and last cut to
+        them: a copy of each of those two, and a view of the table between them."""
         recs = self.region_records(r)
         i, before_i = _record_at(recs, start_page, self._drop_mapped_pages)
         j, before_j = _record_at(recs, end_page - 1, self._drop_mapped_pages)
-        part = recs[i:j + 1].copy()
-        if len(part) == 0:
-            return part
+        if i > j or i >= len(recs):
+            return []
+        first, last = recs[i:i + 1].copy(), recs[j:j + 1].copy()
+        last["count"][0] -= before_j + int(recs["count"][j]) - end_page
+        if i == j:
+            first = last
         skip = start_page - before_i
-        part["count"][0] -= skip
-        part["arg"][0] += skip * _arg_step(int(part["kind"][0]), self.page_size)
-        part["count"][-1] -= before_j + int(recs["count"][j]) - end_page
-        return part
+        first["count"][0] -= skip
+        first["arg"][0] += skip * _arg_step(int(first["kind"][0]), self.page_size)
+        return [first] if i == j else [first, recs[i + 1:j], last]
 
     def _range_canonical(self, r: RegionInfo, start_page: int, end_page: int) -> "CanonicalPages":
         """Shared pages for producing pages [start_page, end_page) of r: those stored before
         the range are gathered first, each frame decoded once, however the range's
         references jump between frames (a cat of a large range read each of a 1 GiB
         snapshot's frames ten times through the frame cache)."""
-        recs = self._range_records(r, start_page, end_page)
-        canonical = CanonicalPages(self, [recs])
+        parts = self._range_records(r, start_page, end_page)
+        canonical = CanonicalPages(self, parts)
         try:
-            data = recs[recs["kind"] == S.REC_DATA]
-            stored_here = _expand_runs(data["arg"], data["count"])
-            wanted = canonical.wanted_pages()
-            before = wanted[~np.isin(wanted, stored_here)]
-            frames = before // np.uint64(self.frame_pages)
+            stored_here = _PageSet(self.data_pages)  # the range's own data pages
+            for recs in parts:
+                for _, block in _blocks(recs, self._drop_mapped_pages):
+                    data = block[block["kind"] == S.REC_DATA]
+                    stored_here.add(data["arg"], data["arg"] + data["count"].astype(np.uint64))
+            stored_here.finish()
+            before = canonical.wanted.minus(stored_here)
+            fp = self.frame_pages
             # A frame at a time, not gather_data_pages(before): that would hold every such page
             # in memory at once, where offer_pages keeps 64 MiB and spills the rest.
-            for k in np.unique(frames).tolist():
-                dpns = before[frames == k]
-                canonical.offer_pages(dpns, self._frame(k), (dpns % np.uint64(self.frame_pages)).astype(np.intp))
+            for k in range(len(self.frames)):
+                rows = before.within(k * fp, min((k + 1) * fp, self.data_pages))
+                if len(rows):
+                    canonical.offer_pages(rows.astype(np.uint64) + np.uint64(k * fp), self._frame(k), rows)
         except BaseException:
             canonical.close()
             raise
@@ -1071,10 +1078,6 @@ class CanonicalPages:
             self.snap._drop_mapped_pages()
         return counts[:-1]
 
-    def wanted_pages(self) -> np.ndarray:
-        """Every referenced data page, in increasing order (uint64)."""
-        return self.wanted.pages()
-
     def _lookup(self, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rank, referenced) of data pages d; a rank is meaningless where not referenced."""
         return self.wanted.lookup(d)
@@ -1288,6 +1291,15 @@ class _PageSet:
 
     def pages(self) -> np.ndarray:
         return np.flatnonzero(np.unpackbits(self.words.view(np.uint8), bitorder="little")).astype(np.uint64)
+
+    def minus(self, other: "_PageSet") -> "_PageSet":
+        """The pages of this set that are not in `other` (both finished; for within() and
+        pages())."""
+        if self._whole is not None or other._whole is not None:
+            raise ValueError("a set's whole words are filled in by finish()")
+        out = _PageSet(0)
+        out.words = self.words & ~other.words
+        return out
 
 
 class _PlanArrays:
