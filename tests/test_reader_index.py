@@ -3,7 +3,6 @@ block by block: the same bytes come out, nothing is left behind, and its errors 
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 

@@ -46,7 +46,6 @@ class BlockHasher:
         self._threads = max_threads
         self._pending: list[bytes] = []  # digests not taken yet, each one or a run of them
         self._region = blake3()  # over every digest taken
-        self.blocks = 0  # blocks whose digest was taken
         self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
         self._fill = 0  # bytes in the current, unfinished block
         self._zero_digest = zero_block_digest(block_size)
@@ -86,7 +85,6 @@ class BlockHasher:
         blob = b"".join(self._pending)
         self._pending.clear()
         self._region.update(blob)
-        self.blocks += len(blob) // BLOCK_DIGEST_SIZE
         return blob
 
     def finish(self) -> None:
