@@ -232,7 +232,7 @@ class Snapshot:
         temporary file and mapped read-only (see INDEX_MEMORY_BYTES)."""
         piece = bytearray(64 << 10)  # small writes, small page-cache folios: a read maps in little around it
         got = 0
-        with _IndexSpill() as spill:
+        with _TemporaryMapping("the index") as spill:
             try:
                 with zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=False) as reader:
                     while got <= limit and (n := reader.readinto(piece)):
@@ -292,7 +292,7 @@ class Snapshot:
         if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(self.sparse_words) or any(
                 np.any(np.diff(block.astype(np.int64)) < 0) for _, block in _blocks(offsets, drop, overlap=1)):
             raise bad("sparse table offsets")
-        if any(np.any(block["word"] >= ps // 8) for _, block in _blocks(self.sparse_words, self._drop_mapped_pages)):
+        if any(np.any(block["word"] >= ps // 8) for _, block in _blocks(self.sparse_words, drop)):
             raise bad("sparse word beyond the page")
         if any(not 1 <= len(u) <= ps for u in self.patterns):
             raise bad("pattern unit length")
@@ -840,31 +840,40 @@ class Snapshot:
         self.close()
 
 
-class _IndexSpill:
-    """The unlinked temporary file an index is decoded into; its errors name $TMPDIR."""
+class _TemporaryMapping:
+    """An unlinked temporary file in $TMPDIR, written or allocated, then mapped; the
+    mapping keeps the file after it is closed, until the last view of it is gone.
+    Its errors name $TMPDIR and `purpose`."""
 
-    def __enter__(self) -> "_IndexSpill":
-        self._file = self._do(lambda: tempfile.TemporaryFile(prefix="vmsnap-index-"))
+    def __init__(self, purpose: str):
+        self.purpose = purpose
+
+    def __enter__(self) -> "_TemporaryMapping":
+        self._file = self._do(lambda: tempfile.TemporaryFile(prefix="vmsnap-"))
         return self
 
     def write(self, data) -> None:
         self._do(lambda: self._file.write(data))
 
-    def map(self, size: int) -> mmap.mmap | None:
-        """The file's first `size` bytes, mapped read-only: the mapping keeps the file
-        after it is closed, until the last view of it is gone."""
+    def allocate(self, size: int) -> None:
+        """`size` zero bytes, allocated now: a full disk is an error here, not SIGBUS at a
+        later store into the mapping."""
+        self._do(lambda: os.posix_fallocate(self._file.fileno(), 0, size))
+
+    def map(self, size: int, writable: bool = False) -> mmap.mmap | None:
+        """The file's first `size` bytes (None for none)."""
         self._do(self._file.flush)
-        return self._do(lambda: mmap.mmap(self._file.fileno(), size, prot=mmap.PROT_READ)) if size else None
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        return self._do(lambda: mmap.mmap(self._file.fileno(), size, prot=prot)) if size else None
 
     def __exit__(self, *exc) -> None:
         self._file.close()
 
-    @staticmethod
-    def _do(action):
+    def _do(self, action):
         try:
             return action()
         except OSError as exc:
-            raise temporary_file_error("the index", os_error_message(exc)) from None
+            raise temporary_file_error(self.purpose, os_error_message(exc)) from None
 
 
 class _HashedRange:
@@ -1289,12 +1298,8 @@ class _PageSet:
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         return np.flatnonzero(bits[first - 64 * w0:end - 64 * w0])
 
-    def pages(self) -> np.ndarray:
-        return np.flatnonzero(np.unpackbits(self.words.view(np.uint8), bitorder="little")).astype(np.uint64)
-
     def minus(self, other: "_PageSet") -> "_PageSet":
-        """The pages of this set that are not in `other` (both finished; for within() and
-        pages())."""
+        """The pages of this set that are not in `other` (both finished; for within())."""
         if self._whole is not None or other._whole is not None:
             raise ValueError("a set's whole words are filled in by finish()")
         out = _PageSet(0)
@@ -1315,13 +1320,9 @@ class _PlanArrays:
         if not self.in_file:
             return np.full(n, value, dtype)
         size = max(1, n * np.dtype(dtype).itemsize)
-        try:
-            with tempfile.TemporaryFile(prefix="vmsnap-plan-") as fh:
-                # Zeros, allocated now: a full disk is an error here, not SIGBUS at a later store.
-                os.posix_fallocate(fh.fileno(), 0, size)
-                mapped = mmap.mmap(fh.fileno(), size)  # keeps the file until the last view is gone
-        except OSError as exc:
-            raise _spill_error(os_error_message(exc)) from None
+        with _TemporaryMapping("shared pages") as spill:
+            spill.allocate(size)
+            mapped = spill.map(size, writable=True)
         self._maps.append(mapped)
         self.snap._mapped.append(mapped)
         array = np.frombuffer(mapped, dtype, n)
