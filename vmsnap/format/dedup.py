@@ -84,11 +84,19 @@ class DigestIndex:
 
 
 class _Table:
-    """An open-addressing hash table of 16-byte keys to uint64 values, batch at a time."""
+    """An open-addressing hash table of 16-byte keys to uint64 values, batch at a time.
+
+    Each round of probing is a few numpy operations over the keys still probing; the
+    last few keys, whose probe runs are the longest, finish in a plain loop
+    (at 3/4 full, a batch's longest run is tens of slots where most keys take one).
+    """
+
+    _TAIL = 16  # keys left probing when the loop takes over
 
     def __init__(self, capacity: int):
         cap = 1 << max(4, (capacity - 1).bit_length())
-        self._keys = np.zeros(cap, dtype=_KEY)
+        self._lo = np.zeros(cap, dtype=np.uint64)
+        self._hi = np.zeros(cap, dtype=np.uint64)
         self._vals = np.zeros(cap, dtype=np.uint64)
         self._used = np.zeros(cap, dtype=bool)
         self._n = 0
@@ -100,50 +108,75 @@ class _Table:
     def slots(self) -> int:
         return len(self._used)
 
-    def _slots(self, keys: np.ndarray) -> np.ndarray:
-        return (keys["lo"] & np.uint64(len(self._used) - 1)).astype(np.int64)  # digests are uniform already
+    def _slots(self, lo: np.ndarray) -> np.ndarray:
+        return (lo & np.uint64(len(self._used) - 1)).astype(np.int64)  # digests are uniform already
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, found) of keys; a value is 0 where its key is absent."""
+        where = self._locate(keys["lo"], keys["hi"])
+        found = where >= 0
         values = np.zeros(len(keys), dtype=np.uint64)
-        found = np.zeros(len(keys), dtype=bool)
-        active = np.arange(len(keys))
-        slot = self._slots(keys)
+        values[found] = self._vals[where[found]]
+        return values, found
+
+    def _locate(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """Each key's slot, or -1 where it is absent."""
+        where = np.full(len(lo), -1, dtype=np.int64)
+        active = np.arange(len(lo))
+        slot = self._slots(lo)
         mask = len(self._used) - 1
-        while active.size:
+        while active.size > self._TAIL:
             used = self._used[slot]
-            hit = used & (self._keys[slot] == keys[active])
-            values[active[hit]] = self._vals[slot[hit]]
-            found[active[hit]] = True
+            hit = used & (self._lo[slot] == lo[active]) & (self._hi[slot] == hi[active])
+            where[active[hit]] = slot[hit]
             more = used & ~hit  # occupied by another key: probe on
             active, slot = active[more], (slot[more] + 1) & mask
-        return values, found
+        for i, s in zip(active.tolist(), slot.tolist()):
+            key = (int(lo[i]), int(hi[i]))
+            while self._used[s]:
+                if (int(self._lo[s]), int(self._hi[s])) == key:
+                    where[i] = s
+                    break
+                s = (s + 1) & mask
+        return where
 
     def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Add keys that are not in the table."""
-        if (self._n + len(keys)) * 4 > len(self._used) * 3:  # grown past 3/4 full
-            self._grow(self._n + len(keys))
+        self._insert(keys["lo"], keys["hi"], values)
+
+    def _insert(self, lo: np.ndarray, hi: np.ndarray, values: np.ndarray) -> None:
+        if (self._n + len(lo)) * 4 > len(self._used) * 3:  # grown past 3/4 full
+            self._grow(self._n + len(lo))
         mask = len(self._used) - 1
-        slot = self._slots(keys)
-        pending = np.arange(len(keys))
-        while pending.size:
-            free = ~self._used[slot]
-            # one winner per free slot; the rest (and keys at occupied slots) probe on
-            cand = np.flatnonzero(free)
-            _, win_pos = np.unique(slot[cand], return_index=True)
-            win = cand[win_pos]
-            self._keys[slot[win]] = keys[pending[win]]
-            self._vals[slot[win]] = values[pending[win]]
-            self._used[slot[win]] = True
+        slot = self._slots(lo)
+        pending = np.arange(len(lo))
+        while pending.size > self._TAIL:
+            # one winner per free slot; the rest (and keys at occupied slots) probe on.
+            # The winner is whoever wrote its number last into the free slot's value.
+            cand = np.flatnonzero(~self._used[slot])
+            at = slot[cand]
+            self._vals[at] = cand
+            win = cand[self._vals[at] == cand]
+            self._put_at(slot[win], lo[pending[win]], hi[pending[win]], values[pending[win]])
             lose = np.ones(pending.size, dtype=bool)
             lose[win] = False
             pending, slot = pending[lose], (slot[lose] + 1) & mask
-        self._n += len(keys)
+        for i, s in zip(pending.tolist(), slot.tolist()):
+            while self._used[s]:
+                s = (s + 1) & mask
+            self._put_at(s, lo[i], hi[i], values[i])
+        self._n += len(lo)
+
+    def _put_at(self, slot, lo, hi, values) -> None:
+        self._lo[slot], self._hi[slot], self._vals[slot] = lo, hi, values
+        self._used[slot] = True
 
     def _grow(self, need: int) -> None:
-        keys, vals = self._keys[self._used], self._vals[self._used]
+        lo, hi, vals = self._lo[self._used], self._hi[self._used], self._vals[self._used]
         cap = 1 << (2 * need - 1).bit_length()
-        self._keys = np.zeros(cap, dtype=_KEY)
+        self._lo = np.zeros(cap, dtype=np.uint64)
+        self._hi = np.zeros(cap, dtype=np.uint64)
         self._vals = np.zeros(cap, dtype=np.uint64)
         self._used = np.zeros(cap, dtype=bool)
         self._n = 0
-        self.insert(keys, vals)
+        self._insert(lo, hi, vals)
