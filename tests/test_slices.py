@@ -107,6 +107,20 @@ def test_a_copy_within_its_own_batch_is_stored():
     assert run_finder(stored + [copy], 4096, batch=2)[0] == [0, 8, 1]
 
 
+def test_of_two_stored_pages_with_the_same_first_grain_the_later_is_found():
+    # A and B start with the same grain X and differ after it, stored in one batch. A copy
+    # of A's last grain and B's first seven is found only through B: the span at A's place
+    # (the page before A, then A) holds other bytes.
+    rng = np.random.default_rng(12)
+    before, a, b = (rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(3))
+    b = a[:GRAIN] + b[GRAIN:]
+    copy = (a + b)[7 * GRAIN:7 * GRAIN + 4096]
+    for batch in (3, 4):  # A and B placed in one batch, then the copy in the next or in theirs
+        places, _ = run_finder([before, a, b, copy], 4096, batch=batch)
+        assert places[:3] == [0, 8, 16]
+        assert places[3] == (16 - 1 if batch == 3 else 24)  # in the same batch: stored (see above)
+
+
 def test_the_index_stays_within_the_window():
     rng = np.random.default_rng(10)
     finder = SliceFinder(4096, window=8 * 4096)
