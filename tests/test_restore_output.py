@@ -233,3 +233,26 @@ def test_pieces_of_a_page_or_two_reach_the_sink_joined(tmp_path):
         snap.produce(lambda region, piece: seen.append(bytes(piece)))
     assert b"".join(seen) == data
     assert len(seen) <= 4  # not a piece per record
+
+
+@pytest.mark.parametrize("jobs", [1, 2, 4])
+def test_a_restore_decodes_into_at_most_decoders_plus_three_frame_buffers(tmp_path, monkeypatch, jobs):
+    # Two frames kept for pieces, one being decoded per decoder, one retired until its
+    # piece is consumed. Each buffer is a frame of memory (16 MiB by default), touched anew.
+    from vmsnap.format import reader
+
+    data = build_image([("random", i) for i in range(64)])
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"), frame_size=4 * 4096)  # 16 frames
+    made = []
+    take = reader._FramePool.take
+
+    def counting_take(pool, nbytes):
+        with pool._lock:
+            made.append(not any(len(b) >= nbytes for b in pool._free))
+        return take(pool, nbytes)
+
+    monkeypatch.setattr(reader._FramePool, "take", counting_take)
+    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"), jobs=jobs)
+    assert (tmp_path / "out.raw").read_bytes() == data
+    assert len(made) >= 16 and sum(made) <= max(1, jobs - 1) + 3

@@ -761,7 +761,7 @@ class Snapshot:
         with ThreadPoolExecutor(decoders, thread_name_prefix="vmsnap-decode") as pool:
             self._cache.clear()  # frames decoded before may be viewed by the caller: never reuse them
             self._frame_pool = _FramePool()
-            self._prefetch = _Prefetcher(self, pool, regions, ahead=decoders + 1)
+            self._prefetch = _Prefetcher(self, pool, regions, ahead=decoders)
             try:
                 for r in regions:
                     checker = _BlockChecker(self, r)
