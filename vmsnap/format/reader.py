@@ -1111,8 +1111,13 @@ class CanonicalPages:
         keep = min(len(j), self.free_count)
         if keep:
             self.free_count -= keep
-            slots = self.free[self.free_count:self.free_count + keep]
-            self.store[slots] = rows[at[:keep]]
+            slots = self.free[self.free_count:self.free_count + keep][::-1]  # slot 0 first while fresh
+            first = int(slots[0])
+            if int(slots[-1]) - first == keep - 1 and (keep == 1 or bool((np.diff(slots) == 1).all())):
+                # consecutive slots: one copy straight into the store, not a gather and a scatter
+                np.take(rows, at[:keep], axis=0, out=self.store[first:first + keep])
+            else:
+                self.store[slots] = rows[at[:keep]]
             self.slot[j[:keep]] = slots
         if keep < len(j):
             self._spill_out(j[keep:], rows[at[keep:]])
