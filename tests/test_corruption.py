@@ -370,3 +370,66 @@ def test_any_damage_to_the_index_is_reported_as_its_digest_first(snapshot, tmp_p
         path.write_bytes(bytes(damaged))
         with pytest.raises(IntegrityError, match=rf"index failed its digest \(offset {trailer.index_offset}\)"):
             vmsnap.open(str(path))
+
+
+# -- crafted files at random: every digest valid, index fields changed ------------------
+
+_TABLE_DTYPES = {"frames": S.FRAME_DTYPE, "records": S.RECORD_DTYPE, "sparse_words": S.SPARSE_WORD_DTYPE}
+
+
+def _lie(rng, fields):
+    """Change one index field of a snapshot to a value near its own, or far off."""
+    import numpy as np
+
+    what = rng.choice([*_TABLE_DTYPES, "sparse_offsets", "frame_pages", "data_pages", "region"])
+    if what in ("frame_pages", "data_pages"):
+        fields[what] = max(0, fields[what] + rng.choice([-2, -1, 1, 2]))
+        return
+    if what == "region":
+        key = rng.choice(["size", "base"])
+        region = fields["regions"][0]
+        region[key] = max(0, region[key] + rng.choice([-512, -1, 1, 5, 512]))
+        return
+    dtype = _TABLE_DTYPES.get(what, np.dtype("<u8"))
+    table = np.frombuffer(fields[what], dtype).copy()
+    if not len(table):
+        return
+    i = rng.randrange(len(table))
+    column = table[rng.choice([n for n in dtype.names if dtype[n].kind in "ui"])] if dtype.names else table
+    old, top = int(column[i]), int(np.iinfo(column.dtype).max)
+    new = rng.choice([0, 1, old - 1, old + 1, 2 * old, top, int(column[len(table) - 1 - i]), rng.randrange(top + 1)])
+    column[i] = min(max(new, 0), top)
+    fields[what] = table.tobytes()
+
+
+@given(st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_crafted_index_is_one_line_and_a_code_or_the_original_bytes(snapshot, tmp_path, data):
+    """What a hostile host could write: consistent digests over an index that lies. Every
+    command ends with a documented exit code and one line, and never with other bytes."""
+    from click.testing import CliRunner
+
+    from vmsnap.cli import main
+
+    image, blob = snapshot
+
+    rng = data.draw(st.randoms(use_true_random=False))  # uniform choices: a rare field is drawn as often
+
+    def edit(fields):
+        for _ in range(rng.randint(1, 3)):
+            _lie(rng, fields)
+
+    path, out = tmp_path / "crafted.vms", tmp_path / "out.raw"
+    path.write_bytes(resign(blob, edit=edit))
+    out.unlink(missing_ok=True)
+    for command in (["restore", str(path), "-o", str(out)], ["verify", str(path)], ["info", str(path), "--json"],
+                    ["cat", str(path), "--offset", "0", "--length", str(len(image))]):
+        result = CliRunner().invoke(main, command)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        assert result.exit_code in (0, 4, 90), (command[0], result.output)
+        if result.exit_code:
+            assert result.output.startswith("vmsnap: error: ") and result.output.count("\n") == 1, result.output
+        elif command[0] == "restore":
+            assert out.read_bytes() == image
+        elif command[0] == "cat":
+            assert result.stdout_bytes == image
