@@ -439,7 +439,10 @@ class Snapshot:
         """Stored bytes [offset, offset+length) in this thread's reused input buffer."""
         buf = getattr(self._scratch, "buf", None)
         if buf is None or len(buf) < length:
-            buf = self._scratch.buf = bytearray(max(length, 1 << 20))
+            # The largest frame at once: growing frame by frame zeroed a new buffer up to
+            # five times a restore (the frames tile the file, so none is larger than it).
+            largest = int(self.frames["size"].max()) if len(self.frames) else 0
+            buf = self._scratch.buf = bytearray(max(length, largest, 1 << 20))
         view = memoryview(buf)[:length]
         self._check_read(os.preadv(self._fh.fileno(), [view], offset) if length else 0, offset, length, what)
         return view
