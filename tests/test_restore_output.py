@@ -256,3 +256,33 @@ def test_a_restore_decodes_into_at_most_decoders_plus_three_frame_buffers(tmp_pa
     api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"), jobs=jobs)
     assert (tmp_path / "out.raw").read_bytes() == data
     assert len(made) >= 16 and sum(made) <= max(1, jobs - 1) + 3
+
+
+def test_a_decoder_thread_allocates_its_input_buffer_once(tmp_path, monkeypatch):
+    # Frames that compress worse and worse: a buffer grown frame by frame would be
+    # allocated (and zeroed) again at each larger one.
+    from vmsnap.format import reader
+
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    pages = np.zeros((5, 512, 4096), np.uint8)  # frame k: 2 MiB of pages, each (k + 3) / 7 random bytes
+    for k in range(5):
+        pages[k, :, :4096 * (k + 3) // 7] = rng.integers(0, 256, (512, 4096 * (k + 3) // 7), dtype=np.uint8)
+    data = pages.tobytes()
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"), frame_size=512 * 4096)
+    with Snapshot(str(tmp_path / "s.vms")) as snap:
+        sizes = [int(s) for s in snap.frames["size"]]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes) == 5  # each frame larger than the last
+    made = []
+
+    def counting_bytearray(n):
+        made.append(n)
+        return bytearray(n)
+
+    monkeypatch.setattr(reader, "bytearray", counting_bytearray, raising=False)
+    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "out.raw"), jobs=2)  # one decoder thread
+    assert (tmp_path / "out.raw").read_bytes() == data
+    frame_buffers = [n for n in made if n >= 1 << 20]  # the least it takes; other reads make small ones
+    assert len(frame_buffers) == 1 and frame_buffers[0] >= max(sizes) > 1 << 20
