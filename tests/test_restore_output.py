@@ -286,3 +286,23 @@ def test_a_decoder_thread_allocates_its_input_buffer_once(tmp_path, monkeypatch)
     assert (tmp_path / "out.raw").read_bytes() == data
     frame_buffers = [n for n in made if n >= 1 << 20]  # the least it takes; other reads make small ones
     assert len(frame_buffers) == 1 and frame_buffers[0] >= max(sizes) > 1 << 20
+
+
+@pytest.mark.parametrize("offset", [0, 4096 + 100])
+def test_cat_to_a_file_leaves_long_zero_runs_as_holes_as_restore_does(tmp_path, offset):
+    data = build_image([("random", 1)] * 2 + [("zero",)] * 1024 + [("random", 2)] * 2)  # 4 MiB of zeros inside
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    out = tmp_path / "part.bin"
+    api.cat(str(tmp_path / "s.vms"), offset, len(data) - offset - 1000, output=str(out))
+    assert out.read_bytes() == data[offset:len(data) - 1000]
+    assert os.stat(out).st_blocks * 512 <= len(data) - (4 << 20) + (64 << 10)  # the zero run is not on disk
+
+
+def test_cat_to_a_pipe_gets_every_byte(tmp_path):
+    data = build_image([("random", 1)] + [("zero",)] * 300 + [("fill", 5), ("random", 2)], tail=b"end")
+    (tmp_path / "in.raw").write_bytes(data)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    done = subprocess.run([sys.executable, "-m", "vmsnap", "cat", str(tmp_path / "s.vms"), "--offset", "10",
+                           "--length", str(len(data) - 10)], capture_output=True)
+    assert done.returncode == 0 and done.stdout == data[10:], done.stderr

@@ -64,17 +64,17 @@ def cat(path: str, offset: int, length: int, region: str | None = None, output: 
         pieces = snap.iter_range(offset, length, region, check_blocks=True)
         first = next(pieces, None)  # range errors surface before the output is created
         with atomic_output(output, source=path) as out:
-            for piece in _chain(first, pieces):
-                try:
-                    if isinstance(piece, int):
-                        while piece > 0:
-                            k = min(piece, len(_ZEROS))
-                            out.write(memoryview(_ZEROS)[:k])
-                            piece -= k
-                    else:
-                        out.write(piece)
-                except OSError as exc:
-                    raise OutputError(os_error_message(exc)) from None
+            # as restore writes: a regular file gets holes for zero runs and O_DIRECT writes
+            positioned = output != "-" and is_regular_file(out)
+            writer = ImageWriter(out, positioned=positioned)
+            sink = _Sink(writer, sparse=positioned, placement={})
+            try:
+                for piece in _chain(first, pieces):
+                    sink.put(piece)
+                sink.finish(length)
+            except BaseException:
+                writer.abandon()
+                raise
         return None
 
 
@@ -148,7 +148,8 @@ def _check_overlap(regions: list[RegionInfo], path: str) -> None:
 
 
 class _Sink:
-    """Places pieces at each region's offset; zero runs become holes when sparse."""
+    """Places pieces at each region's offset (restore), or one after another (cat); zero
+    runs become holes when sparse."""
 
     def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int]):
         self.writer, self.sparse, self.placement = writer, sparse, placement
@@ -162,6 +163,10 @@ class _Sink:
             if gap < 0:
                 raise OutputError("internal error: regions out of order")
             self._zeros(gap)
+        self.put(piece)
+
+    def put(self, piece: int | memoryview) -> None:
+        """The next piece where the last one ended: bytes, or a run of that many zeros."""
         if isinstance(piece, int):
             self._zeros(piece)
         else:
