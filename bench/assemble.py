@@ -17,6 +17,8 @@ ORDER = [
      "bench/bench_memory.py --sizes 8G --layout many-refs --checkout DIR"),
     ("floor.md", "The floor of a save and a restore: their essential work alone (issue 2)",
      "bench/floor.py --size 1G --runs 3"),
+    ("restore-phases.md", "Where a restore's time goes (issue 2)",
+     "bench/restore_phases.py bench/out/guest-1024M-seed1.vms --runs 9"),
     ("layouts.md", "Page layouts that cost a restore most per byte (issue 2)", "bench/bench_layouts.py --runs 3"),
     ("readers.md", "Input readers and QEMU's migration stream (issue 3)", "bench/bench_readers.py"),
     ("qemu.md", "A real QEMU guest: .vms vs QEMU's migration stream (issue 3)", "bench/bench_qemu.py"),
