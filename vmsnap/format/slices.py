@@ -81,9 +81,10 @@ def _one_blas_thread():
 class SliceFinder:
     """Places new data pages: as a slice of the stored stream, or at its end.
 
-    Memory: 16 bytes of fingerprint per grain of the window, and a dict entry (about
-    100 bytes) per stored page within it: about 57 MiB per GiB of stored 4 KiB pages,
-    at most that for the whole window; and an 8 MiB bitmap in front of the dict.
+    Memory: 16 bytes of fingerprint per grain of the window (32 MiB for 1 GiB), a dict
+    entry (about 100 bytes with its share of the table) for each of at most 5/4 of the
+    window's pages (about 33 MiB for 1 GiB of 4 KiB pages), and an 8 MiB bitmap in front
+    of the dict.
     """
 
     def __init__(self, page_size: int, window: int = 1 << 30, key: FingerprintKey | None = None):
@@ -160,7 +161,11 @@ class SliceFinder:
         self._index.update(zip(_keys(f0[:, 0], f1[:, 0]), first))  # a later page with that grain wins
         self._maybe[f0[:, 0] & _FILTER_MASK] = True
         self.stream = need
-        if len(self._index) > 2 * (self.window // self.gpp):  # drop entries gone from the window
+        # Drop entries gone from the window at 5/4 of the window's pages (which entries are
+        # dropped when never changes a result: a gone entry fails the window check anyway).
+        # Python sizes a dict's table for 2/3 of its slots: a 1 GiB window's 327,680 entries
+        # fit a table of 2^19, where twice its pages took 2^20 slots and 24 MiB more.
+        if len(self._index) > self.window // self.gpp * 5 // 4:
             lo = self.stream - len(self._r0)
             self._index = {key: pos for key, pos in self._index.items() if pos >= lo}
             self._maybe[:] = False
