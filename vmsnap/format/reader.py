@@ -1115,10 +1115,10 @@ class CanonicalPages:
         if keep:
             self.free_count -= keep
             slots = self.free[self.free_count:self.free_count + keep][::-1]  # slot 0 first while fresh
-            first = int(slots[0])
-            if int(slots[-1]) - first == keep - 1 and (keep == 1 or bool((np.diff(slots) == 1).all())):
+            if np.all(np.diff(slots) == 1):
                 # consecutive slots: one copy straight into the store, not a gather and a scatter
                 # (mode "raise" with out= copies through a buffer: ten times slower)
+                first = int(slots[0])
                 np.take(rows, at[:keep], axis=0, out=self.store[first:first + keep], mode="clip")
             else:
                 self.store[slots] = rows[at[:keep]]
