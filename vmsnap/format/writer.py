@@ -121,9 +121,7 @@ class SnapshotWriter:
         self._close_run()
         self.bytes_in += size
         hasher.finish()
-        self._blocks_taken += hasher.take()
-        self._blocks.append(bytes(self._blocks_taken))
-        self._blocks_taken.clear()
+        self._take_blocks(hasher, flush=True)
         self._regions.append({
             "name": name, "base": base, "size": size,
             "first_record": first_record, "record_count": self._records.entries - first_record,
@@ -180,11 +178,12 @@ class SnapshotWriter:
         grains = self._slices.fingerprints(pages, np.flatnonzero(kind == P.OTHER)) if self._slices is not None else None
         return pages, kind, period, grains
 
-    def _take_blocks(self, hasher: BlockHasher) -> None:
+    def _take_blocks(self, hasher: BlockHasher, flush: bool = False) -> None:
         """Move the batch's block digests to the table, 64 KiB at a time (an entry per
-        batch would cost more in bookkeeping than the digests themselves)."""
+        batch would cost more in bookkeeping than the digests themselves); all of them
+        with `flush`, at the region's end."""
         self._blocks_taken += hasher.take()
-        if len(self._blocks_taken) >= BLOCKS_APPEND_BYTES:
+        if flush or len(self._blocks_taken) >= BLOCKS_APPEND_BYTES:
             self._blocks.append(bytes(self._blocks_taken))
             self._blocks_taken.clear()
 
