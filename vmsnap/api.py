@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .atomic import atomic_output, os_error_message
 from .errors import FormatError, OutputError, UsageError
-from .format.reader import RegionInfo, Snapshot
+from .format.reader import OutputCheck, RegionInfo, Snapshot
 from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .output import ImageWriter
 from .progress import progress_bar
@@ -127,11 +127,13 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
             with atomic_output(output, source=path) as out:
                 positioned = output != "-" and is_regular_file(out)
-                writer = ImageWriter(out, positioned=positioned)
+                # The blocks are checked in the bytes that are written, a buffer at a time.
+                check = OutputCheck(snap, [(r, placement[r.name]) for r in regions])
+                writer = ImageWriter(out, positioned=positioned, inspect=check)
                 sink = _Sink(writer, sparse=sparse and positioned, placement=placement)
                 try:
                     sink.write_header(header)
-                    snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs())
+                    snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs(), checked=False)
                     sink.finish(total)
                 except BaseException:
                     writer.abandon()

@@ -1,9 +1,11 @@
 """Writing a restored image or a snapshot: staged in aligned buffers, written by a second thread.
 
-The main thread decodes (or compresses), hashes and copies each piece into a
-page-aligned buffer; a writer thread writes the full buffers (its system calls
-release the GIL, so writing overlaps the work). A fixed set of buffers bounds memory and
-lets no decoded frame outlive its use.
+The main thread decodes (or compresses) and copies each piece into a page-aligned
+buffer; a writer thread writes the full buffers (its system calls release the GIL,
+so writing overlaps the work). A fixed set of buffers bounds memory and lets no
+decoded frame outlive its use. An optional inspector (a restore's digest check)
+sees each full buffer before it goes to the writer: it checks the very bytes that
+go to the file, a whole block in one call where the pieces came in hundreds.
 
 A regular output file is written at explicit offsets with O_DIRECT where the
 file system allows it: the data goes to the disk while the image is still being
@@ -21,7 +23,7 @@ import mmap
 import os
 import queue
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from .atomic import pwrite_all
 
@@ -34,15 +36,25 @@ ALIGN = 4096  # a multiple of every common logical block size
 MIN_HOLE = 256 << 10
 
 
+class Inspector(Protocol):
+    def feed(self, offset: int, data: memoryview) -> None:
+        """The output's bytes at `offset`, in increasing offsets; bytes never fed are zeros."""
+
+    def finish(self, size: int) -> None:
+        """The output is `size` bytes long and every byte of it was fed or is zero."""
+
+
 class ImageWriter:
     """write(offset, data) in increasing offsets; close(size) when done.
 
     positioned: a regular file, written with pwrite; skipped ranges stay holes.
     Otherwise a stream (pipe, terminal, stdout): offsets must be contiguous.
+    inspect: sees every buffer before it is written, in the caller's thread; what it
+    raises is raised by the write() or close() that submitted the buffer.
     An OSError of the writer thread is raised by a later write() or by close().
     """
 
-    def __init__(self, out: BinaryIO, *, positioned: bool):
+    def __init__(self, out: BinaryIO, *, positioned: bool, inspect: Inspector | None = None):
         out.flush()
         # a stream is written below its buffer: no lock of it is held by a writer that a stalled reader blocks
         self._raw = getattr(out, "raw", out)
@@ -59,6 +71,7 @@ class ImageWriter:
         self._fill = 0
         self._error: OSError | None = None
         self._cancelled = False
+        self._inspect = inspect
         # started by the first full buffer: a writer dropped before then leaves no thread behind
         self._thread = threading.Thread(target=self._run, name="vmsnap-writer", daemon=True)
 
@@ -86,6 +99,8 @@ class ImageWriter:
         self._stop_thread()
         if self._error is not None:
             raise self._error
+        if self._inspect is not None:
+            self._inspect.finish(size)
         if self._positioned:
             os.ftruncate(self._fd, size)
             if self._direct:  # the caller's file object reads and writes as usual again
@@ -131,6 +146,8 @@ class ImageWriter:
         self._fill += n
 
     def _submit(self) -> None:
+        if self._inspect is not None:
+            self._inspect.feed(self._start, self._view[:self._fill])
         self._view.release()
         if self._thread.ident is None:
             self._thread.start()

@@ -751,12 +751,15 @@ class Snapshot:
 
     def produce(self, sink: Callable[[RegionInfo, int | memoryview], None],
                 regions: list[RegionInfo] | None = None, progress: Callable[[int], None] | None = None,
-                jobs: int = 2) -> None:
+                jobs: int = 2, checked: bool = True) -> None:
         """Feed every region's bytes to sink(region, piece), checking every block digest.
 
         This thread hashes and feeds the sink, and counts as one of `jobs`; the
         others decode frames ahead. A piece is valid only during its sink call:
         decoded frames' buffers are reused once the sink has returned.
+        checked=False leaves the block digests to the caller, who must check every
+        byte it keeps with an OutputCheck (a restore checks what it writes).
+        Frames are checked against their digests either way.
         """
         regions = self.regions if regions is None else regions
         canonical = CanonicalPages(self, [self.region_records(r) for r in regions])
@@ -767,14 +770,16 @@ class Snapshot:
             self._prefetch = _Prefetcher(self, pool, regions, ahead=decoders)
             try:
                 for r in regions:
-                    checker = _BlockChecker(self, r)
+                    checker = _BlockChecker(self, r) if checked else None
                     for piece in self.segments(r, canonical=canonical):
-                        checker.feed(piece)
+                        if checker:
+                            checker.feed(piece)
                         sink(r, piece)
                         if progress:
                             progress(piece if isinstance(piece, int) else len(piece))
                         self._frame_pool.recycle()  # the piece is consumed: no view of a retired frame is left
-                    checker.finish()
+                    if checker:
+                        checker.finish()
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 raise
@@ -944,6 +949,53 @@ class _BlockChecker:
         if self.checked != len(self.expected):
             raise IntegrityError(f"{self.snap.path}: region {self.region.name!r} is short: "
                                  f"{self.checked} of {len(self.expected)} blocks")
+
+
+class OutputCheck:
+    """Checks the block digests of regions laid out in an output file (at the given file
+    offsets, in increasing order, not overlapping) from the file's bytes as they are
+    written: feed() spans in increasing offsets, bytes never fed are zeros (holes).
+    Bytes outside the regions (an ELF core's headers) are not checked."""
+
+    def __init__(self, snap: Snapshot, placed: list[tuple[RegionInfo, int]]):
+        self._snap = snap
+        self._todo = sorted(((offset, offset + r.size, r) for r, offset in placed if r.size), key=lambda t: t[0])
+        for r, _ in placed:
+            if not r.size:  # no bytes, so no blocks: its table must be empty too
+                _BlockChecker(snap, r).finish()
+        self._current: _BlockChecker | None = None
+        self._pos = 0  # every byte before it was fed
+
+    def feed(self, offset: int, data) -> None:
+        data = memoryview(data).cast("B")
+        if offset < self._pos:
+            raise OutputError(f"internal error: output bytes at {offset:#x} fed after {self._pos:#x}")
+        self._span(self._pos, offset, None)
+        self._span(offset, offset + len(data), data)
+        self._pos = offset + len(data)
+
+    def finish(self, size: int) -> None:
+        self._span(self._pos, size, None)
+        self._pos = max(self._pos, size)
+        if self._todo:
+            raise OutputError(f"internal error: region {self._todo[0][2].name!r} ends beyond the output")
+
+    def _span(self, start: int, end: int, data: memoryview | None) -> None:
+        """Feed [start, end) of the file (data, or zeros when None) to the regions in it."""
+        while self._todo and start < end:
+            first, last, region = self._todo[0]
+            if end <= first:
+                return
+            if self._current is None:
+                self._current = _BlockChecker(self._snap, region)
+            lo, hi = max(start, first), min(end, last)
+            if lo < hi:
+                self._current.feed(hi - lo if data is None else data[lo - start:hi - start])
+            if last > end:
+                return
+            self._current.finish()
+            self._current = None
+            self._todo.pop(0)
 
 
 class _FramePool:
