@@ -29,6 +29,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "fixtures"))
 from genimage import _size  # noqa: E402
+from installed import compile_vmsnap  # noqa: E402
 
 PY = sys.executable
 TIME = ["/usr/bin/time", "-f", "%e %M"]
@@ -128,6 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--emit", choices=["alternating", "shared-shuffled", "many-refs"], help=argparse.SUPPRESS)  # to stdout
     ap.add_argument("--md", help="default: bench/results/memory.md (memory-LAYOUT.md for another layout)")
     args = ap.parse_args(argv)
+    compile_vmsnap()  # timed runs load bytecode, as an installed vmsnap does
     sizes = [_size(s) for s in args.sizes.split(",")]
     if args.emit:
         emit(args.emit, sizes[0], args.seed)
