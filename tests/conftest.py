@@ -46,6 +46,18 @@ def build_image(spec, page_size=4096, tail=b""):
     return b"".join(pages) + tail
 
 
+def write_regions(path, regions) -> str:
+    """A snapshot at `path` of regions given as (name, base, bytes), in that order."""
+    from vmsnap.format.writer import SnapshotWriter
+
+    with open(path, "wb") as out:
+        w = SnapshotWriter(out, source="test")
+        for name, base, data in regions:
+            w.add_region(name, base, [data])
+        w.close()
+    return str(path)
+
+
 @pytest.fixture
 def small_batches(monkeypatch):
     """Save in batches of 16 KiB: a slice is found in data stored by an earlier batch,

@@ -8,11 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import build_image
+from conftest import build_image, write_regions
 from vmsnap import api, elfcore, output
 from vmsnap.errors import IntegrityError
 from vmsnap.format.reader import OutputCheck, Snapshot
-from vmsnap.format.writer import SnapshotWriter
 
 MIB = 1 << 20
 REGIONS = [  # name, base, content: blocks of every kind, unaligned ends, one empty region
@@ -26,18 +25,13 @@ REGIONS = [  # name, base, content: blocks of every kind, unaligned ends, one em
 def layout(tmp_path_factory):
     """A snapshot of REGIONS, and its ELF core: the regions placed after headers and gaps."""
     tmp = tmp_path_factory.mktemp("check")
-    snap = tmp / "multi.vms"
-    with open(snap, "wb") as out:
-        w = SnapshotWriter(out, source="test")
-        for name, base, data in REGIONS:
-            w.add_region(name, base, [data])
-        w.close()
+    snap = write_regions(tmp / "multi.vms", REGIONS)
     core = tmp / "core.elf"
-    api.restore(str(snap), str(core), format="elf")
-    with Snapshot(str(snap)) as s:
+    api.restore(snap, str(core), format="elf")
+    with Snapshot(snap) as s:
         regions = sorted(s.regions, key=lambda r: r.base)
         offsets = elfcore.layout(regions, s.page_size).offsets
-    return str(snap), core.read_bytes(), list(zip(regions, offsets))
+    return snap, core.read_bytes(), list(zip(regions, offsets))
 
 
 def feed_in_spans(check, image, cuts, holes):

@@ -10,12 +10,11 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from conftest import build_image
+from conftest import build_image, write_regions
 from qemu_fixture import qemu_capture  # noqa: F401  (pytest fixture)
 from vmsnap import api, elfcore
 from vmsnap.cli import main
 from vmsnap.errors import UsageError
-from vmsnap.format.writer import SnapshotWriter
 from vmsnap.sources import elf_structs as E
 from vmsnap.sources.elf import ElfSource
 
@@ -29,13 +28,7 @@ REGIONS = [  # name, base, content: out of base order, unaligned sizes, a gap, o
 
 @pytest.fixture
 def snap(tmp_path):
-    path = tmp_path / "multi.vms"
-    with open(path, "wb") as out:
-        w = SnapshotWriter(out, source="test")
-        for name, base, data in REGIONS:
-            w.add_region(name, base, [data])
-        w.close()
-    return str(path)
+    return write_regions(tmp_path / "multi.vms", REGIONS)
 
 
 def read_elf(path):
