@@ -18,6 +18,7 @@ REGIONS = [  # name, base, content: blocks of every kind, unaligned ends, one em
     ("low", 0, build_image([("random", 1)] * 300 + [("zero",)] * 200 + [("fill", 7)] * 100 + [("random", 2)] * 40)),
     ("high", 0x40000000, build_image([("zero",)] * 256 + [("random", 3)] * 10, tail=b"\x05" * 100)),
     ("empty", 0x50000000, b""),
+    ("last", 0x60000000, build_image([("random", 4)] * 3 + [("zero",)] * 300)),  # ends in 1.2 MiB of zeros
 ]
 
 
@@ -66,12 +67,22 @@ def test_the_written_image_passes_in_any_spans_and_a_flipped_byte_in_a_region_is
             feed_in_spans(OutputCheck(snap, placed), bytes(wrong), cuts, holes)
 
 
+def test_zeros_never_fed_at_the_end_are_checked_as_zeros(layout):
+    path, image, placed = layout
+    data_end = len(image.rstrip(b"\0"))
+    assert len(image) - data_end > MIB  # a hole of a whole block and more
+    with Snapshot(path) as snap:
+        check = OutputCheck(snap, placed)
+        check.feed(0, memoryview(image)[:data_end])
+        check.finish(len(image))
+
+
 def test_an_output_shorter_than_its_regions_is_refused(layout):
     path, image, placed = layout
     with Snapshot(path) as snap:
         check = OutputCheck(snap, placed)
-        check.feed(0, memoryview(image)[:len(image) - 5000])  # past the padding, into "high"
-        with pytest.raises(Exception, match="region 'high'"):
+        check.feed(0, memoryview(image)[:len(image) - 5000])  # into the zeros that end "last"
+        with pytest.raises(Exception, match="region 'last'"):
             check.finish(len(image) - 5000)
 
 
