@@ -9,7 +9,7 @@ import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORDER = [
-    ("save.md", "Save and restore: vmsnap vs zstd --long (issue 2)", "bench/bench_save.py --size 1G --big 8G --runs 3"),
+    ("save.md", "Save and restore: vmsnap vs zstd --long (issue 2)", "bench/bench_save.py --size 1G --big 8G --runs 5"),
     ("memory.md", "Memory as the guest grows, 1 to 64 GiB (issue 2)", "bench/bench_memory.py --sizes 1G,8G,32G,64G"),
     ("memory-alternating.md", "Memory with a record per page (issue 2)",
      "bench/bench_memory.py --sizes 4G,16G --layout alternating --checkout DIR"),
