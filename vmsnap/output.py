@@ -5,7 +5,7 @@ buffer; a writer thread writes the full buffers (its system calls release the GI
 so writing overlaps the work). A fixed set of buffers bounds memory and lets no
 decoded frame outlive its use. An optional inspector (a restore's digest check)
 sees each full buffer before it goes to the writer: it checks the very bytes that
-go to the file, a whole block in one call where the pieces came in hundreds.
+go to the file, and hashes a whole block in one call instead of a call per piece.
 
 A regular output file is written at explicit offsets with O_DIRECT where the
 file system allows it: the data goes to the disk while the image is still being
