@@ -658,6 +658,36 @@ def test_a_read_decodes_each_frame_once_however_many_its_shared_pages_cycle_thro
             assert len(counted_decodes) == len(set(counted_decodes)), counted_decodes
 
 
+@pytest.mark.parametrize("check_blocks", [False, True])
+def test_a_long_range_keeps_two_frames_and_lookups_keep_more(tmp_path, monkeypatch, counted_decodes, check_blocks):
+    """A long range takes its frames in order (its shared pages are gathered first): the
+    lookup cache would only hold memory. A lookup keeps frames for the next one."""
+    from vmsnap.format import reader
+    from vmsnap.format.reader import Snapshot
+
+    monkeypatch.setattr(reader, "PASS_BYTES", 64 * 4096)
+    data = _shuffled_copy(96)  # 96 data pages in 24 frames of 4, then each shared in random order
+    snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
+    counted_decodes.clear()
+    most = []
+    frame = Snapshot._frame
+    monkeypatch.setattr(Snapshot, "_frame", lambda self, k: frame(self, k) if most.append(len(self._cache)) is None
+                        else None)
+    with vmsnap.open(str(snap)) as s:
+        assert s.read(0, len(data), check_blocks=check_blocks) == data
+        assert 0 < max(most) <= 2 and s._ranges_in_pass == 0
+        assert sorted(counted_decodes) == list(range(24))  # each frame decoded once still
+        pieces = s.iter_range(0, len(data))
+        next(pieces)
+        assert s._ranges_in_pass == 1
+        pieces.close()  # a range left early ends its pass
+        assert s._ranges_in_pass == 0
+        most.clear()
+        for page in range(0, 96, 4):  # a page of each of 24 frames: lookups
+            assert s.page(page) == data[page * 4096:(page + 1) * 4096]
+        assert max(most) > 2
+
+
 def test_reading_one_shared_page_decodes_only_its_frame(tmp_path, counted_decodes):
     data = _shuffled_copy(64)
     snap, _ = save_restore(tmp_path, data, frame_size=4 * 4096)
