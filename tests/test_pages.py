@@ -107,3 +107,18 @@ def test_small_page_size():
     ps = 512
     kind, period = classify_one(b"\xde\xad\xbe\xef" * (ps // 4), ps)
     assert (kind, period) == (P.PATTERN, 4)
+
+
+@given(st.integers(1, 40), st.sampled_from([512, 4096, 8192]), st.data())
+@settings(max_examples=40, deadline=None)
+def test_page_digests_are_each_chosen_pages_blake3(n, page_size, data):
+    """Rows in any order, repeated or not: one hasher reset between pages must give each
+    page's own digest, as a new hasher per page does."""
+    from blake3 import blake3
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32)))
+    pages = rng.integers(0, 256, (n, page_size), dtype=np.uint8)
+    pages[rng.random(n) < 0.3] = pages[0]  # some equal pages
+    rows = np.array(data.draw(st.lists(st.integers(0, n - 1), max_size=2 * n)), dtype=np.int64)
+    got = P.page_digests(pages, rows)
+    assert got == b"".join(blake3(pages[i].tobytes()).digest(length=16) for i in rows.tolist())
