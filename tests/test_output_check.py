@@ -1,5 +1,5 @@
-"""A restore checks its block digests in the bytes it writes (OutputCheck, in the writer's
-check thread), not in the pieces it puts together."""
+"""A restore checks its block digests in the bytes it writes (OutputCheck, fed each of the
+writer's buffers before it is written), not in the pieces it puts together."""
 
 from __future__ import annotations
 
