@@ -34,6 +34,7 @@ sys.path.insert(0, HERE)
 from bench_save import PY, same, timed  # noqa: E402
 from genimage import ImageGenerator  # noqa: E402
 from installed import compile_vmsnap  # noqa: E402
+from publish import publish  # noqa: E402
 
 PAGE = 4096
 PAGES = 65536  # 256 MiB
@@ -133,10 +134,7 @@ def main(argv=None) -> int:
                     f"{r['identical']} |")
         print(rows[-1], flush=True)
     report = "\n".join(rows) + "\n"
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(report)
-    print(report)
+    publish(report, args.md)
     return 0
 
 

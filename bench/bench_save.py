@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "fixtures"))
 from genimage import _size, generate  # noqa: E402
 from installed import compile_vmsnap  # noqa: E402
+from publish import publish  # noqa: E402
 
 PY = sys.executable
 
@@ -138,10 +139,7 @@ def main() -> None:
         if size != args.size:
             os.unlink(path)
     text = "\n".join(parts)
-    print(text)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(text)
+    publish(text, args.md)
 
 
 if __name__ == "__main__":

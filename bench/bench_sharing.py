@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 from bench_save import dump, machine  # noqa: E402
 from genimage import _size  # noqa: E402
 from installed import compile_vmsnap  # noqa: E402
+from publish import publish  # noqa: E402
 
 PY = sys.executable
 
@@ -148,10 +149,7 @@ def main() -> None:
         f"{f['cross_vm']['pages_saved']} pages saved.",
     ]
     text = "\n".join(rows) + "\n"
-    print(text)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(text)
+    publish(text, args.md)
     if not args.keep:
         for p in paths:
             os.unlink(p)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import mmap
 import os
 import platform
@@ -41,6 +40,7 @@ from vmsnap import api, pages as P  # noqa: E402
 from vmsnap.format.reader import Snapshot  # noqa: E402
 from vmsnap.format.writer import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, frame_parameters  # noqa: E402
 from installed import compile_vmsnap  # noqa: E402
+from publish import publish  # noqa: E402
 
 BATCH = 4 << 20
 BLOCK = 1 << 20
@@ -241,11 +241,7 @@ def main(argv=None) -> int:
         f"{wall['vmsnap_restore'] / wall['zstd_restore']:.2f} |",
     ]
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.md:
-        os.makedirs(os.path.dirname(args.md), exist_ok=True)
-        with open(args.md, "w") as fh:
-            fh.write(report)
+    publish(report, args.md)
     return 0
 
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 
 from installed import compile_vmsnap
+from publish import publish
 
 # Run in the child: times the phases of one restore and prints them as JSON.
 CHILD = r"""
@@ -92,10 +93,7 @@ def main(argv=None) -> int:
         f"The disk held the writer for {median['disk'] / median['writes']:.0%} of the write phase (medians).",
     ]
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.md:
-        with open(args.md, "w") as fh:
-            fh.write(report)
+    publish(report, args.md)
     return 0
 
 
