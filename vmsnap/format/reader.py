@@ -682,14 +682,12 @@ class Snapshot:
         if hi > limit:
             raise FormatError(f"range {address:#x}+{length:#x} is beyond the image end "
                               f"{limit - (lo - address):#x}")
-        if length < PASS_BYTES:
-            yield from self._iter_regions(regions, lo, hi, check_blocks)
-            return
-        self._ranges_in_pass += 1
+        in_pass = int(length >= PASS_BYTES)
+        self._ranges_in_pass += in_pass
         try:
             yield from self._iter_regions(regions, lo, hi, check_blocks)
         finally:
-            self._ranges_in_pass -= 1
+            self._ranges_in_pass -= in_pass
 
     def _iter_regions(self, regions: list[RegionInfo], lo: int, hi: int,
                       check_blocks: bool) -> Iterator[int | memoryview]:
