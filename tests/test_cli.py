@@ -229,6 +229,23 @@ def test_pipe_in_pipe_out(tmp_path, image):
     assert p.stdout == data
 
 
+def test_json_goes_to_stderr_when_stdout_carries_the_data(tmp_path, image):
+    # `save -o - --json` once appended its JSON to the snapshot on stdout.
+    data, raw = image
+    saved = subprocess.run([sys.executable, "-m", "vmsnap.cli", "save", str(raw), "-o", "-", "--json"],
+                           capture_output=True)
+    assert saved.returncode == 0, saved.stderr
+    assert json.loads(saved.stderr)["bytes_out"] == len(saved.stdout)
+    snap = tmp_path / "s.vms"
+    snap.write_bytes(saved.stdout)
+    assert run("verify", str(snap)).exit_code == 0
+    restored = subprocess.run([sys.executable, "-m", "vmsnap.cli", "restore", str(snap), "-o", "-", "--json"],
+                              capture_output=True)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == data
+    assert json.loads(restored.stderr)["bytes"] == len(data)
+
+
 def test_demo_runs_on_the_shipped_sample():
     result = run("demo")
     assert result.exit_code == 0

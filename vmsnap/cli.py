@@ -132,10 +132,11 @@ def _json_option(f):
 
 
 def _report(result: dict, as_json: bool, quiet: bool, text: str, to_stdout: bool = True) -> None:
+    """Print the result; on stderr when stdout carries the command's data (-o -)."""
     if as_json:
         import json
 
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        click.echo(json.dumps(result, indent=2, sort_keys=True), err=not to_stdout)
     elif not quiet:
         click.echo(text, err=not to_stdout)
 
@@ -190,7 +191,7 @@ def restore(snapshot, output, region, fmt, sparse, jobs, quiet, as_json):
 
     result = restore_snapshot(snapshot, output, region=region, format=fmt, sparse=sparse, jobs=jobs,
                               progress=_progress(quiet))
-    _report(result, as_json and output != "-", quiet, f"restored {result['bytes']} bytes to {output}",
+    _report(result, as_json, quiet, f"restored {result['bytes']} bytes to {output}",
             to_stdout=output != "-")
 
 
@@ -437,7 +438,7 @@ def qemu_save(qmp_socket, output, mode, resume, level, frame_size, timeout, jobs
 
     result = qemu_save_guest(qmp_socket, output, mode=mode, resume=resume, level=level, frame_size=frame_size, jobs=jobs,
                              timeout=timeout, progress=_progress(quiet))
-    _report(result, as_json and output != "-", quiet,
+    _report(result, as_json, quiet,
             f"saved {', '.join(result['memory_backends'] or result['ram_blocks'])} ({result['bytes_in']} bytes) and "
             f"{result['device_state_bytes']} bytes of device state in {result['bytes_out']} bytes to {output}; "
             f"guest {result['runstate_after']}", to_stdout=output != "-")
