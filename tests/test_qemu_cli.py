@@ -231,6 +231,29 @@ def test_restore_errors(tmp_path, guest):
     assert not os.path.exists("a") and not (tmp_path / "m").exists()
 
 
+def test_outputs_that_are_inputs_are_refused(tmp_path, guest):
+    # --state-path SNAP once replaced the snapshot with its own device state.
+    snap = tmp_path / "g.vms"
+    Q.save(guest.path, str(snap))
+    kept = snap.read_bytes()
+    for args in (["--mem-path", str(tmp_path / "m"), "--state-path", str(snap)],
+                 ["--mem-path", str(snap)],
+                 ["--mem-path", str(tmp_path / "m"), "--state-path", str(tmp_path / "m")]):
+        result = run("qemu", "restore", str(snap), *args)
+        assert result.exit_code == UsageError.exit_code, (args, result.output)
+        assert len(result.output.strip().splitlines()) == 1 and "another name" in result.output
+        assert snap.read_bytes() == kept
+        assert sorted(os.listdir(tmp_path)) == ["g.vms", "guest.mem"]
+
+
+def test_a_save_onto_the_guests_own_memory_file_is_refused(tmp_path, guest):
+    mem = tmp_path / "guest.mem"
+    result = run("qemu", "save", "--qmp", guest.path, "-o", str(mem))
+    assert result.exit_code == UsageError.exit_code and "memory of backend pc.ram" in result.output, result.output
+    assert mem.read_bytes() == MEM and "stop" not in guest.commands()  # refused before the guest is touched
+    assert os.listdir(tmp_path) == ["guest.mem"]
+
+
 def test_stream_mode_round_trip(tmp_path, qmp_dir):
     """A guest without a shared memory-backend-file: the full stream's RAM becomes the
     regions, and restore rebuilds a stream that reads back to the same RAM and ends

@@ -73,8 +73,8 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
         raise OutputError(f"{path}: is a directory")
     if path.endswith(os.sep):  # a directory was meant, and there is none: not a file named so
         raise OutputError(f"{path}: no such directory")
-    if source not in (None, "-") and stat.S_ISREG(mode) and _same_file(source, target):
-        raise UsageError(f"{path}: is the input file; write the output to another name")
+    if source not in (None, "-") and stat.S_ISREG(mode):
+        refuse_same_file(path, source)
     if not stat.S_ISREG(mode):
         with _in_place(path, target) as fh:
             yield fh
@@ -118,6 +118,12 @@ def _in_place(path: str, target: str) -> Iterator[BinaryIO]:
                     raise
     except OSError as exc:
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
+
+
+def refuse_same_file(output: str, source: str, what: str = "the input file") -> None:
+    """UsageError if `output` names the same file as `source`: it would be replaced by what was made from it."""
+    if output != "-" and source != "-" and _same_file(source, output):
+        raise UsageError(f"{output}: is {what}; write the output to another name")
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 
-from ..atomic import atomic_output
+from ..atomic import atomic_output, refuse_same_file
 from ..atomic import os_error_message
 from ..errors import FormatError, OutputError, QemuError, UsageError
 from .qmp import QMP
@@ -130,6 +130,8 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
         use_file = bool(backends) and mode != "stream"
         if not use_file:
             backends = []
+        for b in backends:  # before the guest is stopped
+            refuse_same_file(output, b["mem_path"], f"the memory of backend {b['id']}")
         caps = {c["capability"]: c["state"] for c in qmp.execute("query-migrate-capabilities") or []}
         if use_file and IGNORE_SHARED not in caps:
             raise QemuError(f"this QEMU has no migration capability {IGNORE_SHARED} (QEMU 4.0 or later needed)")
@@ -367,7 +369,7 @@ def restore(snapshot: str, mem_paths=None, *, state_path: str | None = None, spa
                 raise UsageError(f"{snapshot}: the guest was not file-backed, its RAM goes back through the "
                                  "migration stream: no --mem-path")
             state_path = state_path or (snapshot[:-4] if snapshot.endswith(".vms") else snapshot) + ".mig"
-            with atomic_output(state_path) as out:
+            with atomic_output(state_path, source=snapshot) as out:
                 written = write_stream(snap, meta, out)
             return {
                 "file": snapshot, "mode": "stream", "memory": [], "device_state": state_path,
@@ -381,7 +383,11 @@ def restore(snapshot: str, mem_paths=None, *, state_path: str | None = None, spa
         targets = _mem_targets(meta, mem_paths, snapshot)
         first = targets[meta["memory_backends"][0]["id"]]
         state_path = state_path or first + ".devstate"
-        with atomic_output(state_path) as out:
+        for t in targets.values():  # all refused before anything is written
+            refuse_same_file(t, snapshot, "the snapshot")
+            if os.path.realpath(t) == os.path.realpath(state_path):
+                raise UsageError(f"{state_path}: is also a --mem-path; write the device state to another name")
+        with atomic_output(state_path, source=snapshot) as out:
             written = _copy(snap.read_attachment(STATE_ATTACHMENT), out)
     memory = []
     for b in meta["memory_backends"]:
