@@ -80,6 +80,39 @@ def test_man_pages_render_without_warnings():
         assert done.returncode == 0 and done.stderr == "", f"{page}: {done.stderr}"
 
 
+def _json_section(page: str) -> str:
+    """The man page's text from its --json entry to the next section, font escapes removed."""
+    with open(os.path.join(MAN, page)) as fh:
+        text = fh.read()
+    text = re.sub(r"\\f[BIRP]", "", text[text.index(".B \\-\\-json"):]).replace("\\-", "-")
+    return text[:text.index("\n.SH")]
+
+
+def _keys(value, prefix=""):
+    """Every key of a JSON object and of the objects in it (nested keys as parent.key)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield prefix + key
+            yield from _keys(inner, prefix + key + ".")
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        yield from _keys(value[0], prefix)
+
+
+def test_every_json_field_is_in_the_man_page(tmp_path, image):
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    printed = {"save": run("save", str(raw), "-o", str(snap), "--json").output,
+               "info": run("info", str(snap), "--json").output,
+               "verify": run("verify", str(snap), "--json").output,
+               "restore": run("restore", str(snap), "-o", str(tmp_path / "r"), "--json").output}
+    for cmd, output in printed.items():
+        section = _json_section(f"vmsnap-{cmd}.1")
+        for key in _keys(json.loads(output)):
+            name = key.rsplit(".", 1)[-1]
+            assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", section), \
+                f"{cmd} --json prints {key}, which vmsnap-{cmd}.1 does not name"
+
+
 def test_save_info_verify_restore_cat(tmp_path, image):
     data, raw = image
     snap = tmp_path / "s.vms"
