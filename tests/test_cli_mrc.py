@@ -105,6 +105,9 @@ def test_plot_without_matplotlib_is_a_usage_error(loop_trace, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     r = run(loop_trace, "--plot", tmp_path / "x.png")
     assert r.exit_code == 2 and "matplotlib" in r.output and not (tmp_path / "x.png").exists()
+    # said before the trace is read, not after the whole computation
+    r = run(tmp_path / "no-such-trace", "--plot", tmp_path / "x.png")
+    assert r.exit_code == 2 and "matplotlib" in r.output
 
 
 @pytest.mark.parametrize("args, code, text", [

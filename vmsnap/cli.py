@@ -123,8 +123,9 @@ def _jobs_option(f):
                         help="Worker threads for compression, hashing and decoding [default: CPUs].")(f)
 
 
-def _quiet_option(f):
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(f)
+def _quiet_option(f=None, *, what: str = "No progress bar and no summary."):
+    option = click.option("-q", "--quiet", is_flag=True, help=what)
+    return option(f) if f is not None else option
 
 
 def _json_option(f):
@@ -336,7 +337,7 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
 @click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout: one row per curve and cache size.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG plot of the curves (needs the 'plot' extra).")
-@_quiet_option
+@_quiet_option(what="No progress counter (the report is still printed).")
 def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, rate, max_pages,
         periods, period_unit, time_column, no_adjust, compare_exact, points, sizes, target_miss_ratio, as_json, as_csv,
         plot_path, quiet):
@@ -350,6 +351,10 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
         raise UsageError("--json and --csv exclude each other")
     if target_miss_ratio is not None and not 0 <= target_miss_ratio <= 1:
         raise UsageError("--target-miss-ratio must be between 0 and 1")
+    if plot_path:
+        from .analyze.plotting import require_matplotlib
+
+        require_matplotlib()  # fail before a long run, not after it
     psize = mrc_output.parse_bytes(page_size)
     size_list = mrc_output.parse_sizes(sizes, psize) if sizes else None
     tr = open_trace(trace, fmt=fmt, page_size=psize, column=column, values=values,
@@ -453,7 +458,7 @@ def qemu_save(qmp_socket, output, mode, resume, level, frame_size, timeout, jobs
               help="Device-state file [default: MEM.devstate; stream mode: SNAP with .mig for .vms].")
 @click.option("--sparse/--no-sparse", default=True, show_default=True, help="Leave zero runs as holes.")
 @_jobs_option
-@_quiet_option
+@_quiet_option(what="No progress bar (how to start QEMU is still printed).")
 @_json_option
 def qemu_restore(snapshot, mem_paths, state_path, sparse, jobs, quiet, as_json):
     """Write SNAP's memory and device state back and print how to start QEMU on them."""

@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 from ..errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError
 from ..scans.base import ScanSeries, Segment
 from . import hotcold_structs as H
+from .plotting import require_matplotlib
 
 WSS_PERCENTILES = (0, 25, 50, 75, 100)
 DEFAULT_HEATMAP_BINS = 256
@@ -344,18 +345,6 @@ def read_levels(path: str) -> LevelsFile:
 
 
 # ---------------------------------------------------------------- plots
-
-
-def require_matplotlib():
-    """Import matplotlib with a headless backend, or explain how to get it."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UsageError("plots need matplotlib: pip install 'vmsnap[plot]'") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def render_heatmap(res: HotColdResult, path: str) -> None:

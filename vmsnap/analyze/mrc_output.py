@@ -192,14 +192,12 @@ def plot(result, doc: dict, path: str) -> None:
     Curves are drawn from their step functions at up to 4096 sizes each,
     whatever --points or --sizes chose for the numbers; knees are dots.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'vmsnap[plot]'") from None
     from ..atomic import atomic_output
+    from .plotting import require_matplotlib
+
+    plt = require_matplotlib()
+    from matplotlib.ticker import FuncFormatter
+
     from .mrc import eval_grid
 
     page = result.page_size
@@ -214,7 +212,7 @@ def plot(result, doc: dict, path: str) -> None:
     if doc.get("target_miss_ratio") is not None:
         ax.axhline(doc["target_miss_ratio"], color="grey", linestyle=":", label="target miss ratio")
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _human(int(v))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _human(int(v))))
     ax.set_xlabel(f"cache size (log scale; {_human(page)} pages)")
     ax.set_ylabel("miss ratio")
     ax.set_ylim(0, 1.02)
