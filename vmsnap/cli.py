@@ -40,7 +40,13 @@ def _on_sigterm(signum, frame):
 
 
 class VmsnapGroup(click.Group):
-    """A click group that turns library errors into one stderr line and an exit code."""
+    """A click group that turns library errors and usage errors into one stderr line and an exit code."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:  # the group's own options (`vmsnap --bogus`)
+            _usage_fail(exc)
 
     def invoke(self, ctx):
         import signal
@@ -51,6 +57,8 @@ class VmsnapGroup(click.Group):
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a command's options or arguments
+            _usage_fail(exc)
         except VmsnapError as exc:
             _fail(exc)
         except _TerminateSignal:
@@ -75,6 +83,20 @@ class VmsnapGroup(click.Group):
 
 def _fail(exc: VmsnapError) -> None:
     click.echo(f"vmsnap: error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _usage_fail(exc: click.UsageError) -> None:
+    """click's usage error as one line, like every other error (click prints the usage too)."""
+    if isinstance(exc, _NO_ARGS_IS_HELP):  # a bare `vmsnap` or `vmsnap qemu`: the help it asked for
+        exc.show()
+        sys.exit(exc.exit_code)
+    path = exc.ctx.command_path if exc.ctx is not None else "vmsnap"
+    where = path.split(" ", 1)[1] + ": " if " " in path else ""
+    click.echo(f"vmsnap: error: {where}{exc.format_message()} (see '{path} --help')", err=True)
     sys.exit(exc.exit_code)
 
 
