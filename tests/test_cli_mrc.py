@@ -166,15 +166,15 @@ def test_plot_file_gets_umask_permissions(loop_trace, tmp_path):
 
 @pytest.mark.parametrize("quiet, enabled", [(False, None), (True, False)])
 def test_quiet_turns_the_progress_counter_off(loop_trace, monkeypatch, quiet, enabled):
-    from vmsnap import progress
+    from vmsnap import api
 
-    asked, real = [], progress.progress_bar
+    asked, real = [], api.progress_bar
 
     def spy(total, desc, on=None, **kw):
         asked.append(on)
         return real(total, desc, on, **kw)
 
-    monkeypatch.setattr(progress, "progress_bar", spy)
+    monkeypatch.setattr(api, "progress_bar", spy)
     r = run(loop_trace, "--json", *(["-q"] if quiet else []))
     assert r.exit_code == 0, r.output
     assert asked == [enabled]  # None: a counter only when stderr is a terminal

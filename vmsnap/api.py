@@ -48,6 +48,7 @@ def open_snapshot(path: str) -> Snapshot:
 
 
 def info(path: str) -> dict:
+    """What the snapshot holds, as `vmsnap info --json` prints it (vmsnap-info(1))."""
     with Snapshot(path) as snap:
         return snap.stats()
 
@@ -200,3 +201,68 @@ class _Sink:
             self.writer.close(total)
         except OSError as exc:
             raise OutputError(os_error_message(exc)) from None
+
+
+# ---------------------------------------------------------------- the analyses (vmsnap analyze ...)
+
+
+def analyze_sharing(dumps, *, format: str = "auto", page_size: int = 4096, top: int = 10, jobs: int | None = None,
+                    partitions: int | None = None, temp_dir: str | None = None, scheduler: str | None = None,
+                    progress: bool | None = False) -> dict:
+    """Page sharing within each dump and across all of them, as `vmsnap analyze sharing --json`
+    prints it (vmsnap-analyze-sharing(1))."""
+    from .analyze.sharing import analyze
+
+    return analyze(list(dumps), fmt=format, page_size=page_size, top=top, jobs=jobs, partitions=partitions,
+                   temp_dir=temp_dir, scheduler=scheduler, progress=progress)
+
+
+def analyze_hotcold(scans, *, format: str = "auto", page_size: int | None = None, levels: int = 4,
+                    demote_after: int = 1, promote_by: int | None = None, damon_target: int = 0,
+                    damon_min_accesses: int = 1, levels_out: str | None = None, heatmap: str | None = None,
+                    heatmap_bins: int = 256, plot: str | None = None, save_series: str | None = None,
+                    progress: bool | None = False) -> dict:
+    """Hot/cold page classes from a scan series, as `vmsnap analyze hotcold --json` prints them
+    (vmsnap-analyze-hotcold(1)); the files asked for (levels, heatmap, plot, series) are written."""
+    from .analyze import hotcold as hc
+
+    res = hc.hotcold(list(scans), format, hc.HotColdParams(levels, demote_after, promote_by), page_size=page_size,
+                     damon_target=damon_target, damon_min_accesses=damon_min_accesses, levels_out=levels_out,
+                     heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins, series_out=save_series,
+                     progress=progress)
+    return hc.summary(res)
+
+
+def analyze_mrc(trace: str, *, format: str = "auto", page_size: int | str = 4096, values: str | None = None,
+                column: str | None = None, delimiter: str = ",", lackey_ops: str = "ILSM",
+                time_column: str | None = None, method: str = "exact", rate: float = 0.01, max_pages: int = 8192,
+                periods=(), period_unit: str = "accesses", adjust: bool = True, compare_exact: bool = False,
+                points: int = 100, sizes=None, target_miss_ratio: float | None = None, plot: str | None = None,
+                progress: bool | None = False) -> dict:
+    """LRU miss-ratio curves of a memory-access trace, as `vmsnap analyze mrc --json` prints them
+    (vmsnap-analyze-mrc(1)). page_size and sizes take numbers or "4K"-style strings."""
+    from .analyze import mrc_output
+    from .analyze.mrc import DEFAULT_PERIODS, MrcRequest, compute
+    from .traces import open_trace
+
+    if target_miss_ratio is not None and not 0 <= target_miss_ratio <= 1:
+        raise UsageError("--target-miss-ratio must be between 0 and 1")
+    if period_unit == "time" and method != "untraced":
+        raise UsageError("--period-unit time applies to --method untraced only")
+    if plot:
+        from .analyze.plotting import require_matplotlib
+
+        require_matplotlib()  # fail before a long run, not after it
+    psize = mrc_output.parse_bytes(str(page_size))
+    if sizes is not None:  # "100,64M", or numbers of pages
+        sizes = mrc_output.parse_sizes(sizes if isinstance(sizes, str) else ",".join(map(str, sizes)), psize)
+    tr = open_trace(trace, fmt=format, page_size=psize, column=column, values=values,
+                    delimiter=delimiter, lackey_ops=lackey_ops, time_column=time_column)
+    req = MrcRequest(method=method, rate=rate, max_pages=max_pages, periods=tuple(periods) or DEFAULT_PERIODS,
+                     period_unit=period_unit, compare_exact=compare_exact, adjust=adjust)
+    with progress_bar(None, "mrc", progress, unit="references") as update:
+        result = compute(tr.timed() if period_unit == "time" else tr, psize, req, progress=update)
+    doc = mrc_output.to_dict(result, tr, method, mrc_output.grid_for(result, points, sizes), target_miss_ratio)
+    if plot:
+        mrc_output.plot(result, doc, plot)
+    return doc

@@ -365,35 +365,16 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
         plot_path, quiet):
     """LRU miss-ratio curve of a memory-access TRACE (man vmsnap-analyze-mrc)."""
     from .analyze import mrc_output
-    from .analyze.mrc import DEFAULT_PERIODS, MrcRequest, compute
+    from .api import analyze_mrc
     from .errors import UsageError
-    from .traces import open_trace
 
     if as_json and as_csv:
         raise UsageError("--json and --csv exclude each other")
-    if target_miss_ratio is not None and not 0 <= target_miss_ratio <= 1:
-        raise UsageError("--target-miss-ratio must be between 0 and 1")
-    if plot_path:
-        from .analyze.plotting import require_matplotlib
-
-        require_matplotlib()  # fail before a long run, not after it
-    psize = mrc_output.parse_bytes(page_size)
-    size_list = mrc_output.parse_sizes(sizes, psize) if sizes else None
-    tr = open_trace(trace, fmt=fmt, page_size=psize, column=column, values=values,
-                    delimiter=delimiter, lackey_ops=lackey_ops, time_column=time_column)
-    if period_unit == "time" and method != "untraced":
-        raise UsageError("--period-unit time applies to --method untraced only")
-    req = MrcRequest(method=method, rate=rate, max_pages=max_pages, periods=periods or DEFAULT_PERIODS,
-                     period_unit=period_unit, compare_exact=compare_exact, adjust=not no_adjust)
-    chunks = tr.timed() if period_unit == "time" else tr
-    from .progress import progress_bar
-
-    with progress_bar(None, "mrc", _progress(quiet), unit="references") as update:
-        result = compute(chunks, psize, req, progress=update)
-    grid = mrc_output.grid_for(result, points, size_list)
-    doc = mrc_output.to_dict(result, tr, method, grid, target_miss_ratio)
-    if plot_path:
-        mrc_output.plot(result, doc, plot_path)
+    doc = analyze_mrc(trace, format=fmt, page_size=page_size, values=values, column=column, delimiter=delimiter,
+                      lackey_ops=lackey_ops, time_column=time_column, method=method, rate=rate, max_pages=max_pages,
+                      periods=periods, period_unit=period_unit, adjust=not no_adjust, compare_exact=compare_exact,
+                      points=points, sizes=sizes, target_miss_ratio=target_miss_ratio, plot=plot_path,
+                      progress=_progress(quiet))
     if as_json:
         click.echo(mrc_output.to_json(doc))
     elif as_csv:
@@ -425,9 +406,9 @@ def sharing(dumps, fmt, page_size, top, partitions, temp_dir, scheduler, jobs, q
 
     if as_json and as_csv:
         raise UsageError("--json and --csv cannot be used together")
-    from .analyze.sharing import analyze as analyze_sharing
+    from .api import analyze_sharing
 
-    result = analyze_sharing(list(dumps), fmt=fmt, page_size=page_size, top=top, jobs=jobs, partitions=partitions,
+    result = analyze_sharing(dumps, format=fmt, page_size=page_size, top=top, jobs=jobs, partitions=partitions,
                              temp_dir=temp_dir, scheduler=scheduler, progress=_progress(quiet))
     if as_csv:
         from .analyze.sharing_report import format_csv
