@@ -106,7 +106,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
     """Restore the image to `output` ('-' for stdout), byte for byte, every digest checked.
 
     format="raw": the image laid out flat by guest-physical address (a raw dump:
-    the original file; gaps are holes); with `region`, only that region, from
+    the original file; gaps are zeros, holes in a sparse regular file); with `region`, only that region, from
     offset 0. format="elf": an ELF64 core file with one PT_LOAD per region
     (p_paddr = its base), as QEMU's dump-guest-memory writes (see vmsnap.elfcore).
     """

@@ -70,7 +70,8 @@ class VmsnapGroup(click.Group):
             # for work too big for the machine.
             _fail(VmsnapError("out of memory"))
         except BrokenPipeError:
-            # The reader of our stdout went away (`vmsnap cat ... | head`): not an error of ours.
+            # The reader of our stdout went away (`vmsnap cat ... | head`) where no write of ours
+            # turned it into an OutputError: exit 6 as documented, without a message.
             _quiet_broken_pipe()
             sys.exit(OutputError.exit_code)
         finally:

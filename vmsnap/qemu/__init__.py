@@ -1,7 +1,8 @@
 """Save a running QEMU guest (device state + memory) into one .vms, and restore it.
 
 ``vmsnap.qemu.save(qmp_socket, output)`` is ``vmsnap qemu save``;
-``vmsnap.qemu.restore(snapshot, mem_paths)`` is ``vmsnap qemu restore``.
+``vmsnap.qemu.restore(snapshot, mem_paths)`` is ``vmsnap qemu restore``;
+``vmsnap.qemu.device_state(snapshot, output)`` is ``vmsnap qemu device-state``.
 The QMP client is vmsnap.qemu.qmp; the logic is vmsnap.qemu.snapshot.
 """
 
