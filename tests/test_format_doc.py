@@ -162,3 +162,20 @@ def test_man_page_decoder_reads_attachments(tmp_path, small_batches):
     assert decoded["flags"] == 1 | 2
     assert decoded["regions"] == {"ram": data}
     assert decoded["attachments"] == {"first": b"hello world", "device-state": state, "empty": b""}
+
+
+def test_man_page_decoder_with_regions_and_pages_above_a_mib(tmp_path, small_batches):
+    # several regions (the image digest's order), and 2 MiB pages (a block is then one page)
+    from vmsnap.format.writer import SnapshotWriter
+
+    big = 2 << 20
+    low = build_image([("random", 5), ("zero",), ("copy", 0)], page_size=big, tail=b"\x01" * 4097)
+    high = build_image([("fill", 3), ("random", 6)], page_size=big)
+    path = tmp_path / "r.vms"
+    with open(path, "wb") as out:
+        w = SnapshotWriter(out, page_size=big, frame_size=2 * big, source="two regions")
+        w.add_region("low", 0, [low])
+        w.add_region("high", 1 << 32, [high])
+        w.close()
+    decoded = decode(path.read_bytes())
+    assert decoded["page_size"] == big and decoded["regions"] == {"low": low, "high": high}
