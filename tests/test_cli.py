@@ -130,6 +130,26 @@ def test_save_info_verify_restore_cat(tmp_path, image):
     assert result.stdout_bytes == data[4096:8192]
 
 
+@pytest.mark.parametrize("length", [4000, 4047, 4096, 65535])
+def test_a_long_description_reads_back(tmp_path, image, length):
+    # The reader once read only the header's first 4 KiB: a save with a longer
+    # description exited 0 and left a snapshot nothing could read.
+    data, raw = image
+    snap = tmp_path / "s.vms"
+    text = "d\u00e9" * (length // 3) + "d" * (length % 3)  # multi-byte characters across the 4 KiB line
+    assert run("save", str(raw), "-o", str(snap), "-q", "--description", text).exit_code == 0
+    assert json.loads(run("info", str(snap), "--json").output)["source"] == text
+    assert run("verify", str(snap), "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("text,message", [("a" * 65536, "more than 65535"), ("\udcff", "not valid UTF-8")])
+def test_a_description_the_format_cannot_hold_is_refused(tmp_path, image, text, message):
+    _, raw = image
+    result = run("save", str(raw), "-o", str(tmp_path / "s.vms"), "--description", text)
+    assert result.exit_code == 2 and message in result.output and result.output.count("\n") == 1
+    assert os.listdir(tmp_path) == ["in.raw"]
+
+
 def test_save_options_for_slices_and_long_matching(tmp_path, small_batches):
     data = build_image([("random", i) for i in range(4)] + [("shift", 1, 1024)] * 2)
     raw = tmp_path / "in.raw"

@@ -129,6 +129,10 @@ class Snapshot:
         head = os.pread(self._fh.fileno(), 4096, 0)
         if len(head) < S.HeaderPrefix.sizeof() or not head.startswith(S.MAGIC):
             raise FormatError(f"{self.path}: not a vmsnap snapshot (bad magic)")
+        if len(head) >= S.HEADER_FIXED_SIZE:  # a description longer than the first read: read all of it
+            whole = S.HEADER_FIXED_SIZE + int.from_bytes(head[S.HEADER_FIXED_SIZE - 2:S.HEADER_FIXED_SIZE], "little")
+            if whole + S.DIGEST_SIZE > len(head):
+                head = os.pread(self._fh.fileno(), whole + S.DIGEST_SIZE, 0)
         prefix = S.HeaderPrefix.parse(head)
         if prefix.version != S.FORMAT_VERSION:
             raise UnsupportedVersionError(f"{self.path}: format version {prefix.version} is not supported "

@@ -91,6 +91,8 @@ Header = Struct(
 
 # Enough to tell "not a snapshot" from "a newer version" before parsing the rest.
 HeaderPrefix = Struct("magic" / Bytes(8), "version" / Int16ul, "flags" / Int16ul)
+HEADER_FIXED_SIZE = 18  # the header up to the source description, its u16 length included
+MAX_SOURCE_BYTES = 0xFFFF  # the description's length is a u16
 
 Trailer = Struct(
     "index_offset" / Int64ul,

@@ -60,6 +60,12 @@ class SnapshotWriter:
             raise UsageError(f"frame size {frame_size} is smaller than the page size {page_size}")
         if frame_size > MAX_FRAME_SIZE:
             raise UsageError(f"frame size {frame_size} is larger than {MAX_FRAME_SIZE >> 20} MiB")
+        try:
+            described = len(source.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise UsageError("the source description is not valid UTF-8") from None
+        if described > S.MAX_SOURCE_BYTES:
+            raise UsageError(f"the source description is {described} bytes, more than {S.MAX_SOURCE_BYTES}")
         self.page_size = page_size
         self.block_size = block_size_for(page_size)
         self.batch_bytes = BATCH_BYTES  # page_batches makes it at least one page
