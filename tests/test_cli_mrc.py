@@ -106,6 +106,9 @@ def test_plot_without_matplotlib_is_a_usage_error(loop_trace, tmp_path, monkeypa
     r = run(loop_trace, "--plot", tmp_path / "x.png")
     assert r.exit_code == 2 and "matplotlib" in r.output and not (tmp_path / "x.png").exists()
     # said before the trace is read, not after the whole computation
+    kept = open(loop_trace, "rb").read()
+    r = run(loop_trace, "--plot", loop_trace)  # refused before matplotlib is even asked for
+    assert r.exit_code == 2 and "is the input" in r.output and open(loop_trace, "rb").read() == kept
     r = run(tmp_path / "no-such-trace", "--plot", tmp_path / "x.png")
     assert r.exit_code == 2 and "matplotlib" in r.output
 

@@ -128,6 +128,23 @@ def test_failed_run_leaves_no_outputs(tmp_path, dumps):
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
 
 
+@pytest.mark.parametrize("option", ["--out", "--save-series", "--heatmap", "--plot"])
+def test_an_output_that_is_an_input_is_refused(dumps, option):
+    # Each of these once replaced the dump it was given with its own output, exit 0.
+    paths, _, _ = dumps
+    kept = open(paths[1], "rb").read()
+    r = run(*paths, option, paths[1], "-q")
+    assert r.exit_code == 2 and "is the input" in r.output and r.output.count("\n") == 1
+    assert open(paths[1], "rb").read() == kept
+
+
+def test_two_outputs_of_one_name_are_refused(dumps, tmp_path):
+    paths, _, _ = dumps
+    r = run(*paths, "--out", tmp_path / "x", "--save-series", tmp_path / "x", "-q")
+    assert r.exit_code == 2 and "given to both --out and --save-series" in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_help_lists_options():
     r = CliRunner().invoke(main, ["analyze", "hotcold", "--help"])
     assert r.exit_code == 0

@@ -251,7 +251,9 @@ def analyze_mrc(trace: str, *, format: str = "auto", page_size: int | str = 4096
         raise UsageError("--period-unit time applies to --method untraced only")
     if plot:
         from .analyze.plotting import require_matplotlib
+        from .atomic import refuse_outputs_over_inputs
 
+        refuse_outputs_over_inputs({"--plot": plot}, [trace])
         require_matplotlib()  # fail before a long run, not after it
     psize = mrc_output.parse_bytes(str(page_size))
     if sizes is not None:  # "100,64M", or numbers of pages

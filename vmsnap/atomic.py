@@ -126,6 +126,21 @@ def refuse_same_file(output: str, source: str, what: str = "the input file") -> 
         raise UsageError(f"{output}: is {what}; write the output to another name")
 
 
+def refuse_outputs_over_inputs(outputs: dict[str, str | None], inputs) -> None:
+    """UsageError if an output (option name -> path, None when not asked for) is one of
+    the inputs, or two outputs have one name (the last written would replace the other)."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None or path == "-":
+            continue
+        for source in inputs:
+            refuse_same_file(path, source, f"the input {source}")
+        real = os.path.realpath(path)
+        if real in seen:
+            raise UsageError(f"{path}: given to both {seen[real]} and {option}; give each output its own name")
+        seen[real] = option
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         return os.path.samefile(a, b)

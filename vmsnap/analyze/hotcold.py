@@ -414,7 +414,11 @@ def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = Hot
     """Open the scans, run the analysis, write the requested files; return the result."""
     from ..scans import open_scans
 
+    from ..atomic import refuse_outputs_over_inputs
+
     params = params.checked()
+    refuse_outputs_over_inputs({"--out": levels_out, "--save-series": series_out, "--heatmap": heatmap,
+                                "--plot": plot}, paths)
     if heatmap or plot:
         require_matplotlib()  # fail before a long run, not after it
     if progress is None:
