@@ -367,16 +367,31 @@ def process_pool(workers: int):
     Fork makes workers cheap (they share the parent's imported modules); the
     workers are started here, while the caller has no other thread running, so
     no lock can be held across the fork.
+
+    The workers are forked with SIGINT blocked, and keep it blocked: Ctrl-C reaches
+    the whole process group, and a worker interrupted inside the pool's queues could
+    leave the parent waiting for it forever at exit. The parent alone stops, shuts
+    the pool down (the workers finish the range in hand) and exits 130. A Ctrl-C
+    during the fork waits, blocked, until the workers are there.
     """
     import multiprocessing
+    import signal
     from concurrent.futures import ProcessPoolExecutor
 
     # Warm every lazy import of the hot path once, here, instead of once per worker
     # (numpy 2 imports numpy.ma on the first np.unique: ~50 ms of CPU each).
     page = b"\x6b" * 4096 + bytes(4088) + b"\x01" * 8 + bytes(range(256)) * 16
     scan_batch(page, 4096)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    pool.submit(int).result()  # forks every worker (fork start method: all at once)
+    try:
+        try:
+            pool.submit(int).result()  # forks every worker (fork start method: all at once)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C that came meanwhile is raised now
+    except BaseException:
+        pool.shutdown(cancel_futures=True)
+        raise
     return pool
 
 
