@@ -150,6 +150,30 @@ def test_a_description_the_format_cannot_hold_is_refused(tmp_path, image, text, 
     assert os.listdir(tmp_path) == ["in.raw"]
 
 
+def test_ctrl_c_while_the_cli_loads_is_one_line():
+    # The console script's entry point catches a Ctrl-C during `from .cli import main`.
+    code = ("import builtins\n"
+            "real = builtins.__import__\n"
+            "def interrupted(name, *args, **kw):\n"
+            "    if name == 'cli':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *args, **kw)\n"
+            "builtins.__import__ = interrupted\n"
+            "from vmsnap.entry import run\n"
+            "run()\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (130, "vmsnap: error: interrupted\n")
+
+
+def test_ctrl_c_while_the_options_are_parsed_is_one_line(monkeypatch):
+    def interrupted(self, ctx, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(click.Group, "parse_args", interrupted)
+    result = run("info", "x.vms")
+    assert (result.exit_code, result.output) == (130, "vmsnap: error: interrupted\n")  # not click's "Aborted!", 1
+
+
 def test_save_options_for_slices_and_long_matching(tmp_path, small_batches):
     data = build_image([("random", i) for i in range(4)] + [("shift", 1, 1024)] * 2)
     raw = tmp_path / "in.raw"

@@ -1,5 +1,5 @@
 """`python -m vmsnap` runs the command-line interface."""
 
-from .cli import main
+from .entry import run
 
-main()
+run()

@@ -47,6 +47,8 @@ class VmsnapGroup(click.Group):
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:  # the group's own options (`vmsnap --bogus`)
             _usage_fail(exc)
+        except KeyboardInterrupt:  # click would print "Aborted!" and exit 1
+            _fail(Interrupted("interrupted"))
 
     def invoke(self, ctx):
         import signal
