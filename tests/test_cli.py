@@ -306,6 +306,17 @@ def test_writing_to_a_full_device_is_an_output_error(image):
     assert b"no space left" in p.stderr.lower() and b"Traceback" not in p.stderr
 
 
+def test_an_output_that_is_the_file_on_stdin_is_refused(image):
+    # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
+    data, raw = image
+    with open(raw, "rb") as stdin:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", "save", "-", "-o", str(raw)], stdin=stdin,
+                           capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr == f"vmsnap: error: {raw}: is the standard input; write the output to " \
+                                             "another name\n"
+    assert raw.read_bytes() == data
+
+
 def test_pipe_in_pipe_out(tmp_path, image):
     data, raw = image
     p = subprocess.run(f"cat {raw} | {sys.executable} -m vmsnap.cli save - -o - --description x "

@@ -73,7 +73,7 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
         raise OutputError(f"{path}: is a directory")
     if path.endswith(os.sep):  # a directory was meant, and there is none: not a file named so
         raise OutputError(f"{path}: no such directory")
-    if source not in (None, "-") and stat.S_ISREG(mode):
+    if source is not None and stat.S_ISREG(mode):
         refuse_same_file(path, source)
     if not stat.S_ISREG(mode):
         with _in_place(path, target) as fh:
@@ -121,9 +121,23 @@ def _in_place(path: str, target: str) -> Iterator[BinaryIO]:
 
 
 def refuse_same_file(output: str, source: str, what: str = "the input file") -> None:
-    """UsageError if `output` names the same file as `source`: it would be replaced by what was made from it."""
-    if output != "-" and source != "-" and _same_file(source, output):
+    """UsageError if `output` names the same file as `source` ('-': standard input, which
+    may be a file redirected in): it would be replaced by what was made from it."""
+    if output == "-":
+        return
+    if source == "-":
+        if _stdin_is(output):
+            raise UsageError(f"{output}: is the standard input; write the output to another name")
+    elif _same_file(source, output):
         raise UsageError(f"{output}: is {what}; write the output to another name")
+
+
+def _stdin_is(path: str) -> bool:
+    try:
+        mine, theirs = os.fstat(sys.stdin.fileno()), os.stat(path)
+    except (OSError, AttributeError, ValueError):  # no stdin, or no such file (yet)
+        return False
+    return stat.S_ISREG(mine.st_mode) and (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def refuse_outputs_over_inputs(outputs: dict[str, str | None], inputs) -> None:
