@@ -306,6 +306,18 @@ def test_writing_to_a_full_device_is_an_output_error(image):
     assert b"no space left" in p.stderr.lower() and b"Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("args", [["info"], ["info", "--json"], ["verify"]])
+def test_a_report_that_cannot_be_written_is_an_output_error(tmp_path, image, args):
+    # These printed a traceback and exited 1 when stdout was full.
+    _, raw = image
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap))
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", args[0], str(snap), *args[1:]], stdout=full,
+                           stderr=subprocess.PIPE, text=True)
+    assert (p.returncode, p.stderr) == (OutputError.exit_code, "vmsnap: error: stdout: no space left on device\n")
+
+
 def test_an_output_that_is_the_file_on_stdin_is_refused(image):
     # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
     data, raw = image

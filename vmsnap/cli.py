@@ -19,6 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click  # noqa: E402
 
 from . import __version__  # noqa: E402
+from .atomic import os_error_message  # noqa: E402
 from .errors import Interrupted, OutputError, Terminated, VmsnapError
 
 
@@ -73,9 +74,9 @@ class VmsnapGroup(click.Group):
             _fail(VmsnapError("out of memory"))
         except BrokenPipeError:
             # The reader of our stdout went away (`vmsnap cat ... | head`) where no write of ours
-            # turned it into an OutputError: exit 6 as documented, without a message.
+            # turned it into an OutputError: the same line and exit 6 as where one did.
             _quiet_broken_pipe()
-            sys.exit(OutputError.exit_code)
+            _fail(OutputError("broken pipe"))
         finally:
             if on_main:
                 signal.signal(signal.SIGTERM, previous)
@@ -101,6 +102,18 @@ def _usage_fail(exc: click.UsageError) -> None:
     where = path.split(" ", 1)[1] + ": " if " " in path else ""
     click.echo(f"vmsnap: error: {where}{exc.format_message()} (see '{path} --help')", err=True)
     sys.exit(exc.exit_code)
+
+
+def _echo(text: str = "", nl: bool = True, err: bool = False) -> None:
+    """click.echo, flushed, with a failed write (disk full, a reader gone) as an OutputError:
+    one line and exit 6, not a traceback."""
+    try:
+        click.echo(text, nl=nl, err=err)
+        (sys.stderr if err else sys.stdout).flush()
+    except OSError as exc:
+        if not err:
+            _quiet_broken_pipe()  # nothing more goes there, not even at exit
+        raise OutputError(f"{'stderr' if err else 'stdout'}: {os_error_message(exc)}") from None
 
 
 def _quiet_broken_pipe() -> None:
@@ -162,9 +175,9 @@ def _report(result: dict, as_json: bool, quiet: bool, text: str, to_stdout: bool
     if as_json:
         import json
 
-        click.echo(json.dumps(result, indent=2, sort_keys=True), err=not to_stdout)
+        _echo(json.dumps(result, indent=2, sort_keys=True), err=not to_stdout)
     elif not quiet:
-        click.echo(text, err=not to_stdout)
+        _echo(text, err=not to_stdout)
 
 
 def _progress(quiet: bool):
@@ -267,7 +280,7 @@ def demo(workdir, keep):
     """Save, inspect, restore and verify the shipped sample memory image."""
     from .demo import run_demo
 
-    run_demo(workdir, keep, echo=click.echo)
+    run_demo(workdir, keep, echo=_echo)
 
 
 @main.group(cls=VmsnapGroup)
@@ -320,11 +333,11 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
     if as_json:
         import json
 
-        click.echo(json.dumps(hc.summary(res), indent=2))
+        _echo(json.dumps(hc.summary(res), indent=2))
     elif as_csv:
-        click.echo(hc.csv_text(res), nl=False)
+        _echo(hc.csv_text(res), nl=False)
     elif not quiet:
-        click.echo(hc.text_report(res), nl=False)
+        _echo(hc.text_report(res), nl=False)
 @analyze.command("mrc")
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -379,11 +392,11 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
                       points=points, sizes=sizes, target_miss_ratio=target_miss_ratio, plot=plot_path,
                       progress=_progress(quiet))
     if as_json:
-        click.echo(mrc_output.to_json(doc))
+        _echo(mrc_output.to_json(doc))
     elif as_csv:
-        click.echo(mrc_output.to_csv(doc), nl=False)
+        _echo(mrc_output.to_csv(doc), nl=False)
     else:
-        click.echo(mrc_output.to_text(doc), nl=False)
+        _echo(mrc_output.to_text(doc), nl=False)
 
 
 @analyze.command()
@@ -416,7 +429,7 @@ def sharing(dumps, fmt, page_size, top, partitions, temp_dir, scheduler, jobs, q
     if as_csv:
         from .analyze.sharing_report import format_csv
 
-        click.echo(format_csv(result))
+        _echo(format_csv(result))
     else:
         from .analyze.sharing_report import format_text
 
@@ -475,7 +488,7 @@ def qemu_restore(snapshot, mem_paths, state_path, sparse, jobs, quiet, as_json):
     if as_json:
         _report(result, True, quiet, "")
     else:
-        click.echo(format_restore(result))
+        _echo(format_restore(result))
 
 
 @qemu.command("device-state")
