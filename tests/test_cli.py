@@ -318,6 +318,17 @@ def test_a_report_that_cannot_be_written_is_an_output_error(tmp_path, image, arg
     assert (p.returncode, p.stderr) == (OutputError.exit_code, "vmsnap: error: stdout: no space left on device\n")
 
 
+def test_a_message_of_several_lines_is_printed_as_one(monkeypatch):
+    # construct's errors hold newlines: a crafted index printed two lines.
+    def malformed(path):
+        raise FormatError(f"{path}: malformed index: Error in path (parsing) -> patterns\nstream read less")
+
+    monkeypatch.setattr(api, "info", malformed)
+    result = run("info", "x.vms")
+    assert result.exit_code == FormatError.exit_code
+    assert result.output == "vmsnap: error: x.vms: malformed index: Error in path (parsing) -> patterns stream read less\n"
+
+
 def test_an_output_that_is_the_file_on_stdin_is_refused(image):
     # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
     data, raw = image

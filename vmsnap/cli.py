@@ -86,7 +86,8 @@ class VmsnapGroup(click.Group):
 
 
 def _fail(exc: VmsnapError) -> None:
-    click.echo(f"vmsnap: error: {exc}", err=True)
+    message = " ".join(str(exc).splitlines())  # one line, whatever a library's message held
+    click.echo(f"vmsnap: error: {message}", err=True)
     sys.exit(exc.exit_code)
 
 
