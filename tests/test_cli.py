@@ -329,6 +329,22 @@ def test_a_message_of_several_lines_is_printed_as_one(monkeypatch):
     assert result.output == "vmsnap: error: x.vms: malformed index: Error in path (parsing) -> patterns stream read less\n"
 
 
+@pytest.mark.parametrize("args,redirect,code,message", [
+    (["save", "-", "-o", "x.vms"], "<&-", 3, "standard input is closed"),
+    (["restore", "SNAP", "-o", "-"], ">&-", 6, "standard output is closed"),
+    (["cat", "SNAP", "--offset", "0", "--length", "9"], ">&-", 6, "standard output is closed"),
+])
+def test_a_closed_standard_stream_is_one_line(tmp_path, image, args, redirect, code, message):
+    _, raw = image
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap))
+    argv = " ".join(str(snap) if a == "SNAP" else a for a in args)
+    p = subprocess.run(f"{sys.executable} -m vmsnap.cli {argv} {redirect}", shell=True, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (code, f"vmsnap: error: {message}\n")
+    assert not (tmp_path / "x.vms").exists()
+
+
 def test_an_output_that_is_the_file_on_stdin_is_refused(image):
     # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
     data, raw = image

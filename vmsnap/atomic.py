@@ -21,6 +21,7 @@ import tempfile
 from typing import BinaryIO, Iterator
 
 from .errors import OutputError, UsageError
+from .streams import stdout_binary
 
 
 def os_error_message(exc: OSError) -> str:
@@ -55,9 +56,10 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
     """
     path = os.fspath(path)
     if path == "-":
-        yield sys.stdout.buffer
+        out = stdout_binary()
+        yield out
         try:
-            sys.stdout.buffer.flush()
+            out.flush()
         except OSError as exc:
             raise OutputError(f"stdout: {os_error_message(exc)}") from None
         return

@@ -10,7 +10,24 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 from typing import BinaryIO
+
+from .errors import InputError, OutputError
+
+
+def stdin_binary() -> BinaryIO:
+    """Standard input for binary reads; a process started with it closed (`<&-`) has none."""
+    if sys.stdin is None:
+        raise InputError("standard input is closed")
+    return sys.stdin.buffer
+
+
+def stdout_binary() -> BinaryIO:
+    """Standard output for binary writes; a process started with it closed (`>&-`) has none."""
+    if sys.stdout is None:
+        raise OutputError("standard output is closed")
+    return sys.stdout.buffer
 
 
 def is_stream(path: str) -> bool:

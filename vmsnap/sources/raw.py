@@ -7,11 +7,10 @@ a tail shorter than a page is kept byte-exact by the consumer.
 from __future__ import annotations
 
 import os
-import sys
 from typing import BinaryIO, Iterator
 
 from ..errors import open_for_reading
-from ..streams import is_regular_file
+from ..streams import is_regular_file, stdin_binary
 from .base import Region, Source, read_exact_chunks, sparse_file_chunks
 
 
@@ -52,7 +51,7 @@ class RawSource(Source):
 def open_input(path: str) -> BinaryIO:
     """Open a file (or '-' for stdin) for binary reading, mapping OS errors to InputError."""
     if path == "-":
-        return sys.stdin.buffer
+        return stdin_binary()
     return open_for_reading(path)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from typing import BinaryIO, Iterator
 
 from ..errors import InputError
@@ -100,11 +99,11 @@ def open_bytes(path: str | os.PathLike, text: bool = False) -> tuple[BinaryIO, b
     first frame header is reported as truncated, not read as a line of text.
     Returns (stream, compressed).
     """
-    from ..streams import sniff
+    from ..streams import sniff, stdin_binary
 
     name = os.fspath(path)
     try:
-        f = sys.stdin.buffer if name == "-" else open(name, "rb")
+        f = stdin_binary() if name == "-" else open(name, "rb")
         if f.seekable():
             head = f.read(ZSTD_START)
             f.seek(0)
