@@ -345,6 +345,13 @@ def test_a_closed_standard_stream_is_one_line(tmp_path, image, args, redirect, c
     assert not (tmp_path / "x.vms").exists()
 
 
+def test_demo_into_a_workdir_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_bytes(b"x")
+    result = run("demo", "--workdir", str(tmp_path / "afile"))
+    assert result.exit_code == OutputError.exit_code
+    assert result.output == f"vmsnap: error: {tmp_path / 'afile'}: not a directory\n"
+
+
 def test_an_output_that_is_the_file_on_stdin_is_refused(image):
     # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
     data, raw = image

@@ -193,3 +193,14 @@ def test_trace_from_stdin_through_a_pipe(loop_trace):
     doc = json.loads(piped.stdout)
     assert doc["trace"]["path"] == "-" and doc["trace"]["references"] == 6000
     assert doc["curves"] == from_file["curves"]
+
+
+def test_delimiter_tab_and_bad_delimiters(tmp_path):
+    trace = tmp_path / "t.tsv"
+    trace.write_text("when\taddr\n1\t4096\n2\t8192\n3\t4096\n")
+    r = run(trace, "--format", "csv", "--column", "addr", "--delimiter", "\\t", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["curves"][0]["distinct_pages"] == 2
+    for bad in (";;", ""):  # a TypeError traceback once
+        r = run(trace, "--format", "csv", "--delimiter", bad)
+        assert r.exit_code == 2 and "--delimiter must be one character" in r.output

@@ -15,7 +15,8 @@ import tempfile
 from importlib import resources
 from typing import Callable
 
-from .errors import VmsnapError
+from .atomic import os_error_message
+from .errors import OutputError, VmsnapError
 
 
 def sample_path(directory: str) -> str:
@@ -37,8 +38,13 @@ def run_demo(workdir: str | None, keep: bool, echo: Callable[[str], None] = prin
             workdir = tempfile.mkdtemp(prefix="vmsnap-demo-")
             if not keep:
                 stack.callback(shutil.rmtree, workdir, True)
-        os.makedirs(workdir, exist_ok=True)
-        raw = sample_path(workdir)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            raw = sample_path(workdir)
+        except FileExistsError:
+            raise OutputError(f"{workdir}: not a directory") from None
+        except OSError as exc:
+            raise OutputError(f"{workdir}: {os_error_message(exc)}") from None
         snap = os.path.join(workdir, "sample.vms")
         back = os.path.join(workdir, "restored.raw")
         echo(f"$ vmsnap save {raw} -o {snap}")

@@ -182,6 +182,9 @@ def open_trace(
 
     name = os.fspath(path)
     page_shift(page_size)
+    delimiter = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)  # what a shell passes for a tab
+    if len(delimiter) != 1:
+        raise UsageError(f"--delimiter must be one character (or \\t), not {delimiter!r}")
     once, compressed = None, False
     if is_stream(name):  # stdin or a FIFO: opened once, now
         once, compressed, fmt = _open_once(name, fmt)
