@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import stat
 import sys
 import tempfile
@@ -81,10 +82,16 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
         with _in_place(path, target) as fh:
             yield fh
         return
+    made: list[str] = []  # the temporary file's name, known before it exists
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}-", suffix=".tmp", dir=directory)
+        fd = _create_temporary(directory, os.path.basename(target), made)
     except OSError as exc:
         raise OutputError(f"{path}: cannot create: {os_error_message(exc)}") from None
+    except BaseException:  # Ctrl-C as the file was made: tempfile.mkstemp would leave it behind
+        for name in made:
+            _remove_quietly(name)
+        raise
+    tmp = made[0]
     try:
         with os.fdopen(fd, "w+b" if readable else "wb") as fh:
             yield fh
@@ -155,6 +162,19 @@ def refuse_outputs_over_inputs(outputs: dict[str, str | None], inputs) -> None:
         if real in seen:
             raise UsageError(f"{path}: given to both {seen[real]} and {option}; give each output its own name")
         seen[real] = option
+
+
+def _create_temporary(directory: str, base: str, made: list[str]) -> int:
+    """Create `.BASE-XXXXXXXX.tmp` in `directory` (mode 0600), its name put in `made`
+    before the file exists, so an interrupt at any point leaves nothing unnamed behind."""
+    for _ in range(100):
+        name = os.path.join(directory, f".{base}-{secrets.token_hex(4)}.tmp")
+        made.append(name)
+        try:
+            return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:  # another file's name: not ours to remove
+            made.remove(name)
+    raise FileExistsError(errno.EEXIST, "no free temporary file name")
 
 
 def _same_file(a: str, b: str) -> bool:
