@@ -352,6 +352,21 @@ def test_demo_into_a_workdir_that_is_a_file(tmp_path):
     assert result.output == f"vmsnap: error: {tmp_path / 'afile'}: not a directory\n"
 
 
+def test_messages_name_what_is_wrong(tmp_path, image):
+    _, raw = image
+    snap = tmp_path / "s.vms"
+    api.save(str(raw), str(snap))
+    size = len(raw.read_bytes())
+    result = run("cat", str(snap), "--region", "ram", "--offset", str(size - 2), "--length", "4")
+    assert result.exit_code == FormatError.exit_code and "beyond the end of region 'ram'," in result.output
+    cut = tmp_path / "cut.vms"
+    cut.write_bytes(snap.read_bytes()[:10])  # the magic, then nothing: truncated, not "bad magic"
+    result = run("info", str(cut))
+    assert result.exit_code == IntegrityError.exit_code and "truncated: 10 bytes" in result.output
+    result = run("analyze", "mrc", str(tmp_path))  # a directory: an input error (3) like everywhere else
+    assert result.exit_code == InputError.exit_code and "Is a directory" in result.output
+
+
 def test_an_output_that_is_the_file_on_stdin_is_refused(image):
     # `vmsnap save - -o g.raw < g.raw` once replaced g.raw with its own snapshot.
     data, raw = image

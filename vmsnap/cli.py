@@ -340,7 +340,7 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
     elif not quiet:
         _echo(hc.text_report(res), nl=False)
 @analyze.command("mrc")
-@click.argument("trace", type=click.Path(dir_okay=False))
+@click.argument("trace")
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "lackey", "text", "csv", "u64", "oracleGeneral"]),
               help="Trace format (auto: by name, then by content).")

@@ -127,8 +127,10 @@ class Snapshot:
 
     def _read_header(self) -> None:
         head = os.pread(self._fh.fileno(), 4096, 0)
-        if len(head) < S.HeaderPrefix.sizeof() or not head.startswith(S.MAGIC):
+        if not head.startswith(S.MAGIC):
             raise FormatError(f"{self.path}: not a vmsnap snapshot (bad magic)")
+        if len(head) < S.HeaderPrefix.sizeof():
+            raise IntegrityError(f"{self.path}: truncated: {len(head)} bytes, the header needs more (offset 0)")
         if len(head) >= S.HEADER_FIXED_SIZE:  # a description longer than the first read: read all of it
             whole = S.HEADER_FIXED_SIZE + int.from_bytes(head[S.HEADER_FIXED_SIZE - 2:S.HEADER_FIXED_SIZE], "little")
             if whole + S.DIGEST_SIZE > len(head):
@@ -684,8 +686,8 @@ class Snapshot:
         hi = lo + length
         limit = max((r.end for r in regions), default=0)
         if hi > limit:
-            raise FormatError(f"range {address:#x}+{length:#x} is beyond the image end "
-                              f"{limit - (lo - address):#x}")
+            end = f"the end of region {region!r}," if region is not None else "the image end"
+            raise FormatError(f"range {address:#x}+{length:#x} is beyond {end} {limit - (lo - address):#x}")
         in_pass = int(length >= PASS_BYTES)
         self._ranges_in_pass += in_pass
         try:
