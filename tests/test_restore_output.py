@@ -3,6 +3,7 @@
 import errno
 import io
 import os
+import re
 import random
 import subprocess
 import sys
@@ -125,8 +126,9 @@ def test_a_write_error_in_the_writer_thread_is_one_output_error(tmp_path, snapsh
 
     monkeypatch.setattr(output, "pwrite_all", full_after_two)
     before = sorted(os.listdir(tmp_path))
-    with pytest.raises(OutputError, match="^no space left on device$"):
-        api.restore(snapshot, str(tmp_path / "out.raw"), sparse=sparse)
+    out = tmp_path / "out.raw"
+    with pytest.raises(OutputError, match=f"^{re.escape(str(out))}: no space left on device$"):  # names the file
+        api.restore(snapshot, str(out), sparse=sparse)
     assert sorted(os.listdir(tmp_path)) == before
     assert writer_threads() == []
 

@@ -68,7 +68,7 @@ def cat(path: str, offset: int, length: int, region: str | None = None, output: 
             # as restore writes: a regular file gets holes for zero runs and O_DIRECT writes
             positioned = output != "-" and is_regular_file(out)
             writer = ImageWriter(out, positioned=positioned)
-            sink = _Sink(writer, sparse=positioned, placement={})
+            sink = _Sink(writer, sparse=positioned, placement={}, name=output)
             try:
                 for piece in _chain(first, pieces):
                     sink.put(piece)
@@ -131,7 +131,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
                 # The blocks are checked in the bytes that are written, a buffer at a time.
                 check = OutputCheck(snap, [(r, placement[r.name]) for r in regions])
                 writer = ImageWriter(out, positioned=positioned, inspect=check)
-                sink = _Sink(writer, sparse=sparse and positioned, placement=placement)
+                sink = _Sink(writer, sparse=sparse and positioned, placement=placement, name=output)
                 try:
                     sink.write_header(header)
                     snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs(), checked=False)
@@ -154,8 +154,9 @@ class _Sink:
     """Places pieces at each region's offset (restore), or one after another (cat); zero
     runs become holes when sparse."""
 
-    def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int]):
+    def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int], name: str):
         self.writer, self.sparse, self.placement = writer, sparse, placement
+        self.name = "stdout" if name == "-" else name  # what an error names
         self.pos = 0
         self.region: str | None = None
 
@@ -182,7 +183,7 @@ class _Sink:
         try:
             self.writer.write(self.pos, data)
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputError(f"{self.name}: {os_error_message(exc)}") from None
         self.pos += len(data)
 
     def _zeros(self, n: int) -> None:
@@ -200,7 +201,7 @@ class _Sink:
         try:
             self.writer.close(total)
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputError(f"{self.name}: {os_error_message(exc)}") from None
 
 
 # ---------------------------------------------------------------- the analyses (vmsnap analyze ...)
