@@ -80,7 +80,7 @@ def test_a_full_disk_under_the_writer_thread_is_an_output_error_and_leaves_no_fi
         return real(fd, data, offset)
 
     monkeypatch.setattr(os, "pwrite", pwrite)
-    with pytest.raises(OutputError, match="no space left on device"):
+    with pytest.raises(OutputError, match=f"^{tmp_path / 's.vms'}: no space left on device$"):  # names the file
         api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
     assert sorted(os.listdir(tmp_path)) == ["in.raw"]
     assert not [t for t in threading.enumerate() if t.name == "vmsnap-writer"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .atomic import atomic_output, os_error_message
-from .errors import FormatError, OutputError, UsageError
+from .errors import FormatError, OutputError, OutputWriteError, UsageError
 from .format.reader import OutputCheck, RegionInfo, Snapshot
 from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .output import ImageWriter
@@ -68,7 +68,7 @@ def cat(path: str, offset: int, length: int, region: str | None = None, output: 
             # as restore writes: a regular file gets holes for zero runs and O_DIRECT writes
             positioned = output != "-" and is_regular_file(out)
             writer = ImageWriter(out, positioned=positioned)
-            sink = _Sink(writer, sparse=positioned, placement={}, name=output)
+            sink = _Sink(writer, sparse=positioned, placement={})
             try:
                 for piece in _chain(first, pieces):
                     sink.put(piece)
@@ -131,7 +131,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
                 # The blocks are checked in the bytes that are written, a buffer at a time.
                 check = OutputCheck(snap, [(r, placement[r.name]) for r in regions])
                 writer = ImageWriter(out, positioned=positioned, inspect=check)
-                sink = _Sink(writer, sparse=sparse and positioned, placement=placement, name=output)
+                sink = _Sink(writer, sparse=sparse and positioned, placement=placement)
                 try:
                     sink.write_header(header)
                     snap.produce(sink, regions, progress=update, jobs=jobs or default_jobs(), checked=False)
@@ -154,9 +154,8 @@ class _Sink:
     """Places pieces at each region's offset (restore), or one after another (cat); zero
     runs become holes when sparse."""
 
-    def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int], name: str):
+    def __init__(self, writer: ImageWriter, *, sparse: bool, placement: dict[str, int]):
         self.writer, self.sparse, self.placement = writer, sparse, placement
-        self.name = "stdout" if name == "-" else name  # what an error names
         self.pos = 0
         self.region: str | None = None
 
@@ -183,7 +182,7 @@ class _Sink:
         try:
             self.writer.write(self.pos, data)
         except OSError as exc:
-            raise OutputError(f"{self.name}: {os_error_message(exc)}") from None
+            raise OutputWriteError(os_error_message(exc)) from None
         self.pos += len(data)
 
     def _zeros(self, n: int) -> None:
@@ -201,7 +200,7 @@ class _Sink:
         try:
             self.writer.close(total)
         except OSError as exc:
-            raise OutputError(f"{self.name}: {os_error_message(exc)}") from None
+            raise OutputWriteError(os_error_message(exc)) from None
 
 
 # ---------------------------------------------------------------- the analyses (vmsnap analyze ...)

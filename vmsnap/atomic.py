@@ -21,7 +21,7 @@ import sys
 import tempfile
 from typing import BinaryIO, Iterator
 
-from .errors import OutputError, UsageError
+from .errors import OutputError, OutputWriteError, UsageError
 from .streams import stdout_binary
 
 
@@ -58,7 +58,10 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
     path = os.fspath(path)
     if path == "-":
         out = stdout_binary()
-        yield out
+        try:
+            yield out
+        except OutputWriteError as exc:
+            raise OutputError(f"stdout: {exc}") from None
         try:
             out.flush()
         except OSError as exc:
@@ -103,6 +106,9 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
     except OSError as exc:
         _remove_quietly(tmp)
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
+    except OutputWriteError as exc:
+        _remove_quietly(tmp)
+        raise OutputError(f"{path}: {exc}") from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -127,6 +133,8 @@ def _in_place(path: str, target: str) -> Iterator[BinaryIO]:
                     raise
     except OSError as exc:
         raise OutputError(f"{path}: {os_error_message(exc)}") from None
+    except OutputWriteError as exc:
+        raise OutputError(f"{path}: {exc}") from None
 
 
 def refuse_same_file(output: str, source: str, what: str = "the input file") -> None:

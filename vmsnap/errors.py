@@ -43,6 +43,11 @@ class OutputError(VmsnapError):
     exit_code = 6
 
 
+class OutputWriteError(OutputError):
+    """A write to the output that atomic_output opened failed; atomic_output puts the
+    output's name in front of the message, so the code that writes need not know it."""
+
+
 class IntegrityError(VmsnapError):
     """A digest did not match, or the file is truncated: the data cannot be trusted."""
 

@@ -27,7 +27,7 @@ from blake3 import blake3
 
 from .. import pages as P
 from ..atomic import os_error_message
-from ..errors import OutputError, UsageError
+from ..errors import OutputWriteError, UsageError
 from ..output import ImageWriter
 from ..sources.base import page_batches
 from . import structs as S
@@ -360,7 +360,7 @@ class SnapshotWriter:
             else:
                 self._out.write(data)
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputWriteError(os_error_message(exc)) from None
         self._pos += len(data)
 
     # -- finish ------------------------------------------------------------------
@@ -408,7 +408,7 @@ class SnapshotWriter:
             else:
                 self._out.flush()
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputWriteError(os_error_message(exc)) from None
         return {"bytes_in": self.bytes_in, "bytes_out": self._pos, "regions": len(self._regions),
                 "records": self._records.entries, "data_pages": self._data_pages, "frames": len(frames),
                 "attachments": len(self._attachments or ())}

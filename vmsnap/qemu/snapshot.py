@@ -40,7 +40,7 @@ import time
 
 from ..atomic import atomic_output, refuse_same_file
 from ..atomic import os_error_message
-from ..errors import FormatError, OutputError, QemuError, UsageError
+from ..errors import FormatError, OutputWriteError, QemuError, UsageError
 from .qmp import QMP
 
 STATE_ATTACHMENT = "qemu.device-state"
@@ -261,7 +261,7 @@ def write_stream(snap, meta: dict, out) -> int:
         try:
             out.write(data)
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputWriteError(os_error_message(exc)) from None
         written += len(data)
 
     for piece in snap.read_attachment(HEAD_ATTACHMENT):
@@ -453,6 +453,6 @@ def _copy(pieces, out) -> int:
         try:
             out.write(piece)
         except OSError as exc:
-            raise OutputError(os_error_message(exc)) from None
+            raise OutputWriteError(os_error_message(exc)) from None
         n += len(piece)
     return n
