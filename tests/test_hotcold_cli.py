@@ -173,3 +173,19 @@ def test_a_fifo_or_stdin_scan_is_refused_before_it_is_read(tmp_path, dumps, fmt)
     for scans in ([str(fifo), *map(str, paths[1:])], ["-"]):
         r = within(20, CliRunner().invoke, main, ["analyze", "hotcold", "--format", fmt, *scans], b"")
         assert r.exit_code == 2 and "read from files, not stdin" in r.output, r.output
+
+
+def test_a_forged_page_count_fails_on_size_not_memory(tmp_path):
+    # A 40-byte series claiming 2**34 pages once made the analysis size its state for
+    # them first: "out of memory", exit 1.
+    import blake3
+
+    from vmsnap.scans import structs as S
+
+    raw = bytearray(S.Header.build(dict(version=1, flags=0, page_size=4096, n_pages=2**34, base=0,
+                                        header_digest=b"\0" * 8)))
+    raw[32:40] = blake3.blake3(bytes(raw[:32])).digest(8)
+    path = tmp_path / "forged.vmscan"
+    path.write_bytes(bytes(raw))
+    r = run(path)
+    assert r.exit_code == 90 and "offset 40: truncated" in r.output

@@ -195,7 +195,10 @@ def test_forged_page_count_is_not_an_allocation(tmp_path):
     raw[32:40] = blake3.blake3(bytes(raw[:32])).digest(8)
     path = tmp_path / "huge.vmscan"
     path.write_bytes(bytes(raw) + b"PRD\0" + b"\0" * 100)
-    with pytest.raises(IntegrityError, match="offset 144: truncated in period 0 bitmap"):
+    with pytest.raises(IntegrityError, match="offset 144: truncated: a period of 1152921504606846976 pages"):
+        _read(path)
+    path.write_bytes(bytes(raw))  # the header alone: nor can it be an empty series (no trailer)
+    with pytest.raises(IntegrityError, match="offset 40: truncated"):
         _read(path)
 
 

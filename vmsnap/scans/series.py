@@ -66,6 +66,14 @@ class SeriesScans(ScanSeries):
         self._n_pages = hdr.n_pages
         self.base = hdr.base
         self._size = self._file_size()
+        per = S.period_size(self._n_pages)
+        body = None if self._size is None else self._size - S.HEADER_SIZE - S.TRAILER_SIZE
+        if body is not None and (body < 0 or 0 < body < per):
+            # Said before the analysis sizes its per-page state by n_pages: a forged count
+            # in a 40-byte file must not become gigabytes of memory.
+            self._fh.close()
+            raise IntegrityError(f"{path}: offset {self._size}: truncated: a period of {self._n_pages} pages "
+                                 f"takes {per} bytes")
         self._n_periods = self._count_periods()
 
     def _file_size(self) -> int | None:
