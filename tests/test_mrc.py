@@ -134,6 +134,32 @@ def test_shards_adj_moves_the_difference_into_the_first_bucket():
     assert c.miss_ratio([1e9])[0] == pytest.approx(cnt["cold"] / c.total)
 
 
+@pytest.mark.parametrize("method,extra", [("shards", {}), ("untraced", {"periods": [0]})])
+def test_sampled_curves_are_checked_against_the_exact_curve_directly(method, extra):
+    # The sampled curves' own error field is not evidence: a curve with every size
+    # unscaled (cache sizes 1/rate too small) or an error computed against itself
+    # passed the other fast tests.
+    pages = np.concatenate(list(zipf_pages(200_000, 20_000, 0.9, seed=3)))
+    exact = mrc.exact_curve([pages])
+    c = mrc.compute([pages], 4096, mrc.MrcRequest(method, rate=0.1, compare_exact=True, **extra)).curves[0]
+    grid = np.unique(np.linspace(1, exact.max_size, 10_000).astype(np.int64))
+    mae = float(np.abs(c.miss_ratio(grid) - exact.miss_ratio(grid)).mean())
+    assert mae < 0.01
+    assert c.error["mae"] == pytest.approx(mae, rel=0.05, abs=1e-4)  # the reported error is this one
+    assert c.distinct_pages == pytest.approx(exact.distinct_pages, rel=0.05)  # scaled up from the sample
+    loop = mrc.compute([loop_pages(20_000, 300)], 4096, mrc.MrcRequest(method, rate=0.5, **extra)).curves[0]
+    assert loop.knee() == pytest.approx(300, rel=0.05)
+
+
+def test_untraced_window_ends_exactly_one_period_after_a_trap():
+    # Two pages alternating, every reference sampled: a page comes back every 2nd
+    # reference. After a trap at t its page is untraced while now < t + period, so
+    # periods 0-2 trap every access, 3-4 every other one, 5-6 every third.
+    pages = np.tile(np.array([0, 1], dtype=np.uint64), 500)
+    res = mrc.compute([pages], 4096, mrc.MrcRequest("untraced", rate=1.0, periods=[0, 1, 2, 3, 4, 5, 6]))
+    assert [c.traps for c in res.curves] == [1000, 1000, 1000, 500, 500, 334, 334]
+
+
 @pytest.mark.slow
 def test_shards_mae_on_reference_trace():
     """Issue 5 target: MAE <= 0.005 at rate 0.01 on a 10M+ reference trace.
