@@ -168,10 +168,12 @@ def analyze(series: ScanSeries, params: HotColdParams = HotColdParams(),
 # ---------------------------------------------------------------- summaries
 
 
-def _nearest_rank(values: Sequence[int], pct: float) -> int:
+def _percentile(values: Sequence[int], pct: float) -> int:
+    """An observed value, as damo's report wss picks it: sorted[int(pct% of n)], the last
+    for 100. (Rounding pct% of n-1, as before, put the 25th and 75th of seven
+    periods at ranks 2 and 4, asymmetrically: round() rounds halves to even.)"""
     s = sorted(values)
-    idx = min(len(s) - 1, max(0, int(round(pct / 100 * (len(s) - 1)))))
-    return int(s[idx])
+    return int(s[min(len(s) - 1, int(pct / 100 * len(s)))])
 
 
 def summary(res: HotColdResult) -> dict:
@@ -204,7 +206,7 @@ def summary(res: HotColdResult) -> dict:
             "touched_pages": res.n_pages - final[0],
         },
         "wss": {
-            "percentiles": {str(p): _nearest_rank(wss, p) for p in WSS_PERCENTILES},
+            "percentiles": {str(p): _percentile(wss, p) for p in WSS_PERCENTILES},
             "mean_bytes": sum(wss) / len(wss),
         },
         "per_period": [
