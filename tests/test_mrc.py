@@ -187,7 +187,7 @@ def test_untraced_period_zero_is_shards_and_traps_fall_with_period():
     assert traps[0] == curves[0].sampled_references
     assert all(a > b for a, b in zip(traps, traps[1:])), traps
     for c in curves:
-        assert c.error is not None and 0 <= c.error["mae"] <= 1
+        assert c.error["mae"] < 0.05  # 0.0025 at periods 0-100, 0.023 at 10,000 (seed 5)
         assert c.sampled_references == curves[0].sampled_references
 
 
