@@ -78,7 +78,7 @@ def test_a_symlink_is_followed_and_stays(tmp_path, snapshot):
 def test_restore_to_a_null_device_writes_it_and_leaves_it_achar_device(tmp_path, snapshot):
     null = char_device(tmp_path, "null", 3)
     api.restore(str(snapshot), str(null))
-    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    assert stat.S_ISCHR(os.stat(null).st_mode)  # not replaced by a regular file
 
 
 def test_save_to_a_full_device_is_exit_6_and_leaves_it_achar_device(tmp_path):
@@ -87,7 +87,7 @@ def test_save_to_a_full_device_is_exit_6_and_leaves_it_achar_device(tmp_path):
     result = CliRunner().invoke(main, ["save", str(tmp_path / "in.raw"), "-o", str(full), "-q"])
     assert result.exit_code == OutputError.exit_code == 6
     assert "no space left on device" in result.output
-    assert stat.S_ISCHR(os.lstat(full).st_mode)
+    assert stat.S_ISCHR(os.stat(full).st_mode)  # not replaced by a regular file
 
 
 def test_is_regular_file(tmp_path):
