@@ -121,6 +121,7 @@ def test_save_info_verify_restore_cat(tmp_path, image):
     assert json.loads(result.output)["bytes_in"] == len(data)
     info = json.loads(run("info", str(snap), "--json").output)
     assert info["pages"] == {"zero": 1, "pattern": 1, "sparse": 1, "data": 1, "ref": 1, "slice": 0}  # the tail is sparse
+    assert info["compression_ratio"] == pytest.approx(info["image_bytes"] / info["snapshot_bytes"])
     assert "pages_sharing" in run("info", str(snap)).output
     assert run("verify", str(snap)).exit_code == 0
     out = tmp_path / "out.raw"

@@ -250,6 +250,20 @@ def test_levels_file_every_flipped_byte_is_an_error(levels_file, tmp_path):
             hc.read_levels(str(bad))
 
 
+def test_levels_file_with_a_level_above_its_count_is_refused(levels_file, tmp_path):
+    # Consistent digests, a lying body (a damaged writer or a hostile one): level 9 of 4.
+    import blake3
+
+    path, _, _ = levels_file
+    data = bytearray(path.read_bytes())
+    data[72 + 5] = 9  # page 5's level, after the 48-byte header and one 24-byte segment
+    data[-16:] = blake3.blake3(bytes(data[:-16])).digest(16)
+    bad = tmp_path / "lying.bin"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="offset 77: level 9 above 4"):
+        hc.read_levels(str(bad))
+
+
 def test_outputs_written_atomically_with_normal_mode(levels_file):
     path, _, _ = levels_file
     mode = os.stat(path).st_mode & 0o777
