@@ -7,6 +7,7 @@ truncate at every boundary, overwrite a frame with b"BOOM", interrupt a save.
 import errno
 import io
 import os
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -433,3 +434,18 @@ def test_a_crafted_index_is_one_line_and_a_code_or_the_original_bytes(snapshot, 
             assert out.read_bytes() == image
         elif command[0] == "cat":
             assert result.stdout_bytes == image
+
+
+def test_a_snapshot_cut_while_it_is_read_says_how_much_is_left(tmp_path):
+    from vmsnap.format.reader import Snapshot
+
+    data = build_image([("random", i) for i in range(64)])
+    raw, snap = tmp_path / "in.raw", tmp_path / "s.vms"
+    raw.write_bytes(data)
+    api.save(str(raw), str(snap), frame_size=64 * 1024)
+    with Snapshot(str(snap)) as s:
+        os.truncate(snap, 100_000)  # after the open: its index still describes every frame
+        with pytest.raises(IntegrityError, match=r"frame 1 at offset (\d+) needs \d+ bytes, file has") as info:
+            s.read(0, len(data))
+    offset = int(re.search(r"at offset (\d+)", str(info.value)).group(1))
+    assert str(info.value).endswith(f"file has {100_000 - offset}")  # the size now, not at the open

@@ -122,8 +122,12 @@ class Snapshot:
 
     def _check_read(self, got: int, offset: int, length: int, what: str) -> None:
         if got != length:
+            try:  # the size now: a file cut while it is read is smaller than when it was opened
+                size = os.fstat(self._fh.fileno()).st_size
+            except OSError:
+                size = self.file_size
             raise IntegrityError(f"{self.path}: truncated: {what} at offset {offset} needs {length} bytes, "
-                                 f"file has {max(0, self.file_size - offset)}")
+                                 f"file has {max(0, size - offset)}")
 
     def _read_header(self) -> None:
         head = os.pread(self._fh.fileno(), 4096, 0)
