@@ -189,3 +189,15 @@ def test_a_forged_page_count_fails_on_size_not_memory(tmp_path):
     path.write_bytes(bytes(raw))
     r = run(path)
     assert r.exit_code == 90 and "offset 40: truncated" in r.output
+
+
+def test_a_damon_region_spanning_an_address_space_is_refused_up_front(tmp_path):
+    # [0, 2**60) is 2**48 pages: "out of memory", exit 1, after gigabytes were tried.
+    from vmsnap.scans.damon import write_damo_json
+
+    path = tmp_path / "huge.json"
+    write_damo_json(str(path), [(0, 10, [(0, 1 << 60, 3)]), (10, 20, [(0, 1 << 60, 0)])])
+    r = run(path, "-q")
+    assert r.exit_code == 1 and r.output.count("\n") == 1
+    assert f"{2**48} pages to classify need {2**50 >> 20} MiB of state" in r.output
+    assert "more than this machine's" in r.output

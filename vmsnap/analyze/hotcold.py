@@ -37,7 +37,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from ..errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError
+from ..errors import FormatError, IntegrityError, UnsupportedVersionError, UsageError, VmsnapError
 from ..scans.base import ScanSeries, Segment
 from . import hotcold_structs as H
 from .plotting import require_matplotlib
@@ -407,6 +407,24 @@ def _save(fig, plt, path, atomic_output) -> None:
 
 # ---------------------------------------------------------------- one call for the CLI
 
+STATE_BYTES_PER_PAGE = 4  # level (1) and idle scans (2) kept, one accessed flag (1) per period
+
+
+def _check_memory(series: ScanSeries, paths: Sequence[str]) -> None:
+    """Say at once when the per-page state cannot fit this machine's memory (a DAMON region
+    spanning an address space, a forged page count), instead of "out of memory" later."""
+    import os
+
+    need = series.n_pages * STATE_BYTES_PER_PAGE
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return
+    if need > memory:
+        raise VmsnapError(f"{paths[0]}: {series.n_pages} pages to classify need {need >> 20} MiB of state "
+                          f"({STATE_BYTES_PER_PAGE} bytes a page), more than this machine's {memory >> 20} MiB")
+
+
 
 def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = HotColdParams(), *,
             page_size: int | None = None, damon_target: int = 0, damon_min_accesses: int = 1,
@@ -429,6 +447,7 @@ def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = Hot
         series = stack.enter_context(open_scans(
             paths, fmt, page_size=page_size, damon_target=damon_target,
             damon_min_accesses=damon_min_accesses))
+        _check_memory(series, paths)
         on_period = None
         if progress:
             from tqdm import tqdm
