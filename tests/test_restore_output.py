@@ -312,3 +312,41 @@ def test_cat_to_a_pipe_gets_every_byte(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vmsnap", "cat", str(tmp_path / "s.vms"), "--offset", "10",
                            "--length", str(len(data) - 10)], capture_output=True)
     assert done.returncode == 0 and done.stdout == data[10:], done.stderr
+
+
+def test_an_abandoned_writer_writes_none_of_the_buffers_still_queued(tmp_path, small_buffers, monkeypatch):
+    import threading
+
+    written, started, release = [], threading.Event(), threading.Event()
+    real = output.ImageWriter._put
+
+    def slow_first(self, data, offset):
+        written.append(offset)
+        if len(written) == 1:
+            started.set()
+            release.wait(5)
+        real(self, data, offset)
+
+    monkeypatch.setattr(output.ImageWriter, "_put", slow_first)
+    with open(tmp_path / "out.raw", "wb") as fh:
+        w = output.ImageWriter(fh, positioned=True)
+        w.write(0, b"\xab" * (3 * output.BUFFER_BYTES))  # three buffers: one in hand, two queued
+        assert started.wait(5)
+        threading.Timer(0.2, release.set).start()
+        w.abandon()  # the writer thread finishes the buffer in hand, and only that one
+    assert written == [0]
+
+
+def test_close_turns_o_direct_off_again(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "out.raw", "wb") as fh:
+        w = output.ImageWriter(fh, positioned=True)
+        direct = bool(fcntl.fcntl(fh.fileno(), fcntl.F_GETFL) & os.O_DIRECT)
+        assert direct == w._direct  # on wherever the file system takes it
+        w.write(0, b"\x01" * 10_000)
+        w.close(10_000)
+        assert not fcntl.fcntl(fh.fileno(), fcntl.F_GETFL) & os.O_DIRECT  # the caller's file object as it was
+        fh.seek(10_000)
+        fh.write(b"tail")  # an unaligned buffered write, as after any close()
+    assert (tmp_path / "out.raw").read_bytes() == b"\x01" * 10_000 + b"tail"
