@@ -463,14 +463,6 @@ def test_cat_streams_to_a_file_and_rejects_ranges_past_the_end(tmp_path, image):
     assert result.exit_code == FormatError.exit_code and "no region named 'nope'" in result.output
 
 
-def test_python_dash_m_runs_the_cli():
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-m", "vmsnap", "--version"], capture_output=True, text=True)
-    assert done.returncode == 0 and "vmsnap" in done.stdout
-
-
 @pytest.mark.parametrize("preset, expected", [(None, "1"), ("3", "3")])
 def test_cli_runs_openblas_on_one_thread_unless_told(preset, expected):
     import os
