@@ -33,6 +33,9 @@ def test_snapshot_commands(tmp_path):
     assert vmsnap.info(snap) == cli_json("info", snap)
     assert vmsnap.verify(snap) == cli_json("verify", snap)
     assert vmsnap.cat(snap, 4096, 4099) == data[4096:8195]
+    again = str(tmp_path / "again.vms")  # sizes as the CLI writes them
+    vmsnap.save(str(raw), again, page_size="4K", frame_size="16M", slice_window="1G")
+    assert open(again, "rb").read() == open(snap, "rb").read()
     restored = vmsnap.restore(snap, str(tmp_path / "r.raw"))
     assert restored["bytes"] == len(data) and (tmp_path / "r.raw").read_bytes() == data
 

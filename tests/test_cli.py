@@ -129,6 +129,8 @@ def test_save_info_verify_restore_cat(tmp_path, image):
     assert out.read_bytes() == data
     result = run("cat", str(snap), "--offset", "0x1000", "--length", "4K")
     assert result.stdout_bytes == data[4096:8192]
+    result = run("cat", str(snap), "--offset", "0x1B", "--length", "0xAB")  # hex digits B, not "bytes"
+    assert result.stdout_bytes == data[0x1B:0x1B + 0xAB]
 
 
 @pytest.mark.parametrize("length", [4000, 4047, 4096, 65535])

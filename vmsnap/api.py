@@ -8,22 +8,28 @@ from .format.reader import OutputCheck, RegionInfo, Snapshot
 from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WINDOW, default_jobs
 from .output import ImageWriter
 from .progress import progress_bar
+from .sizes import parse_size
 from .streams import is_regular_file
 from .sources import open_source
 
 _ZEROS = bytes(1 << 20)
 
 
-def save(input: str, output: str, *, format: str = "auto", page_size: int = 4096, level: int = DEFAULT_LEVEL,
-         frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, description: str | None = None,
-         slice_window: int = DEFAULT_SLICE_WINDOW, long_matching: bool = False,
+def save(input: str, output: str, *, format: str = "auto", page_size: int | str = 4096, level: int = DEFAULT_LEVEL,
+         frame_size: int | str = DEFAULT_FRAME_SIZE, jobs: int | None = None, description: str | None = None,
+         slice_window: int | str = DEFAULT_SLICE_WINDOW, long_matching: bool = False,
          progress: bool | None = False) -> dict:
     """Save the memory image `input` ('-' for stdin) as the snapshot `output` ('-' for stdout).
 
+    Sizes are bytes, or strings as the CLI takes them ("4K", "16M", "0x1000").
     slice_window: bytes of recently stored data searched for copies at 512-byte
     offsets (0: none); long_matching: zstd long-distance matching within frames.
     """
     from .format.writer import SnapshotWriter
+
+    page_size = parse_size(page_size, "page_size")
+    frame_size = parse_size(frame_size, "frame_size")
+    slice_window = parse_size(slice_window, "slice_window")
 
     with open_source(input, format) as source:
         with progress_bar(source.size_hint, "save", progress) as update:
@@ -255,7 +261,7 @@ def analyze_mrc(trace: str, *, format: str = "auto", page_size: int | str = 4096
 
         refuse_outputs_over_inputs({"--plot": plot}, [trace])
         require_matplotlib()  # fail before a long run, not after it
-    psize = mrc_output.parse_bytes(str(page_size))
+    psize = parse_size(page_size, "--page-size")
     if sizes is not None:  # "100,64M", or numbers of pages
         sizes = mrc_output.parse_sizes(sizes if isinstance(sizes, str) else ",".join(map(str, sizes)), psize)
     tr = open_trace(trace, fmt=format, page_size=psize, column=column, values=values,

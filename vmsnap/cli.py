@@ -134,24 +134,20 @@ def main() -> None:
 
 
 class Size(click.ParamType):
-    """A byte count: 4096, 0x1000, 4K, 32M, 2G (binary multiples)."""
+    """A byte count: 4096, 0x1000, 4K, 32M, 2G (binary multiples; vmsnap.sizes)."""
 
     name = "size"
-    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
-        unit = text[-1:] if text[-1:] in self._UNITS and text[-1:] else ""
-        number = text[:-1] if unit else text
-        try:
-            n = int(number, 0) * self._UNITS[unit]
-        except ValueError:
-            self.fail(f"{value!r} is not a size (examples: 4096, 0x1000, 4K, 32M)", param, ctx)
-        if n < 0:
+        from .errors import UsageError
+        from .sizes import parse_size
+
+        if isinstance(value, str) and value.strip().startswith("-"):
             self.fail(f"{value!r} is negative", param, ctx)
-        return n
+        try:
+            return parse_size(value)
+        except UsageError:
+            self.fail(f"{value!r} is not a size (examples: 4096, 0x1000, 4K, 32M)", param, ctx)
 
 
 SIZE = Size()

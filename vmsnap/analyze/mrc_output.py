@@ -24,20 +24,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 
 from ..errors import UsageError
+from ..sizes import parse_size
 
 SCHEMA = "vmsnap.mrc/1"
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_bytes(text: str) -> int:
-    """'4096', '4K', '4KiB', '2M', '2MiB', '1G' -> bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
-    if not m:
-        raise UsageError(f"not a size: {text!r} (use e.g. 4096, 4K, 2M, 1G)")
-    return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
 def parse_sizes(text: str, page_size: int) -> list[int]:
@@ -50,7 +41,7 @@ def parse_sizes(text: str, page_size: int) -> list[int]:
         if tok.isdigit():
             out.append(int(tok))
         else:
-            out.append(max(1, math.ceil(parse_bytes(tok) / page_size)))
+            out.append(max(1, math.ceil(parse_size(tok, "--sizes") / page_size)))
     if not out or min(out) < 1:
         raise UsageError("--sizes needs cache sizes >= 1 page")
     return sorted(set(out))
