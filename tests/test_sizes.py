@@ -9,12 +9,12 @@ from vmsnap.sizes import parse_size
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-@given(st.integers(0, 2**40), st.sampled_from(sorted(UNITS)), st.sampled_from(["", "B", "iB"]),
+@given(st.integers(0, 2**40), st.sampled_from(sorted(UNITS)), st.sampled_from(["", "B", "iB"]), st.integers(0, 3),
        st.booleans(), st.booleans())
-def test_decimal_with_any_unit(n, unit, suffix, lower, spaced):
+def test_decimal_with_any_unit(n, unit, suffix, zeros, lower, spaced):
     if not unit and suffix == "iB":
         suffix = ""  # "4iB" is not a size
-    text = f"{n}{' ' if spaced else ''}{unit}{suffix}"
+    text = f"{'0' * zeros}{n}{' ' if spaced else ''}{unit}{suffix}"  # leading zeros: still decimal
     assert parse_size(text.lower() if lower else text) == n * UNITS[unit]
 
 
@@ -29,7 +29,13 @@ def test_hex_with_a_unit():
     assert parse_size("0x10K") == 16 << 10
 
 
-@pytest.mark.parametrize("text", ["", "K", "4Q", "-1", "1.5M", "0x", "4 K B", "0xG", "4iB"])
+def test_leading_zeros_are_decimal():
+    # int(text, 0) refuses "010": a traceback from every size option
+    assert parse_size("010") == 10 and parse_size("0010K") == 10 << 10 and parse_size("0") == 0
+
+
+@pytest.mark.parametrize("text", ["", "K", "4Q", "-1", "1.5M", "0x", "4 K B", "0xG", "4iB", "\uff14K", "\u00b2", "1e3",
+                                  4096.0, True, None])
 def test_not_sizes(text):
     with pytest.raises(UsageError, match="is not a size"):
         parse_size(text)
