@@ -153,6 +153,12 @@ def test_a_description_the_format_cannot_hold_is_refused(tmp_path, image, text, 
     assert os.listdir(tmp_path) == ["in.raw"]
 
 
+def test_python_dash_m_names_the_command_as_typed():
+    p = subprocess.run([sys.executable, "-m", "vmsnap", "save"], capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (
+        2, "vmsnap: error: save: Missing argument 'INPUT'. (see 'python -m vmsnap save --help')\n")
+
+
 def test_ctrl_c_while_the_cli_loads_is_one_line():
     # The console script's entry point catches a Ctrl-C during `from .cli import main`.
     code = ("import builtins\n"
@@ -209,6 +215,9 @@ def test_save_options_for_slices_and_long_matching(tmp_path, small_batches):
     (["restore", "IN", "-o", "x", "--format", "tar"], 2, "restore: Invalid value for '--format'"),
     (["analyze", "mrc"], 2, "analyze mrc: Missing argument 'TRACE'"),
     (["nosuchcommand"], 2, "No such command 'nosuchcommand'"),
+    (["save", "IN", "-o"], 2, "save: Option '-o' requires an argument. (see '"),
+    (["analyze", "mrc", "IN", "--page-size"], 2, "analyze mrc: Option '--page-size' requires an argument"),
+    (["save", "IN", "-o", "x.vms", "--page-size", "010"], 2, "power of two from 512 to 16777216, got 10"),
     (["--nosuchoption"], 2, "No such option '--nosuchoption'"),
 ])
 def test_errors_are_one_line_with_documented_codes(tmp_path, image, monkeypatch, args, code, message):
@@ -335,6 +344,9 @@ def test_a_message_of_several_lines_is_printed_as_one(monkeypatch):
     (["save", "-", "-o", "x.vms"], "<&-", 3, "standard input is closed"),
     (["restore", "SNAP", "-o", "-"], ">&-", 6, "standard output is closed"),
     (["cat", "SNAP", "--offset", "0", "--length", "9"], ">&-", 6, "standard output is closed"),
+    (["info", "SNAP"], ">&-", 6, "stdout: standard output is closed"),  # an AttributeError traceback once
+    (["nosuchcommand"], "2>&-", 2, None),  # no stderr to say it on: the code still tells
+    (["info", "no-such.vms"], "2>/dev/full", 3, None),
 ])
 def test_a_closed_standard_stream_is_one_line(tmp_path, image, args, redirect, code, message):
     _, raw = image
@@ -343,7 +355,7 @@ def test_a_closed_standard_stream_is_one_line(tmp_path, image, args, redirect, c
     argv = " ".join(str(snap) if a == "SNAP" else a for a in args)
     p = subprocess.run(f"{sys.executable} -m vmsnap.cli {argv} {redirect}", shell=True, cwd=tmp_path,
                        capture_output=True, text=True)
-    assert (p.returncode, p.stderr) == (code, f"vmsnap: error: {message}\n")
+    assert (p.returncode, p.stderr) == (code, f"vmsnap: error: {message}\n" if message else "")
     assert not (tmp_path / "x.vms").exists()
 
 

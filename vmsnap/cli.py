@@ -61,7 +61,7 @@ class VmsnapGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a command's options or arguments
-            _usage_fail(exc)
+            _usage_fail(exc, ctx)
         except VmsnapError as exc:
             _fail(exc)
         except _TerminateSignal:
@@ -87,30 +87,53 @@ class VmsnapGroup(click.Group):
 
 def _fail(exc: VmsnapError) -> None:
     message = " ".join(str(exc).splitlines())  # one line, whatever a library's message held
-    click.echo(f"vmsnap: error: {message}", err=True)
+    _say_error(f"vmsnap: error: {message}")
     sys.exit(exc.exit_code)
+
+
+def _say_error(line: str) -> None:
+    try:
+        click.echo(line, err=True)
+    except OSError:  # stderr full or gone: the exit code still tells
+        pass
 
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
-def _usage_fail(exc: click.UsageError) -> None:
-    """click's usage error as one line, like every other error (click prints the usage too)."""
+def _usage_fail(exc: click.UsageError, group_ctx: click.Context | None = None) -> None:
+    """click's usage error as one line, like every other error (click prints the usage too).
+
+    The line names the command ("analyze mrc: ..."). An error found while a command's
+    own context was being made carries none: the group's context says which command
+    it was making."""
     if isinstance(exc, _NO_ARGS_IS_HELP):  # a bare `vmsnap` or `vmsnap qemu`: the help it asked for
         exc.show()
         sys.exit(exc.exit_code)
-    path = exc.ctx.command_path if exc.ctx is not None else "vmsnap"
-    where = path.split(" ", 1)[1] + ": " if " " in path else ""
-    click.echo(f"vmsnap: error: {where}{exc.format_message()} (see '{path} --help')", err=True)
+    names: list[str] = []
+    ctx = exc.ctx or group_ctx
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    root = ctx.info_name if ctx is not None else "vmsnap"  # "vmsnap", or "python -m vmsnap"
+    if exc.ctx is None and group_ctx is not None and group_ctx.invoked_subcommand:
+        names.append(group_ctx.invoked_subcommand)
+    where = " ".join(names) + ": " if names else ""
+    _say_error(f"vmsnap: error: {where}{exc.format_message()} (see '{' '.join([root, *names])} --help')")
     sys.exit(exc.exit_code)
 
 
 def _echo(text: str = "", nl: bool = True, err: bool = False) -> None:
     """click.echo, flushed, with a failed write (disk full, a reader gone) as an OutputError:
     one line and exit 6, not a traceback."""
+    stream = sys.stderr if err else sys.stdout
+    if stream is None:  # started with it closed (>&-)
+        if err:
+            return
+        raise OutputError("stdout: standard output is closed")
     try:
         click.echo(text, nl=nl, err=err)
-        (sys.stderr if err else sys.stdout).flush()
+        stream.flush()
     except OSError as exc:
         if not err:
             _quiet_broken_pipe()  # nothing more goes there, not even at exit
