@@ -204,3 +204,14 @@ def test_delimiter_tab_and_bad_delimiters(tmp_path):
     for bad in (";;", ""):  # a TypeError traceback once
         r = run(trace, "--format", "csv", "--delimiter", bad)
         assert r.exit_code == 2 and "--delimiter must be one character" in r.output
+
+
+def test_a_plot_on_stdout_keeps_it_and_the_report_goes_to_stderr(loop_trace):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "vmsnap", "analyze", "mrc", str(loop_trace), "--json", "--plot", "-"],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"\x89PNG\r\n\x1a\n") and p.stdout.endswith(b"IEND\xaeB`\x82")
+    assert json.loads(p.stderr)["curves"][0]["distinct_pages"] == 300

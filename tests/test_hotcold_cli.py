@@ -201,3 +201,23 @@ def test_a_damon_region_spanning_an_address_space_is_refused_up_front(tmp_path):
     assert r.exit_code == 1 and r.output.count("\n") == 1
     assert f"{2**48} pages to classify need {2**50 >> 20} MiB of state" in r.output
     assert "more than this machine's" in r.output
+
+
+def test_a_file_on_stdout_keeps_it_and_the_report_goes_to_stderr(dumps, tmp_path):
+    # `-o - --json` once wrote the levels file and then the JSON into the same stdout.
+    import subprocess
+    import sys
+
+    paths, _, _ = dumps
+    p = subprocess.run([sys.executable, "-m", "vmsnap", "analyze", "hotcold", *map(str, paths), "--json", "-o", "-"],
+                       capture_output=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(b"VMSNAPHC") and json.loads(p.stderr)["pages"] == 25
+    (tmp_path / "l.bin").write_bytes(p.stdout)
+    assert read_levels(str(tmp_path / "l.bin")).levels.size == 25
+    r = run(*paths, "-q", "-o", "-", "--save-series", "-")  # two files cannot share it
+    assert r.exit_code == 2 and "-: given to both --out and --save-series" in r.output
+    with open("/dev/full", "wb") as full:  # an OSError traceback once
+        p = subprocess.run([sys.executable, "-m", "vmsnap", "analyze", "hotcold", *map(str, paths), "-q", "-o", "-"],
+                           stdout=full, stderr=subprocess.PIPE, text=True)
+    assert (p.returncode, p.stderr) == (6, "vmsnap: error: stdout: no space left on device\n")

@@ -62,6 +62,8 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
             yield out
         except OutputWriteError as exc:
             raise OutputError(f"stdout: {exc}") from None
+        except OSError as exc:  # a writer that writes to the file object itself (a PNG, a levels file)
+            raise OutputError(f"stdout: {os_error_message(exc)}") from None
         try:
             out.flush()
         except OSError as exc:
@@ -162,11 +164,11 @@ def refuse_outputs_over_inputs(outputs: dict[str, str | None], inputs) -> None:
     the inputs, or two outputs have one name (the last written would replace the other)."""
     seen: dict[str, str] = {}
     for option, path in outputs.items():
-        if path is None or path == "-":
+        if path is None:
             continue
         for source in inputs:
             refuse_same_file(path, source, f"the input {source}")
-        real = os.path.realpath(path)
+        real = path if path == "-" else os.path.realpath(path)
         if real in seen:
             raise UsageError(f"{path}: given to both {seen[real]} and {option}; give each output its own name")
         seen[real] = option

@@ -350,14 +350,16 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
         levels_out=levels_out, heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins,
         series_out=save_series, progress=_progress(quiet),
     )
+    # a file written to stdout (-o -, --heatmap -, ...) keeps it: the report goes to stderr
+    err = "-" in (levels_out, heatmap, plot, save_series)
     if as_json:
         import json
 
-        _echo(json.dumps(hc.summary(res), indent=2))
+        _echo(json.dumps(hc.summary(res), indent=2), err=err)
     elif as_csv:
-        _echo(hc.csv_text(res), nl=False)
+        _echo(hc.csv_text(res), nl=False, err=err)
     elif not quiet:
-        _echo(hc.text_report(res), nl=False)
+        _echo(hc.text_report(res), nl=False, err=err)
 @analyze.command("mrc")
 @click.argument("trace")
 @click.option("--format", "fmt", default="auto", show_default=True,
@@ -411,12 +413,13 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
                       periods=periods, period_unit=period_unit, adjust=not no_adjust, compare_exact=compare_exact,
                       points=points, sizes=sizes, target_miss_ratio=target_miss_ratio, plot=plot_path,
                       progress=_progress(quiet))
+    err = plot_path == "-"  # the PNG keeps stdout: the report goes to stderr
     if as_json:
-        _echo(mrc_output.to_json(doc))
+        _echo(mrc_output.to_json(doc), err=err)
     elif as_csv:
-        _echo(mrc_output.to_csv(doc), nl=False)
+        _echo(mrc_output.to_csv(doc), nl=False, err=err)
     else:
-        _echo(mrc_output.to_text(doc), nl=False)
+        _echo(mrc_output.to_text(doc), nl=False, err=err)
 
 
 @analyze.command()
