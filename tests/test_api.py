@@ -33,6 +33,7 @@ def test_snapshot_commands(tmp_path):
     assert vmsnap.info(snap) == cli_json("info", snap)
     assert vmsnap.verify(snap) == cli_json("verify", snap)
     assert vmsnap.cat(snap, 4096, 4099) == data[4096:8195]
+    assert vmsnap.cat(snap, "4K", "0x1003") == data[4096:8195]  # sizes as the CLI takes them
     again = str(tmp_path / "again.vms")  # sizes as the CLI writes them
     vmsnap.save(str(raw), again, page_size="4K", frame_size="16M", slice_window="1G")
     assert open(again, "rb").read() == open(snap, "rb").read()
@@ -46,10 +47,11 @@ def test_analyses(tmp_path):
         path = tmp_path / f"d{i}.raw"
         path.write_bytes(build_image([("random", i), ("zero",), ("fill", 7), ("random", 9)]))
         dumps.append(str(path))
-    shared = vmsnap.analyze_sharing(dumps, jobs=1)
+    shared = vmsnap.analyze_sharing(dumps, jobs=1, page_size="4K")
     assert shared == cli_json("analyze", "sharing", *dumps, "-j", "1")
     assert shared["fleet"]["pages"] == 8
-    assert vmsnap.analyze_hotcold(dumps, levels=3) == cli_json("analyze", "hotcold", *dumps, "--levels", "3")
+    assert vmsnap.analyze_hotcold(dumps, levels=3, page_size="4K") == cli_json("analyze", "hotcold", *dumps,
+                                                                                "--levels", "3")
     trace = tmp_path / "loop.u64"
     (loop_pages(3000, 100) * np.uint64(4096)).astype("<u8").tofile(trace)
     curves = vmsnap.analyze_mrc(str(trace), sizes=[50, 100], method="untraced", rate=1.0, periods=[0, 10])

@@ -162,3 +162,9 @@ def test_temporary_file_names_that_are_taken_are_skipped(tmp_path, monkeypatch):
         fh.write(b"2")
     assert (tmp_path / ".two-aaaaaaaa.tmp").read_bytes() == b"someone else's"  # not ours: left alone
     assert (tmp_path / "one").read_bytes() == b"1" and (tmp_path / "two").read_bytes() == b"2"
+
+
+def test_an_empty_output_name_is_a_usage_error(tmp_path):
+    (tmp_path / "in.raw").write_bytes(IMAGE)
+    result = CliRunner().invoke(main, ["save", str(tmp_path / "in.raw"), "-o", ""])
+    assert (result.exit_code, result.output) == (2, "vmsnap: error: the output name is empty\n")  # was "is a directory", 6

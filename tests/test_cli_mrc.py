@@ -114,7 +114,7 @@ def test_plot_without_matplotlib_is_a_usage_error(loop_trace, tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["--json", "--csv"], 2, "exclude"),
+    (["--json", "--csv"], 2, "cannot be used together"),
     (["--rate", "0", "--method", "shards"], 2, "sampling rate"),
     (["--page-size", "3000"], 2, "power of two"),
     (["--page-size", "lots"], 2, "not a size"),

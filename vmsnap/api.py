@@ -59,11 +59,12 @@ def info(path: str) -> dict:
         return snap.stats()
 
 
-def cat(path: str, offset: int, length: int, region: str | None = None, output: str | None = None):
+def cat(path: str, offset: int | str, length: int | str, region: str | None = None, output: str | None = None):
     """Bytes [offset, offset+length) of the image (guest-physical, or within `region`).
 
     Returns them, or with `output` ('-' for stdout) streams them there and returns None.
     """
+    offset, length = parse_size(offset, "offset"), parse_size(length, "length")
     with Snapshot(path) as snap:
         # An extraction checks the blocks around the range, not only the frames it reads.
         if output is None:
@@ -212,18 +213,18 @@ class _Sink:
 # ---------------------------------------------------------------- the analyses (vmsnap analyze ...)
 
 
-def analyze_sharing(dumps, *, format: str = "auto", page_size: int = 4096, top: int = 10, jobs: int | None = None,
+def analyze_sharing(dumps, *, format: str = "auto", page_size: int | str = 4096, top: int = 10, jobs: int | None = None,
                     partitions: int | None = None, temp_dir: str | None = None, scheduler: str | None = None,
                     progress: bool | None = False) -> dict:
     """Page sharing within each dump and across all of them, as `vmsnap analyze sharing --json`
     prints it (vmsnap-analyze-sharing(1))."""
     from .analyze.sharing import analyze
 
-    return analyze(list(dumps), fmt=format, page_size=page_size, top=top, jobs=jobs, partitions=partitions,
+    return analyze(list(dumps), fmt=format, page_size=parse_size(page_size, "page_size"), top=top, jobs=jobs, partitions=partitions,
                    temp_dir=temp_dir, scheduler=scheduler, progress=progress)
 
 
-def analyze_hotcold(scans, *, format: str = "auto", page_size: int | None = None, levels: int = 4,
+def analyze_hotcold(scans, *, format: str = "auto", page_size: int | str | None = None, levels: int = 4,
                     demote_after: int = 1, promote_by: int | None = None, damon_target: int = 0,
                     damon_min_accesses: int = 1, levels_out: str | None = None, heatmap: str | None = None,
                     heatmap_bins: int = 256, plot: str | None = None, save_series: str | None = None,
@@ -232,6 +233,8 @@ def analyze_hotcold(scans, *, format: str = "auto", page_size: int | None = None
     (vmsnap-analyze-hotcold(1)); the files asked for (levels, heatmap, plot, series) are written."""
     from .analyze import hotcold as hc
 
+    if page_size is not None:
+        page_size = parse_size(page_size, "page_size")
     res = hc.hotcold(list(scans), format, hc.HotColdParams(levels, demote_after, promote_by), page_size=page_size,
                      damon_target=damon_target, damon_min_accesses=damon_min_accesses, levels_out=levels_out,
                      heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins, series_out=save_series,

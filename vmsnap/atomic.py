@@ -56,6 +56,8 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
     is refused (it would be replaced by what was made from it), as zstd refuses.
     """
     path = os.fspath(path)
+    if not path:
+        raise UsageError("the output name is empty")
     if path == "-":
         out = stdout_binary()
         try:

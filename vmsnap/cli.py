@@ -407,7 +407,7 @@ def mrc(trace, fmt, page_size, values, column, delimiter, lackey_ops, method, ra
     from .errors import UsageError
 
     if as_json and as_csv:
-        raise UsageError("--json and --csv exclude each other")
+        raise UsageError("--json and --csv cannot be used together")
     doc = analyze_mrc(trace, format=fmt, page_size=page_size, values=values, column=column, delimiter=delimiter,
                       lackey_ops=lackey_ops, time_column=time_column, method=method, rate=rate, max_pages=max_pages,
                       periods=periods, period_unit=period_unit, adjust=not no_adjust, compare_exact=compare_exact,

@@ -732,7 +732,8 @@ def _analyze_local(paths, fmt, page_size, top, jobs, partitions, temp_dir, buffe
     try:
         work = tempfile.mkdtemp(prefix="vmsnap-sharing-", dir=temp_dir)
     except OSError as exc:
-        raise OutputError(f"cannot create a temporary directory: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create a temporary directory in {temp_dir or tempfile.gettempdir()}: "
+                          f"{exc.strerror or exc}") from None
     try:
         tasks = [(path, i, fmt, page_size, partitions, work, buffer_bytes, os.path.join(work, f"dump{i}.cnt"))
                  for i, path in enumerate(paths)]
