@@ -288,3 +288,12 @@ def test_stream_mode_round_trip(tmp_path, qmp_dir):
         assert data[:src.ram_setup_end_offset] == original[:src.ram_setup_end_offset]
     streamed = CliRunner().invoke(main, ["qemu", "device-state", str(snap)])
     assert streamed.exit_code == 0 and streamed.stdout_bytes == data
+
+
+@pytest.mark.parametrize("size", ["2K", "0", "2G"])
+def test_a_bad_frame_size_is_refused_before_the_guest_is_touched(guest, tmp_path, size):
+    # It was checked after the migration had stopped the guest; 0 became the default.
+    result = run("qemu", "save", "--qmp", guest.path, "-o", str(tmp_path / "g.vms"), "--frame-size", size)
+    assert result.exit_code == UsageError.exit_code and "frame size" in result.output, result.output
+    assert "stop" not in guest.commands() and guest.running
+    assert os.listdir(tmp_path) == ["guest.mem"]

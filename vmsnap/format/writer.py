@@ -48,6 +48,13 @@ def check_page_size(page_size: int) -> None:
         raise UsageError(f"page size must be a power of two from {MIN_PAGE_SIZE} to {MAX_PAGE_SIZE}, got {page_size}")
 
 
+def check_frame_size(frame_size: int, page_size: int) -> None:
+    if frame_size < page_size:
+        raise UsageError(f"frame size {frame_size} is smaller than the page size {page_size}")
+    if frame_size > MAX_FRAME_SIZE:
+        raise UsageError(f"frame size {frame_size} is larger than {MAX_FRAME_SIZE >> 20} MiB")
+
+
 class SnapshotWriter:
     def __init__(self, out: BinaryIO, *, page_size: int = 4096, level: int = DEFAULT_LEVEL,
                  frame_size: int = DEFAULT_FRAME_SIZE, jobs: int | None = None, source: str = "",
@@ -56,10 +63,7 @@ class SnapshotWriter:
         check_page_size(page_size)
         if not 1 <= level <= 22:
             raise UsageError(f"zstd level must be 1..22, got {level}")
-        if frame_size < page_size:
-            raise UsageError(f"frame size {frame_size} is smaller than the page size {page_size}")
-        if frame_size > MAX_FRAME_SIZE:
-            raise UsageError(f"frame size {frame_size} is larger than {MAX_FRAME_SIZE >> 20} MiB")
+        check_frame_size(frame_size, page_size)
         try:
             described = len(source.encode("utf-8"))
         except UnicodeEncodeError:

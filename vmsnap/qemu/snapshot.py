@@ -123,6 +123,12 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
 
     if mode not in SAVE_MODES:
         raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(SAVE_MODES)})")
+    from ..format.writer import check_frame_size
+
+    frame_size = DEFAULT_FRAME_SIZE if frame_size is None else frame_size
+    check_frame_size(frame_size, 4096)  # before the guest is touched (QEMU's RAM pages are 4 KiB here)
+    if level is not None and not 1 <= level <= 22:
+        raise UsageError(f"zstd level must be 1..22, got {level}")
     with QMP(qmp_socket) as qmp:
         backends, other = _file_backends(qmp)
         if mode == "file" and not backends:
@@ -179,7 +185,7 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
             with progress_bar(total, "save", progress) as update:
                 with atomic_output(output) as out:
                     writer = SnapshotWriter(out, level=level or DEFAULT_LEVEL,
-                                            frame_size=frame_size or DEFAULT_FRAME_SIZE, jobs=jobs,
+                                            frame_size=frame_size, jobs=jobs,
                                             source=f"qemu:{', '.join(b['id'] for b in backends)}", attachments=True)
                     try:
                         if use_file:
