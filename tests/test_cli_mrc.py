@@ -215,3 +215,8 @@ def test_a_plot_on_stdout_keeps_it_and_the_report_goes_to_stderr(loop_trace):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(b"\x89PNG\r\n\x1a\n") and p.stdout.endswith(b"IEND\xaeB`\x82")
     assert json.loads(p.stderr)["curves"][0]["distinct_pages"] == 300
+
+
+def test_a_page_size_beyond_a_huge_page_is_refused(loop_trace):
+    r = run(loop_trace, "--page-size", "2G")  # once accepted: "1 distinct pages (2.0 GiB)"
+    assert r.exit_code == 2 and "up to 1 GiB" in r.output

@@ -221,3 +221,11 @@ def test_a_file_on_stdout_keeps_it_and_the_report_goes_to_stderr(dumps, tmp_path
         p = subprocess.run([sys.executable, "-m", "vmsnap", "analyze", "hotcold", *map(str, paths), "-q", "-o", "-"],
                            stdout=full, stderr=subprocess.PIPE, text=True)
     assert (p.returncode, p.stderr) == (6, "vmsnap: error: stdout: no space left on device\n")
+
+
+def test_a_page_size_beyond_a_huge_page_is_a_usage_error(dumps, tmp_path):
+    # 4G went as far as the levels file's 32-bit field: a construct traceback.
+    paths, _, _ = dumps
+    r = run(*paths, "--page-size", "4G", "-o", tmp_path / "l.bin")
+    assert r.exit_code == 2 and "not a power of two from 64 to 1073741824" in r.output
+    assert not (tmp_path / "l.bin").exists()

@@ -64,6 +64,9 @@ def detect_scan_format(paths: Sequence[str]) -> str:
     return "dumps"
 
 
+MAX_PAGE_SIZE = 1 << 30  # the largest huge page; a levels file holds the page size in 32 bits
+
+
 def open_scans(paths: Sequence[str], fmt: str = "auto", *, page_size: int | None = None,
                damon_target: int = 0, damon_min_accesses: int = 1,
                source_format: str = "auto",
@@ -75,6 +78,8 @@ def open_scans(paths: Sequence[str], fmt: str = "auto", *, page_size: int | None
     """
     from ..streams import is_stream
 
+    if page_size is not None and (not 64 <= page_size <= MAX_PAGE_SIZE or page_size & (page_size - 1)):
+        raise UsageError(f"page size {page_size} is not a power of two from 64 to {MAX_PAGE_SIZE} (1 GiB)")
     paths = list(paths)
     for p in paths:  # before anything is read from it: what is read from a pipe is gone
         if is_stream(p):

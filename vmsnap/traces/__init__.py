@@ -36,8 +36,8 @@ VALUES = ("address", "page")
 
 
 def page_shift(page_size: int) -> int:
-    if page_size <= 0 or page_size & (page_size - 1):
-        raise UsageError(f"page size must be a power of two, not {page_size}")
+    if not 0 < page_size <= 1 << 30 or page_size & (page_size - 1):
+        raise UsageError(f"page size must be a power of two up to 1 GiB (the largest huge page), not {page_size}")
     return page_size.bit_length() - 1
 
 
