@@ -220,3 +220,11 @@ def test_a_plot_on_stdout_keeps_it_and_the_report_goes_to_stderr(loop_trace):
 def test_a_page_size_beyond_a_huge_page_is_refused(loop_trace):
     r = run(loop_trace, "--page-size", "2G")  # once accepted: "1 distinct pages (2.0 GiB)"
     assert r.exit_code == 2 and "up to 1 GiB" in r.output
+
+
+def test_sizes_in_pages_or_bytes(loop_trace):
+    r = run(loop_trace, "--json", "--sizes", "1,8K,0x3000")  # pages, then bytes rounded up to pages
+    assert [p["pages"] for p in json.loads(r.output)["curves"][0]["points"]] == [1, 2, 3]
+    for bad, message in (("0K", ">= 1 page"), ("\u00b2", "is not a size")):  # 1 page, and a traceback, once
+        r = run(loop_trace, "--sizes", bad)
+        assert r.exit_code == 2 and message in r.output, r.output

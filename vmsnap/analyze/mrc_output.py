@@ -32,16 +32,17 @@ SCHEMA = "vmsnap.mrc/1"
 
 
 def parse_sizes(text: str, page_size: int) -> list[int]:
-    """'100,200,64M' -> cache sizes in pages (plain numbers are pages, suffixed ones bytes)."""
+    """'100,200,64M' -> cache sizes in pages: plain decimal numbers are pages, others
+    (64M, 0x1000, 4096B) bytes, rounded up to whole pages."""
     out = []
     for tok in str(text).split(","):
         tok = tok.strip()
         if not tok:
             continue
-        if tok.isdigit():
-            out.append(int(tok))
+        if tok.isascii() and tok.isdigit():
+            out.append(int(tok, 10))
         else:
-            out.append(max(1, math.ceil(parse_size(tok, "--sizes") / page_size)))
+            out.append(math.ceil(parse_size(tok, "--sizes") / page_size))  # 0K is no page, not one
     if not out or min(out) < 1:
         raise UsageError("--sizes needs cache sizes >= 1 page")
     return sorted(set(out))
