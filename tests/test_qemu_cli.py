@@ -54,7 +54,10 @@ class FakeQemu:
         self.thread.start()
 
     def _serve(self):
-        conn, _ = self.srv.accept()
+        try:
+            conn, _ = self.srv.accept()
+        except OSError:  # closed before anyone connected (a save refused before it reached QEMU)
+            return
         with conn:
             conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 22}}, '
                          b'"capabilities": ["oob"]}}\n')
