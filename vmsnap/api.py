@@ -220,8 +220,8 @@ def analyze_sharing(dumps, *, format: str = "auto", page_size: int | str = 4096,
     prints it (vmsnap-analyze-sharing(1))."""
     from .analyze.sharing import analyze
 
-    return analyze(list(dumps), fmt=format, page_size=parse_size(page_size, "page_size"), top=top, jobs=jobs, partitions=partitions,
-                   temp_dir=temp_dir, scheduler=scheduler, progress=progress)
+    return analyze(list(dumps), fmt=format, page_size=parse_size(page_size, "page_size"), top=top, jobs=jobs,
+                   partitions=partitions, temp_dir=temp_dir, scheduler=scheduler, progress=progress)
 
 
 def analyze_hotcold(scans, *, format: str = "auto", page_size: int | str | None = None, levels: int = 4,

@@ -62,13 +62,10 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
         out = stdout_binary()
         try:
             yield out
+            out.flush()
         except OutputWriteError as exc:
             raise OutputError(f"stdout: {exc}") from None
-        except OSError as exc:  # a writer that writes to the file object itself (a PNG, a levels file)
-            raise OutputError(f"stdout: {os_error_message(exc)}") from None
-        try:
-            out.flush()
-        except OSError as exc:
+        except OSError as exc:  # the flush, or a writer that writes to the file object itself (a PNG)
             raise OutputError(f"stdout: {os_error_message(exc)}") from None
         return
     target = os.path.realpath(path)

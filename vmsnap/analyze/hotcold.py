@@ -432,9 +432,8 @@ def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = Hot
             heatmap_bins: int = DEFAULT_HEATMAP_BINS, series_out: str | None = None,
             progress: bool | None = None) -> HotColdResult:
     """Open the scans, run the analysis, write the requested files; return the result."""
-    from ..scans import open_scans
-
     from ..atomic import refuse_outputs_over_inputs
+    from ..scans import open_scans
 
     params = params.checked()
     refuse_outputs_over_inputs({"--out": levels_out, "--save-series": series_out, "--heatmap": heatmap,
