@@ -328,6 +328,15 @@ def test_a_report_that_cannot_be_written_is_an_output_error(tmp_path, image, arg
                            stderr=subprocess.PIPE, text=True)
     assert (p.returncode, p.stderr) == (OutputError.exit_code, "vmsnap: error: stdout: no space left on device\n")
 
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["save", "--help"], ["analyze", "-h"],
+                                  ["analyze", "mrc", "--help"], ["qemu", "save", "-h"]])
+def test_help_or_version_to_a_full_stdout_is_an_output_error(args):
+    # click writes these while it parses the options: each was a traceback and exit 1.
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], stdout=full, stderr=subprocess.PIPE, text=True)
+    assert (p.returncode, p.stderr) == (OutputError.exit_code, "vmsnap: error: stdout: no space left on device\n")
+
+
 
 def test_a_message_of_several_lines_is_printed_as_one(monkeypatch):
     # construct's errors hold newlines: a crafted index printed two lines.

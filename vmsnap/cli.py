@@ -40,9 +40,27 @@ def _on_sigterm(signum, frame):
     raise _TerminateSignal()
 
 
+def _help_written(make_context):
+    """make_context with --help and --version written to a full or failing stdout as one
+    line and exit 6 (click prints them while it parses, and let the OSError through)."""
+    def wrapped(self, info_name, args, parent=None, **extra):
+        try:
+            return make_context(self, info_name, args, parent=parent, **extra)
+        except OSError as exc:
+            _fail(OutputError(f"stdout: {os_error_message(exc)}"))
+    return wrapped
+
+
+class VmsnapCommand(click.Command):
+    make_context = _help_written(click.Command.make_context)
+
+
 class VmsnapGroup(click.Group):
     """A click group that turns library errors and usage errors into one stderr line and an exit code."""
 
+    command_class = VmsnapCommand
+
+    @_help_written
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
