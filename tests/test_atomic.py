@@ -131,6 +131,17 @@ def test_a_name_ending_in_a_slash_is_a_directory_that_is_not_there(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["in.raw"]
 
 
+def test_dot_dot_after_a_missing_directory_is_refused_as_open_would(tmp_path):
+    # realpath drops "nodir/.." without looking: the snapshot was written beside it.
+    (tmp_path / "in.raw").write_bytes(IMAGE)
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OutputError, match="nodir/../y.vms: cannot create: No such file or directory"):
+        api.save(str(tmp_path / "in.raw"), str(tmp_path / "nodir" / ".." / "y.vms"))
+    assert sorted(os.listdir(tmp_path)) == ["d", "in.raw"]
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "d" / ".." / "y.vms"))  # a directory that is there
+    assert sorted(os.listdir(tmp_path)) == ["d", "in.raw", "y.vms"]
+
+
 def test_ctrl_c_as_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
     # tempfile.mkstemp left its file behind when the interrupt came between its open
     # and its return (seen once in ~350 interrupted restores).

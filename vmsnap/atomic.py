@@ -80,6 +80,12 @@ def atomic_output(path: str | os.PathLike, *, readable: bool = False, source: st
         raise OutputError(f"{path}: is a directory")
     if path.endswith(os.sep):  # a directory was meant, and there is none: not a file named so
         raise OutputError(f"{path}: no such directory")
+    try:
+        # As the kernel sees it: realpath takes "missing/.." away by itself, and the output
+        # would land where `open` refuses to go.
+        os.stat(os.path.dirname(path) or ".")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot create: {os_error_message(exc)}") from None
     if source is not None and stat.S_ISREG(mode):
         refuse_same_file(path, source)
     if not stat.S_ISREG(mode):
