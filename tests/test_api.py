@@ -52,6 +52,13 @@ def test_analyses(tmp_path):
     assert shared["fleet"]["pages"] == 8
     assert vmsnap.analyze_hotcold(dumps, levels=3, page_size="4K") == cli_json("analyze", "hotcold", *dumps,
                                                                                 "--levels", "3")
+    whole = vmsnap.api.run_hotcold(dumps, levels=3, demote_after=2)  # what the text and CSV reports are made of
+    # two dumps, one period: the zero page and the fill page stay, only the first random page changed
+    assert (whole.n_pages, whole.accessed, whole.class_counts) == (4, [1], [[3, 0, 0, 1]])
+    from vmsnap.analyze.hotcold import csv_text
+
+    csv = CliRunner().invoke(main, ["analyze", "hotcold", *dumps, "--levels", "3", "--demote-after", "2", "--csv"])
+    assert csv.exit_code == 0 and csv.output == csv_text(whole)
     trace = tmp_path / "loop.u64"
     (loop_pages(3000, 100) * np.uint64(4096)).astype("<u8").tofile(trace)
     curves = vmsnap.analyze_mrc(str(trace), sizes=[50, 100], method="untraced", rate=1.0, periods=[0, 10])

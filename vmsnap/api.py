@@ -231,15 +231,27 @@ def analyze_hotcold(scans, *, format: str = "auto", page_size: int | str | None 
                     progress: bool | None = False) -> dict:
     """Hot/cold page classes from a scan series, as `vmsnap analyze hotcold --json` prints them
     (vmsnap-analyze-hotcold(1)); the files asked for (levels, heatmap, plot, series) are written."""
+    options = dict(locals())  # the same names as run_hotcold's
+    from .analyze.hotcold import summary
+
+    return summary(run_hotcold(**options))
+
+
+def run_hotcold(scans, *, format: str = "auto", page_size: int | str | None = None, levels: int = 4,
+                demote_after: int = 1, promote_by: int | None = None, damon_target: int = 0,
+                damon_min_accesses: int = 1, levels_out: str | None = None, heatmap: str | None = None,
+                heatmap_bins: int = 256, plot: str | None = None, save_series: str | None = None,
+                progress: bool | None = False):
+    """analyze_hotcold's work, returning the whole HotColdResult (every period's row, the
+    final levels) that the command's text and CSV reports are made from."""
     from .analyze import hotcold as hc
 
     if page_size is not None:
         page_size = parse_size(page_size, "page_size")
-    res = hc.hotcold(list(scans), format, hc.HotColdParams(levels, demote_after, promote_by), page_size=page_size,
-                     damon_target=damon_target, damon_min_accesses=damon_min_accesses, levels_out=levels_out,
-                     heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins, series_out=save_series,
-                     progress=progress)
-    return hc.summary(res)
+    return hc.hotcold(list(scans), format, hc.HotColdParams(levels, demote_after, promote_by), page_size=page_size,
+                      damon_target=damon_target, damon_min_accesses=damon_min_accesses, levels_out=levels_out,
+                      heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins, series_out=save_series,
+                      progress=progress)
 
 
 def analyze_mrc(trace: str, *, format: str = "auto", page_size: int | str = 4096, values: str | None = None,

@@ -358,16 +358,15 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
                 save_series, quiet):
     """Hot/cold page classes from a scan series (bitmaps, DAMON records or dumps)."""
     from .analyze import hotcold as hc
+    from .api import run_hotcold
     from .errors import UsageError
 
     if as_json and as_csv:
         raise UsageError("--json and --csv cannot be used together")
-    res = hc.hotcold(
-        list(scans), fmt, hc.HotColdParams(n_levels, demote_after, promote_by),
-        page_size=page_size, damon_target=damon_target, damon_min_accesses=damon_min_accesses,
-        levels_out=levels_out, heatmap=heatmap, plot=plot, heatmap_bins=heatmap_bins,
-        series_out=save_series, progress=_progress(quiet),
-    )
+    res = run_hotcold(scans, format=fmt, page_size=page_size, levels=n_levels, demote_after=demote_after,
+                      promote_by=promote_by, damon_target=damon_target, damon_min_accesses=damon_min_accesses,
+                      levels_out=levels_out, heatmap=heatmap, heatmap_bins=heatmap_bins, plot=plot,
+                      save_series=save_series, progress=_progress(quiet))
     # a file written to stdout (-o -, --heatmap -, ...) keeps it: the report goes to stderr
     err = "-" in (levels_out, heatmap, plot, save_series)
     if as_json:
