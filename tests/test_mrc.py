@@ -151,6 +151,19 @@ def test_sampled_curves_are_checked_against_the_exact_curve_directly(method, ext
     assert loop.knee() == pytest.approx(300, rel=0.05)
 
 
+@pytest.mark.parametrize("method,extra", [("shards", {}), ("untraced", {"periods": [0]})])
+def test_a_sampled_distance_scaled_to_a_whole_cache_size_hits_that_cache(method, extra):
+    # 15 sampled pages in a cycle at rate 0.03: every reuse is at 15 / 0.03 = 500 pages, and
+    # 15 * (1 / 0.03) is 500.00000000000006: a cache of 500 pages missed every reference.
+    # (No SHARDS-adj: every reference here is to a sampled page, 33 times what it expects.)
+    from vmsnap.analyze._mrc_kernels import hash_filter
+
+    sampled, _ = hash_filter(np.arange(100_000, dtype=np.uint64), np.uint64(mrc.rate_threshold(0.03)))
+    cycle = np.tile(sampled[:15], 20)
+    curve = mrc.compute([cycle], 4096, mrc.MrcRequest(method, rate=0.03, adjust=False, **extra)).curves[0]
+    assert curve.miss_ratio([499, 500, 501]).tolist() == [1.0, 0.05, 0.05]
+
+
 def test_untraced_window_ends_exactly_one_period_after_a_trap():
     # Two pages alternating, every reference sampled: a page comes back every 2nd
     # reference. After a trap at t its page is untraced while now < t + period, so
