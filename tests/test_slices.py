@@ -71,6 +71,17 @@ def test_window_forgets_old_data():
     assert places[41] == 38 * 8 + 2  # within it: a slice
 
 
+@pytest.mark.parametrize("window_pages,found", [(29, False), (30, True), (31, True), (32, True)])
+def test_a_window_that_is_not_a_power_of_two_is_kept_exactly(window_pages, found):
+    # The ring of fingerprints is a power of two; the window was rounded up to it, so a
+    # 3 MiB --slice-window found slices 4 MiB back.
+    rng = np.random.default_rng(8)
+    stored = [rng.integers(0, 256, 4096, dtype=np.uint8).tobytes() for _ in range(32)]
+    copy = (stored[2] + stored[3])[512:512 + 4096]  # starts 32*8 - 17 = 239 grains back: 29.875 pages
+    places, _ = run_finder(stored + [copy], 4096, window=window_pages * 4096, batch=32)
+    assert places[32] == (2 * 8 + 1 if found else 32 * 8)
+
+
 def test_fingerprints_see_every_byte():
     rng = np.random.default_rng(7)
     page = rng.integers(0, 256, (1, 4096), dtype=np.uint8)

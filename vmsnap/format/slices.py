@@ -92,7 +92,8 @@ class SliceFinder:
             raise ValueError(f"slices need pages of at least {2 * GRAIN} bytes, got {page_size}")
         self.key = key if key is not None else FingerprintKey()
         self.gpp = page_size // GRAIN
-        self.window = max(self.gpp, 1 << (max(1, window // GRAIN) - 1).bit_length())
+        self.reach = max(self.gpp, window // GRAIN)  # how far back, in grains, a slice may start
+        self.window = 1 << (self.reach - 1).bit_length()  # the ring's size: a power of two, for masking
         self.stream = 0  # grains stored so far
         self._r0 = self._r1 = np.zeros(0, dtype=np.uint64)
         # first grain's 128-bit fingerprint of each stored page -> its grain position; a
@@ -124,7 +125,7 @@ class SliceFinder:
         found = np.full(n, -1, dtype=np.int64)
         if n == 0 or self.stream == 0:
             return found
-        lo = max(0, self.stream - len(self._r0))
+        lo = max(0, self.stream - self.reach)  # the ring keeps at least the last `reach` grains
         # Any grain of a page can be the first grain of a stored page inside the span.
         keys = f0.ravel()
         ask = np.flatnonzero(self._maybe[keys & _FILTER_MASK])
