@@ -46,7 +46,7 @@ class FakeQemu:
         self.log: list[dict] = []
         self.running = True
         self.caps = {"x-ignore-shared": False, "xbzrle": False}
-        self.migrated = False
+        self.migrated = self.cancelled = False
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(sock_path)
         self.srv.listen(1)
@@ -70,8 +70,11 @@ class FakeQemu:
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     msg = json.loads(line)
-                    self.log.append(msg)
-                    reply = json.dumps(self._answer(msg)).encode() + b"\n"
+                    self.log.append({k: v for k, v in msg.items() if k != "id"})
+                    answer = self._answer(msg)
+                    if "id" in msg:  # QEMU echoes a command's id in its answer
+                        answer["id"] = msg["id"]
+                    reply = json.dumps(answer).encode() + b"\n"
                     if msg["execute"] == "stop":  # an event before the reply, as QEMU sends it
                         reply = b'{"event": "STOP", "timestamp": {"seconds": 0, "microseconds": 0}}\n' + reply
                     conn.sendall(reply)
@@ -86,6 +89,11 @@ class FakeQemu:
             return {"return": {"share": self.share, "mem-path": self.mem_path, "size": len(MEM)}[args["property"]]}
         if cmd == "query-migrate-capabilities":
             return {"return": [{"capability": k, "state": v} for k, v in self.caps.items()]}
+        if cmd in ("migrate-set-capabilities", "migrate-set-parameters") and self._migrating():
+            return {"error": {"class": "GenericError", "desc": "There's a migration process in progress"}}
+        if cmd == "migrate_cancel":
+            self.cancelled = True
+            return {"return": {}}
         if cmd == "migrate-set-capabilities":
             for c in args["capabilities"]:
                 self.caps[c["capability"]] = c["state"]
@@ -97,6 +105,8 @@ class FakeQemu:
                 return {"return": {}}
             if self.migrate_status == "failed":
                 return {"return": {"status": "failed", "error-desc": "Unable to write to command: Broken pipe"}}
+            if self.migrate_status == "active":  # never completes: only a cancel ends it
+                return {"return": {"status": "cancelled" if self.cancelled else "active"}}
             return {"return": {"status": "completed", "total-time": 5}}
         if cmd == "migrate":
             m = re.fullmatch(r"exec:cat > (\S+)", args["uri"])
@@ -116,6 +126,9 @@ class FakeQemu:
         if cmd in ("qmp_capabilities", "migrate-set-parameters"):
             return {"return": {}}
         return {"error": {"class": "CommandNotFound", "desc": f"The command {cmd} has not been found"}}
+
+    def _migrating(self):
+        return self.migrated and self.migrate_status == "active" and not self.cancelled
 
     def commands(self):
         return [m["execute"] for m in self.log]
@@ -276,6 +289,7 @@ def test_stream_mode_round_trip(tmp_path, qmp_dir):
     with Snapshot(str(snap)) as s:
         assert s.read(0, len(MEM), "pc.ram") == MEM
         assert s.attachment("qemu.device-state").size == len(original) - ram_end
+    assert summary["device_state_bytes"] == len(original) - ram_end  # not the whole stream, as it once said
     result = run("qemu", "restore", str(snap), "--mem-path", str(tmp_path / "m"))
     assert result.exit_code == UsageError.exit_code and "no --mem-path" in result.output
     result = run("qemu", "restore", str(snap))
@@ -300,3 +314,47 @@ def test_a_bad_frame_size_is_refused_before_the_guest_is_touched(guest, tmp_path
     assert result.exit_code == UsageError.exit_code and "frame size" in result.output, result.output
     assert "stop" not in guest.commands() and guest.running
     assert os.listdir(tmp_path) == ["guest.mem"]
+
+
+def test_an_output_that_cannot_be_made_is_found_before_the_guest_is_touched(guest, tmp_path):
+    # The guest was stopped and migrated first; QEMU then refused every later save of it.
+    result = run("qemu", "save", "--qmp", guest.path, "-o", str(tmp_path / "nodir" / "g.vms"))
+    assert result.exit_code == 6 and "cannot create" in result.output, result.output
+    assert "stop" not in guest.commands() and "migrate" not in guest.commands() and guest.running
+
+
+@pytest.mark.parametrize("stop", ["timeout", "ctrl-c"])
+def test_a_migration_that_does_not_end_is_cancelled_and_the_guest_resumed(tmp_path, qmp_dir, monkeypatch, stop):
+    # A Ctrl-C while QEMU migrated: the settings were put back while the migration still ran,
+    # QEMU refused them, that refusal replaced the interrupt, and the guest stayed stopped.
+    from vmsnap.qemu import snapshot
+
+    mem = tmp_path / "guest.mem"
+    mem.write_bytes(MEM)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), str(mem), migrate_status="active")
+    if stop == "ctrl-c":
+        def interrupted(qmp, timeout):
+            qmp.execute("query-migrate")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(snapshot, "_wait_migration", interrupted)
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(tmp_path / "g.vms"), "--timeout", "1", "--resume")
+    fake.close()
+    assert (result.exit_code, result.output) == (
+        (7, "vmsnap: error: migration did not complete in 1 s (status active)\n") if stop == "timeout"
+        else (130, "vmsnap: error: interrupted\n"))
+    cmds = fake.commands()
+    assert "migrate_cancel" in cmds and cmds.index("migrate_cancel") < cmds.index("cont")
+    assert fake.caps["x-ignore-shared"] is False and fake.running  # put back, and resumed
+    assert sorted(os.listdir(tmp_path)) == ["guest.mem"]
+
+
+def test_a_late_answer_is_not_taken_for_the_next_one(tmp_path, qmp_dir):
+    # A Ctrl-C between a command and its answer left the answer unread: the next command got it.
+    from vmsnap.qemu.qmp import QMP
+
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent")
+    with QMP(fake.path) as qmp:
+        qmp.sock.sendall(json.dumps({"execute": "query-memdev", "id": 0}).encode() + b"\n")  # never read
+        assert qmp.execute("query-status") == {"status": "running", "running": True}
+    fake.close()

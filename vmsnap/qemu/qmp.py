@@ -31,6 +31,7 @@ class QMP:
             self.sock.close()
             raise QemuError(f"{path}: cannot connect to QMP: {exc.strerror or exc}") from None
         self._buf = b""
+        self._sent = 0  # commands sent: each carries its number as its id, echoed in its answer
         try:
             greeting = self._read()
             if "QMP" not in greeting:
@@ -60,7 +61,8 @@ class QMP:
 
     def execute(self, command: str, **arguments):
         """Run one command and return its "return" value; a QMP error raises QemuError."""
-        msg: dict = {"execute": command}
+        self._sent += 1
+        msg: dict = {"execute": command, "id": self._sent}
         if arguments:
             msg["arguments"] = arguments
         try:
@@ -69,8 +71,8 @@ class QMP:
             raise QemuError(f"{self.path}: QMP connection failed: {exc.strerror or exc}") from None
         while True:
             reply = self._read()
-            if "event" in reply:
-                continue
+            if "event" in reply or reply.get("id") != self._sent:
+                continue  # an event, or the late answer of a command a Ctrl-C left unread
             if "error" in reply:
                 err = reply["error"]
                 raise QemuError(f"QMP {command} failed: {err.get('desc', err)}")

@@ -98,6 +98,59 @@ def _wait_migration(qmp: QMP, timeout: float) -> dict:
         time.sleep(0.05)
 
 
+def _migrate(qmp: QMP, state_file: str, caps: dict, use_file: bool, timeout: float) -> dict:
+    """Migrate the stopped guest into `state_file`, then put its migration settings back.
+
+    A migration that did not complete (an error, a timeout, Ctrl-C) is cancelled first:
+    QEMU refuses to change settings while one runs, and a guest resumed then would run
+    on while its migration went on."""
+    bandwidth = (qmp.execute("query-migrate-parameters") or {}).get("max-bandwidth")
+    if IGNORE_SHARED in caps:
+        qmp.execute("migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED, "state": use_file}])
+    try:
+        # The guest is stopped: bandwidth only paces the copy, it cannot change the content.
+        qmp.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(state_file)}")
+        info = _wait_migration(qmp, timeout)
+    except BaseException:
+        _quietly(qmp, "migrate_cancel")
+        _wait_until_idle(qmp)
+        _put_back(qmp, caps, bandwidth, quiet=True)
+        raise
+    _put_back(qmp, caps, bandwidth, quiet=False)
+    return info
+
+
+def _put_back(qmp: QMP, caps: dict, bandwidth, quiet: bool) -> None:
+    """The guest's own migration settings, as they were."""
+    run = (lambda command, **args: _quietly(qmp, command, **args)) if quiet else qmp.execute
+    if IGNORE_SHARED in caps:
+        run("migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
+    if bandwidth is not None:
+        run("migrate-set-parameters", **{"max-bandwidth": bandwidth})
+
+
+def _wait_until_idle(qmp: QMP, timeout: float = 10.0) -> None:
+    """Wait for a cancelled migration to end (status cancelling -> cancelled)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = (qmp.execute("query-migrate") or {}).get("status")
+        except QemuError:
+            return
+        if status not in ("setup", "active", "cancelling", "device", "pre-switchover", "wait-unplug"):
+            return
+        time.sleep(0.05)
+
+
+def _quietly(qmp: QMP, command: str, **arguments) -> None:
+    """A QMP command of a cleanup after an error: its own failure must not hide that error."""
+    try:
+        qmp.execute(command, **arguments)
+    except QemuError:
+        pass
+
+
 SAVE_MODES = ("auto", "file", "stream")
 HEAD_ATTACHMENT = "qemu.stream-head"
 
@@ -145,47 +198,34 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
             raise QemuError("a migration is already running on this guest")
         before = qmp.execute("query-status") or {}
         was_running = bool(before.get("running"))
-        tmpdir = tempfile.mkdtemp(prefix="vmsnap-qemu-")
-        state_file = os.path.join(tmpdir, "device-state")
-        try:
-            if was_running:
-                qmp.execute("stop")
-            t0 = time.monotonic()
-            bandwidth = (qmp.execute("query-migrate-parameters") or {}).get("max-bandwidth")
-            if IGNORE_SHARED in caps:
-                qmp.execute("migrate-set-capabilities",
-                            capabilities=[{"capability": IGNORE_SHARED, "state": use_file}])
+        # The output file is made before the guest is touched: a name that cannot be created
+        # must not leave the guest stopped after a migration (QEMU migrates it only once).
+        with atomic_output(output) as out:
+            tmpdir = tempfile.mkdtemp(prefix="vmsnap-qemu-")
+            state_file = os.path.join(tmpdir, "device-state")
             try:
-                # The guest is stopped: bandwidth only paces the copy, it cannot change the content.
-                qmp.execute("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
-                qmp.execute("migrate", uri=f"exec:cat > {shlex.quote(state_file)}")
-                info = _wait_migration(qmp, timeout)
-            finally:  # the guest's own migration settings, as they were
-                if IGNORE_SHARED in caps:
-                    qmp.execute("migrate-set-capabilities",
-                                capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
-                if bandwidth is not None:
-                    qmp.execute("migrate-set-parameters", **{"max-bandwidth": bandwidth})
-            migrate_s = time.monotonic() - t0
-            if not os.path.exists(state_file):
-                raise QemuError(f"migration completed but wrote no device state to {state_file}")
-            state_size = os.path.getsize(state_file)
-            meta = {
-                "vmsnap_qemu": META_VERSION,
-                "mode": "file" if use_file else "stream",
-                "qemu_version": qmp.version.get("qemu"),
-                "qemu_package": qmp.version.get("package"),
-                "runstate_before": before.get("status"),
-                "capabilities": {IGNORE_SHARED: use_file},
-                "memory_backends": backends,
-                "device_state_bytes": state_size,
-                "migration": {"total-time-ms": info.get("total-time"), "ram": info.get("ram")},
-            }
-            total = sum(b["size"] for b in backends) if use_file else None
-            with progress_bar(total, "save", progress) as update:
-                with atomic_output(output) as out:
-                    writer = SnapshotWriter(out, level=level or DEFAULT_LEVEL,
-                                            frame_size=frame_size, jobs=jobs,
+                if was_running:
+                    qmp.execute("stop")
+                t0 = time.monotonic()
+                info = _migrate(qmp, state_file, caps, use_file, timeout)
+                migrate_s = time.monotonic() - t0
+                if not os.path.exists(state_file):
+                    raise QemuError(f"migration completed but wrote no device state to {state_file}")
+                state_size = os.path.getsize(state_file)
+                meta = {
+                    "vmsnap_qemu": META_VERSION,
+                    "mode": "file" if use_file else "stream",
+                    "qemu_version": qmp.version.get("qemu"),
+                    "qemu_package": qmp.version.get("package"),
+                    "runstate_before": before.get("status"),
+                    "capabilities": {IGNORE_SHARED: use_file},
+                    "memory_backends": backends,
+                    "device_state_bytes": state_size,  # stream mode: the device sections' part of it
+                    "migration": {"total-time-ms": info.get("total-time"), "ram": info.get("ram")},
+                }
+                total = sum(b["size"] for b in backends) if use_file else None
+                with progress_bar(total, "save", progress) as update:
+                    writer = SnapshotWriter(out, level=level or DEFAULT_LEVEL, frame_size=frame_size, jobs=jobs,
                                             source=f"qemu:{', '.join(b['id'] for b in backends)}", attachments=True)
                     try:
                         if use_file:
@@ -206,13 +246,18 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
                     except BaseException:
                         writer.abort()
                         raise
-        finally:
+            except BaseException:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+                if resume and was_running:
+                    _quietly(qmp, "cont")  # the error that stopped the save is the one to report
+                raise
             shutil.rmtree(tmpdir, ignore_errors=True)
             if resume and was_running:
                 qmp.execute("cont")
         after = (qmp.execute("query-status") or {}).get("status")
     summary.update(output=output, mode=meta["mode"], memory_backends=[b["id"] for b in backends],
-                   ram_blocks=[b["region"] for b in meta.get("blocks", [])], device_state_bytes=state_size,
+                   ram_blocks=[b["region"] for b in meta.get("blocks", [])],
+                   device_state_bytes=meta["device_state_bytes"],
                    migrate_s=round(migrate_s, 3), runstate_before=before.get("status"), runstate_after=after)
     return summary
 
