@@ -87,6 +87,8 @@ def test_idle_dir_with_page_size(tmp_path):
         (["--levels", "1"], 2, "--levels must be"),
         (["--page-size", "4X"], 2, "not a size"),
         (["--format", "damon"], 2, "exactly one"),
+        (["--page-size", "64", "--save-series", "s.vmscan"], 2,  # "64 is not a power of two >= 512" once
+         "s.vmscan: a series file's page size is a power of two from 512, not 64"),
     ],
 )
 def test_usage_errors(dumps, args, code, message):

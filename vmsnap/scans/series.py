@@ -26,7 +26,7 @@ def _blake3(*parts: bytes, length: int = S.DIGEST_SIZE) -> bytes:
 
 def _check_geometry(page_size: int, n_pages: int, what: str, error=UsageError) -> None:
     if page_size < 512 or page_size & (page_size - 1):
-        raise error(f"{what}: page size {page_size} is not a power of two >= 512")
+        raise error(f"{what}: a series file's page size is a power of two from 512, not {page_size}")
     if n_pages < 1:
         raise error(f"{what}: a series must cover at least one page")
 
