@@ -38,6 +38,19 @@ def test_changed_pages_are_accessed(tmp_path, dump_path):
     assert s.bytes_read == 6 * 50 * PS  # every dump read exactly once
 
 
+def test_a_period_ending_in_a_snapshot_has_no_timestamp(tmp_path):
+    # A .vms file's time is when it was saved: periods ran backwards once.
+    from vmsnap import api
+
+    acc, _ = classic_workload(n_pages=50, periods=2)
+    paths = write_dumps(tmp_path, acc)
+    snap = str(tmp_path / "d1.vms")
+    api.save(paths[1], snap)
+    os.utime(paths[2], ns=(10**18, 10**18))
+    with open_scans([paths[0], snap, paths[2]]) as s:
+        assert [p.timestamp_ns for p in s.periods()] == [None, 10**18]
+
+
 def test_block_boundaries_and_partial_tail(tmp_path, monkeypatch):
     """Blocks smaller than the dump (many lockstep steps) and a last page of 100 bytes."""
     monkeypatch.setattr(dumps_mod, "BLOCK", 3 * PS)

@@ -93,6 +93,7 @@ class DumpScans(ScanSeries):
         self.use_mmap = USE_MMAP if use_mmap is None else use_mmap
         self.progress = progress
         self._matrix = None  # (n_periods, n_pages) bool, filled by _compute
+        self._formats: list[str] = []  # each input's source format, known once opened
         self._segments: list[Segment] = []
         self.bytes_read = 0
         self.read_path = "read"  # "mmap" when the raw-file fast path ran
@@ -120,6 +121,7 @@ class DumpScans(ScanSeries):
         try:
             for p in self.inputs:
                 sources.append(open_source(p, self.source_format))
+            self._formats = [src.format_name for src in sources]
             if self.use_mmap and self._compute_mapped(sources, block, compare):
                 return
             region_iters = [s.regions() for s in sources]
@@ -266,8 +268,10 @@ class DumpScans(ScanSeries):
         if self._matrix is None:
             self._compute()
         for i in range(self._matrix.shape[0]):
-            try:
-                ts = os.stat(self.inputs[i + 1]).st_mtime_ns
-            except OSError:
-                ts = None
+            ts = None  # a snapshot's time is when it was saved, not when its memory was: unknown
+            if self._formats[i + 1] != "vms":
+                try:
+                    ts = os.stat(self.inputs[i + 1]).st_mtime_ns
+                except OSError:
+                    pass
             yield Period(i, ts, self._matrix[i])
