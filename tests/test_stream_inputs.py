@@ -95,3 +95,30 @@ def test_sharing_reads_a_fifo_once_and_refuses_one_given_twice(tmp_path):
     assert result["fleet"]["cross_vm"]["contents"] == 40  # the FIFO's pages were all read, once
     with pytest.raises(UsageError, match="can be read only once"):
         sharing.analyze([path, path])
+
+
+@pytest.mark.parametrize("how", ["pipe", "redirected file"])
+def test_stdin_is_detected_like_a_fifo(tmp_path, how):
+    # Stdin was read as raw whatever it held: a snapshot piped to `analyze sharing -` was
+    # analysed as memory, an ELF core saved as one region of ELF bytes.
+    import subprocess
+    import sys
+
+    image = build_image([("random", i) for i in range(30)] + [("zero",)] * 5, tail=b"tail")
+    (tmp_path / "in.raw").write_bytes(image)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    api.restore(str(tmp_path / "s.vms"), str(tmp_path / "core.elf"), format="elf")
+
+    def vmsnap(args, stdin_file):
+        feed = f"cat {stdin_file} |" if how == "pipe" else ""
+        redirect = "" if how == "pipe" else f"< {stdin_file}"
+        return subprocess.run(f"{feed} {sys.executable} -m vmsnap.cli {args} {redirect}", shell=True,
+                              cwd=tmp_path, capture_output=True, text=True)
+
+    p = vmsnap("save - -o from-elf.vms -q", "core.elf")
+    assert p.returncode == 0, p.stderr
+    with api.open_snapshot(str(tmp_path / "from-elf.vms")) as snap:
+        assert snap.source.startswith("elf:") and snap.read(0, len(image)) == image
+    p = vmsnap("analyze sharing -", "s.vms")
+    assert (p.returncode, p.stderr) == (3, "vmsnap: error: -: a .vms snapshot cannot be read from stdin "
+                                           "(its index is at the end): name the file\n")

@@ -76,6 +76,9 @@ class _Replay(io.RawIOBase):
     def fileno(self) -> int:
         return self._fh.fileno()
 
+    def tell(self) -> int:  # a file redirected to stdin: how much of it is left is its size less this
+        return self._fh.tell() - len(self._head)
+
     def close(self) -> None:
         self._fh.close()
         super().close()

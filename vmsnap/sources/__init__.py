@@ -39,10 +39,10 @@ def open_source(path: str, fmt: str = "auto") -> Source:
     """Open `path` ('-' for stdin) with the reader for `fmt`, or the detected one."""
     if fmt != "auto" and fmt not in FORMATS:
         raise UsageError(f"unknown input format {fmt!r} (known: {', '.join(sorted(FORMATS))})")
-    if path != "-" and is_stream(path):  # stdin stays raw unless told (a pipe of raw memory)
+    if is_stream(path):  # stdin, a FIFO, a device: its first bytes are read once, then again by its reader
         return _open_stream(path, fmt)
     if fmt == "auto":
-        fmt = "raw" if path == "-" else detect_format(_peek(path))
+        fmt = detect_format(_peek(path))
     module, cls = FORMATS[fmt]
     return getattr(importlib.import_module(module), cls)(path)
 
@@ -69,7 +69,8 @@ def _open_stream(path: str, fmt: str) -> Source:
                 raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
             fmt = detect_format(head)
         if fmt == "vms":
-            raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end)")
+            where = "cannot be read from stdin" if path == "-" else "must be a regular file"
+            raise InputError(f"{path}: a .vms snapshot {where} (its index is at the end): name the file")
         module, cls = FORMATS[fmt]
         source = getattr(importlib.import_module(module), cls)(path, fh=fh)
     except BaseException:
