@@ -535,3 +535,19 @@ def test_the_cli_runs_from_a_thread_other_than_the_main_one(tmp_path, image):
     assert out["r"].exit_code == 0, out["r"].output
     with api.open_snapshot(str(tmp_path / "s.vms")) as snap:
         assert snap.read(0, len(data)) == data
+
+
+def test_info_tables_stay_aligned_with_long_region_names(tmp_path):
+    # QEMU's RAM blocks have names like /rom@etc/acpi/tables: the base column slid right.
+    from vmsnap.format.writer import SnapshotWriter
+
+    path = tmp_path / "s.vms"
+    with open(path, "wb") as fh:
+        w = SnapshotWriter(fh)
+        w.add_region("pc.ram", 0, [build_image([("random", 1)])])
+        w.add_region("/rom@etc/acpi/tables", 1 << 32, [build_image([("fill", 3)])])
+        w.close()
+    out = run("info", str(path)).output.splitlines()
+    table = out[out.index(next(ln for ln in out if ln.startswith("region "))):][:3]
+    assert len({ln.rindex("  ") for ln in table}) == 1, table  # the digest column starts at one place
+    assert "in 1 frame," in "\n".join(out)

@@ -228,3 +228,13 @@ def test_sizes_in_pages_or_bytes(loop_trace):
     for bad, message in (("0K", ">= 1 page"), ("\u00b2", "is not a size")):  # 1 page, and a traceback, once
         r = run(loop_trace, "--sizes", bad)
         assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_the_text_report_shows_a_miss_ratio_below_one_in_ten_thousand(tmp_path):
+    # Four decimals printed 0.0000 for the cold-miss floor of 4e-05 that the same report named.
+    path = tmp_path / "long.u64"
+    (loop_pages(2_500_000, 100) * np.uint64(4096)).astype("<u8").tofile(path)
+    r = run(str(path), "--sizes", "100")
+    assert r.exit_code == 0, r.output
+    row = next(ln.split() for ln in r.output.splitlines() if ln.split()[:1] == ["100"])
+    assert row[-1] == "0.000040"

@@ -265,6 +265,7 @@ def test_shards_without_adjust_divides_by_sampled_references():
     adj = mrc.compute([pages], 4096, mrc.MrcRequest("shards", rate=0.1)).curves[0]
     raw = mrc.compute([pages], 4096, mrc.MrcRequest("shards", rate=0.1, adjust=False)).curves[0]
     assert raw.total == raw.sampled_references == adj.sampled_references
+    assert (adj.label, raw.label) == ("shards rate=0.1", "shards rate=0.1 no-adjust")  # once one name for both
     assert adj.total != raw.total  # this seed samples more or fewer than N * R references
     assert np.allclose(raw.hits, adj.hits - (adj.total - adj.sampled_references))
     # Misses are the same counts; only the denominator differs.

@@ -204,8 +204,11 @@ def _quiet_option(f=None, *, what: str = "No progress bar and no summary."):
     return option(f) if f is not None else option
 
 
-def _json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(f)
+def _json_option(f=None, *, beside_data: bool = False):
+    """--json; beside_data: the command may write its data to stdout (-o -), and the JSON then goes to stderr."""
+    where = "on stdout (on stderr with -o -)" if beside_data else "on stdout"
+    option = click.option("--json", "as_json", is_flag=True, help=f"Print the result as JSON {where}.")
+    return option(f) if f is not None else option
 
 
 def _report(result: dict, as_json: bool, quiet: bool, text: str, to_stdout: bool = True) -> None:
@@ -237,7 +240,7 @@ def _progress(quiet: bool):
 @click.option("--description", default=None, help="Source description stored in the header.")
 @_jobs_option
 @_quiet_option
-@_json_option
+@_json_option(beside_data=True)
 def save(input, output, fmt, page_size, level, frame_size, slice_window, long_matching, description, jobs, quiet,
          as_json):
     """Save the memory image INPUT ('-' for stdin) as a .vms snapshot."""
@@ -261,7 +264,7 @@ def save(input, output, fmt, page_size, level, frame_size, slice_window, long_ma
               help="Leave zero runs as holes in a regular output file.")
 @_jobs_option
 @_quiet_option
-@_json_option
+@_json_option(beside_data=True)
 def restore(snapshot, output, region, fmt, sparse, jobs, quiet, as_json):
     """Restore SNAP to OUT byte for byte; every digest is checked."""
     from .api import restore as restore_snapshot
@@ -495,7 +498,7 @@ def qemu() -> None:
               help="Seconds to wait for QEMU's migration to complete.")
 @_jobs_option
 @_quiet_option
-@_json_option
+@_json_option(beside_data=True)
 def qemu_save(qmp_socket, output, mode, resume, level, frame_size, timeout, jobs, quiet, as_json):
     """Stop the guest behind the QMP SOCKET and save it to OUT.vms."""
     from .qemu.snapshot import save as qemu_save_guest

@@ -33,16 +33,22 @@ def format_info(s: dict) -> str:
     lines += [
         f"sharing      pages_shared {s['pages_shared']}, pages_sharing {s['pages_sharing']}",
         "",
-        f"stored       data frames {human_bytes(s['stored_bytes']['data_frames'])} in {s['frames']} frames, "
+        f"stored       data frames {human_bytes(s['stored_bytes']['data_frames'])} in {_count(s['frames'], 'frame')}, "
         f"index {human_bytes(s['stored_bytes']['index'])}",
         f"digest       {s['image_digest']}",
         "",
-        f"{'region':<16} {'base':>18} {'size':>14}  digest",
     ]
+    width = max([16] + [len(r["name"]) for r in s["regions"]])  # QEMU's names run long: /rom@etc/acpi/tables
+    lines.append(f"{'region':<{width}} {'base':>18} {'size':>14}  digest")
     for r in s["regions"]:
-        lines.append(f"{r['name']:<16} {r['base']:#18x} {r['size']:>14}  {r['digest'][:16]}...")
+        lines.append(f"{r['name']:<{width}} {r['base']:#18x} {r['size']:>14}  {r['digest'][:16]}...")
     if s.get("attachments"):
-        lines += ["", f"{'attachment':<24} {'size':>14} {'stored':>14}  digest"]
+        width = max([24] + [len(a["name"]) for a in s["attachments"]])
+        lines += ["", f"{'attachment':<{width}} {'size':>14} {'stored':>14}  digest"]
         for a in s["attachments"]:
-            lines.append(f"{a['name']:<24} {a['size']:>14} {a['stored']:>14}  {a['digest'][:16]}...")
+            lines.append(f"{a['name']:<{width}} {a['size']:>14} {a['stored']:>14}  {a['digest'][:16]}...")
     return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -439,6 +439,7 @@ def compute(chunks: Iterable, page_size: int, req: MrcRequest, progress=None) ->
                 expected = float(c["seen"])
             unit = " time" if timed else ""
             label = f"shards rate={eng.rate:g}" if method == "shards" else f"untraced rate={eng.rate:g} period={eng.period}{unit}"
+            label += "" if req.adjust else " no-adjust"  # two runs a script compares get two names
             curve = _curve_from_hist(
                 hist, eng.rate, expected, label=label, method=method, page_size=page_size,
                 references=n, distinct_pages=c["distinct"] / eng.rate, rate=eng.rate,

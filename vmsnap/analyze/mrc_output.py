@@ -162,7 +162,7 @@ def to_text(doc: dict, max_rows: int = 20) -> str:
             out.append(f"  error vs exact: mean {e['mae']:.5f}, max {e['max_abs_error']:.5f}")
         if c["knee"]:
             k = c["knee"]
-            out.append(f"  knee: {k['pages']} pages ({_human(k['bytes'])}), miss ratio {k['miss_ratio']:.4f}")
+            out.append(f"  knee: {k['pages']} pages ({_human(k['bytes'])}), miss ratio {k['miss_ratio']:.6f}")
         if c["target"]:
             g = c["target"]
             need = "unreachable (below the cold-miss floor)" if g["pages"] is None else f"{g['pages']} pages ({_human(g['bytes'])})"
@@ -174,7 +174,7 @@ def to_text(doc: dict, max_rows: int = 20) -> str:
             shown.append(pts[-1])
         out.append(f"  {'pages':>12} {'size':>12} {'miss ratio':>10}")
         for p in shown:
-            out.append(f"  {p['pages']:>12} {_human(p['bytes']):>12} {p['miss_ratio']:>10.4f}")
+            out.append(f"  {p['pages']:>12} {_human(p['bytes']):>12} {p['miss_ratio']:>10.6f}")
     return "\n".join(out) + "\n"
 
 
