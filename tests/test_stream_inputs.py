@@ -122,3 +122,28 @@ def test_stdin_is_detected_like_a_fifo(tmp_path, how):
     p = vmsnap("analyze sharing -", "s.vms")
     assert (p.returncode, p.stderr) == (3, "vmsnap: error: -: a .vms snapshot cannot be read from stdin "
                                            "(its index is at the end): name the file\n")
+
+
+def test_a_block_device_on_stdin_is_read_from_where_its_head_was_sniffed(tmp_path, monkeypatch):
+    # Sizing a block device sought back to 0 under the sniffed head: the image restarted at
+    # byte 64 (or 512) and its end was lost, exit 0. A regular file stands in for the device.
+    import stat
+
+    from vmsnap.sources import raw
+    from vmsnap.streams import sniff
+
+    image = os.urandom(20 * PS + 100)
+    (tmp_path / "dev").write_bytes(image)
+    real_fstat = os.fstat
+
+    def as_block_device(fd):
+        st = real_fstat(fd)
+        return os.stat_result((stat.S_IFBLK | 0o600,) + tuple(st)[1:])
+
+    monkeypatch.setattr(raw.os, "fstat", as_block_device)
+    with open(tmp_path / "dev", "rb") as fh:
+        fh.seek(PS)  # stdin need not start at the device's first byte
+        head, sniffed = sniff(fh, 64)
+        source = raw.RawSource("-", fh=sniffed)
+        assert source.size_hint == len(image) - PS
+        assert regions_of(source) == [("ram", 0, image[PS:])]

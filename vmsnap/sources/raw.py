@@ -65,7 +65,9 @@ def _regular_file_size(fh: BinaryIO) -> int | None:
     if stat.S_ISREG(st.st_mode):
         return st.st_size - fh.tell()
     if stat.S_ISBLK(st.st_mode):
-        size = os.lseek(fh.fileno(), 0, os.SEEK_END)
-        os.lseek(fh.fileno(), 0, os.SEEK_SET)
-        return size
+        fd = fh.fileno()
+        at = os.lseek(fd, 0, os.SEEK_CUR)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, at, os.SEEK_SET)  # back where it was, not to 0: bytes already read (stdin's sniffed head) stay read
+        return size - fh.tell()
     return None
