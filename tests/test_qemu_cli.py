@@ -40,8 +40,11 @@ def full_stream() -> tuple[bytes, int]:
 class FakeQemu:
     """A QMP server on a unix socket answering like QEMU 7.2 for one guest."""
 
-    def __init__(self, sock_path, mem_path, backend="memory-backend-file", share=True, migrate_status="completed"):
+    def __init__(self, sock_path, mem_path, backend="memory-backend-file", share=True, migrate_status="completed",
+                 refuse=(), silent=()):
         self.path, self.mem_path = sock_path, mem_path
+        self.refuse, self.silent = refuse, silent  # commands answered with an error; where QEMU hangs
+        self.hung = False
         self.backend, self.share, self.migrate_status = backend, share, migrate_status
         self.log: list[dict] = []
         self.running = True
@@ -71,6 +74,9 @@ class FakeQemu:
                     line, buf = buf.split(b"\n", 1)
                     msg = json.loads(line)
                     self.log.append({k: v for k, v in msg.items() if k != "id"})
+                    self.hung = self.hung or msg["execute"] in self.silent
+                    if self.hung:  # from that command on, nothing is answered
+                        continue
                     answer = self._answer(msg)
                     if "id" in msg:  # QEMU echoes a command's id in its answer
                         answer["id"] = msg["id"]
@@ -81,6 +87,8 @@ class FakeQemu:
 
     def _answer(self, msg):
         cmd, args = msg["execute"], msg.get("arguments", {})
+        if cmd in self.refuse:
+            return {"error": {"class": "GenericError", "desc": f"{cmd} refused"}}
         if cmd == "query-memdev":
             return {"return": [{"id": "pc.ram", "size": len(MEM), "share": self.share}]}
         if cmd == "qom-list":
@@ -358,3 +366,36 @@ def test_a_late_answer_is_not_taken_for_the_next_one(tmp_path, qmp_dir):
         qmp.sock.sendall(json.dumps({"execute": "query-memdev", "id": 0}).encode() + b"\n")  # never read
         assert qmp.execute("query-status") == {"status": "running", "running": True}
     fake.close()
+
+
+def test_a_guest_that_does_not_resume_does_not_cost_the_snapshot(tmp_path, qmp_dir):
+    # The resume ran inside the atomic output: its failure removed the finished snapshot.
+    mem = tmp_path / "guest.mem"
+    mem.write_bytes(MEM)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), str(mem), refuse=("cont",))
+    out = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(out), "--resume")
+    fake.close()
+    assert (result.exit_code, result.output) == (
+        7, f"vmsnap: error: {out}: saved, but the guest was not resumed: QMP cont failed: cont refused\n")
+    with Snapshot(str(out)) as snap:
+        assert snap.read(0, len(MEM)) == MEM
+
+
+def test_a_qemu_that_stops_answering_costs_one_timeout(tmp_path, qmp_dir, monkeypatch):
+    # The cleanup after the first timeout sent five more commands, each waiting out the timeout.
+    import time
+
+    from vmsnap.qemu import qmp as qmp_module
+
+    monkeypatch.setattr(qmp_module.QMP.__init__, "__defaults__", (0.5,))
+    mem = tmp_path / "guest.mem"
+    mem.write_bytes(MEM)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), str(mem), silent=("migrate",))
+    start = time.monotonic()
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(tmp_path / "g.vms"), "--resume")
+    took = time.monotonic() - start
+    fake.close()
+    assert (result.exit_code, result.output) == (7, f"vmsnap: error: {fake.path}: QMP did not answer in time\n")
+    assert took < 1.4, took
+    assert sorted(os.listdir(tmp_path)) == ["guest.mem"]

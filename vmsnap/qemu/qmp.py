@@ -32,6 +32,7 @@ class QMP:
             raise QemuError(f"{path}: cannot connect to QMP: {exc.strerror or exc}") from None
         self._buf = b""
         self._sent = 0  # commands sent: each carries its number as its id, echoed in its answer
+        self._broken: QemuError | None = None
         try:
             greeting = self._read()
             if "QMP" not in greeting:
@@ -47,11 +48,11 @@ class QMP:
             try:
                 chunk = self.sock.recv(65536)
             except socket.timeout:
-                raise QemuError(f"{self.path}: QMP did not answer in time") from None
+                raise self._broken_by("QMP did not answer in time") from None
             except OSError as exc:
-                raise QemuError(f"{self.path}: QMP connection failed: {exc.strerror or exc}") from None
+                raise self._broken_by(f"QMP connection failed: {exc.strerror or exc}") from None
             if not chunk:
-                raise QemuError(f"{self.path}: QEMU closed the QMP connection")
+                raise self._broken_by("QEMU closed the QMP connection")
             self._buf += chunk
         line, self._buf = self._buf.split(b"\n", 1)
         try:
@@ -59,8 +60,16 @@ class QMP:
         except ValueError:
             raise QemuError(f"{self.path}: not a QMP socket (got {line[:60]!r})") from None
 
+    def _broken_by(self, what: str) -> QemuError:
+        """The connection's end: every later command fails at once with the same error (the
+        cleanup after an error sends several, and each would wait out the timeout again)."""
+        self._broken = QemuError(f"{self.path}: {what}")
+        return self._broken
+
     def execute(self, command: str, **arguments):
         """Run one command and return its "return" value; a QMP error raises QemuError."""
+        if self._broken is not None:
+            raise self._broken
         self._sent += 1
         msg: dict = {"execute": command, "id": self._sent}
         if arguments:
@@ -68,7 +77,7 @@ class QMP:
         try:
             self.sock.sendall(json.dumps(msg).encode() + b"\n")
         except OSError as exc:
-            raise QemuError(f"{self.path}: QMP connection failed: {exc.strerror or exc}") from None
+            raise self._broken_by(f"QMP connection failed: {exc.strerror or exc}") from None
         while True:
             reply = self._read()
             if "event" in reply or reply.get("id") != self._sent:

@@ -125,7 +125,8 @@ def _put_back(qmp: QMP, caps: dict, bandwidth, quiet: bool) -> None:
     """The guest's own migration settings, as they were."""
     run = (lambda command, **args: _quietly(qmp, command, **args)) if quiet else qmp.execute
     if IGNORE_SHARED in caps:
-        run("migrate-set-capabilities", capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
+        run("migrate-set-capabilities",
+            capabilities=[{"capability": IGNORE_SHARED, "state": bool(caps[IGNORE_SHARED])}])
     if bandwidth is not None:
         run("migrate-set-parameters", **{"max-bandwidth": bandwidth})
 
@@ -169,14 +170,10 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
     resumed if it was running before (also when the save fails).
     """
     from ..format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL
-    from ..format.writer import SnapshotWriter
-    from ..progress import progress_bar
-    from ..sources.base import read_exact_chunks
-    from ..sources.raw import open_input
+    from ..format.writer import check_frame_size
 
     if mode not in SAVE_MODES:
         raise UsageError(f"unknown mode {mode!r} (choose from {', '.join(SAVE_MODES)})")
-    from ..format.writer import check_frame_size
 
     frame_size = DEFAULT_FRAME_SIZE if frame_size is None else frame_size
     check_frame_size(frame_size, 4096)  # before the guest is touched (QEMU's RAM pages are 4 KiB here)
@@ -200,66 +197,83 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
         was_running = bool(before.get("running"))
         # The output file is made before the guest is touched: a name that cannot be created
         # must not leave the guest stopped after a migration (QEMU migrates it only once).
-        with atomic_output(output) as out:
-            tmpdir = tempfile.mkdtemp(prefix="vmsnap-qemu-")
-            state_file = os.path.join(tmpdir, "device-state")
+        resume_after = resume and was_running
+        try:
+            with atomic_output(output) as out:
+                tmpdir = tempfile.mkdtemp(prefix="vmsnap-qemu-")
+                state_file = os.path.join(tmpdir, "device-state")
+                try:
+                    if was_running:
+                        qmp.execute("stop")
+                    t0 = time.monotonic()
+                    info = _migrate(qmp, state_file, caps, use_file, timeout)
+                    migrate_s = time.monotonic() - t0
+                    if not os.path.exists(state_file):
+                        raise QemuError(f"migration completed but wrote no device state to {state_file}")
+                    state_size = os.path.getsize(state_file)
+                    meta = {
+                        "vmsnap_qemu": META_VERSION,
+                        "mode": "file" if use_file else "stream",
+                        "qemu_version": qmp.version.get("qemu"),
+                        "qemu_package": qmp.version.get("package"),
+                        "runstate_before": before.get("status"),
+                        "capabilities": {IGNORE_SHARED: use_file},
+                        "memory_backends": backends,
+                        "device_state_bytes": state_size,  # stream mode: the device sections' part of it
+                        "migration": {"total-time-ms": info.get("total-time"), "ram": info.get("ram")},
+                    }
+                    summary = _write_snapshot(out, backends, state_file, meta, level or DEFAULT_LEVEL, frame_size,
+                                              jobs, progress)
+                finally:
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+        except BaseException:
+            if resume_after:
+                _quietly(qmp, "cont")  # the error that stopped the save is the one to report
+            raise
+        if resume_after:  # after the rename: a guest that does not resume must not cost the snapshot
             try:
-                if was_running:
-                    qmp.execute("stop")
-                t0 = time.monotonic()
-                info = _migrate(qmp, state_file, caps, use_file, timeout)
-                migrate_s = time.monotonic() - t0
-                if not os.path.exists(state_file):
-                    raise QemuError(f"migration completed but wrote no device state to {state_file}")
-                state_size = os.path.getsize(state_file)
-                meta = {
-                    "vmsnap_qemu": META_VERSION,
-                    "mode": "file" if use_file else "stream",
-                    "qemu_version": qmp.version.get("qemu"),
-                    "qemu_package": qmp.version.get("package"),
-                    "runstate_before": before.get("status"),
-                    "capabilities": {IGNORE_SHARED: use_file},
-                    "memory_backends": backends,
-                    "device_state_bytes": state_size,  # stream mode: the device sections' part of it
-                    "migration": {"total-time-ms": info.get("total-time"), "ram": info.get("ram")},
-                }
-                total = sum(b["size"] for b in backends) if use_file else None
-                with progress_bar(total, "save", progress) as update:
-                    writer = SnapshotWriter(out, level=level or DEFAULT_LEVEL, frame_size=frame_size, jobs=jobs,
-                                            source=f"qemu:{', '.join(b['id'] for b in backends)}", attachments=True)
-                    try:
-                        if use_file:
-                            with open(state_file, "rb") as fh:
-                                writer.add_attachment(STATE_ATTACHMENT, read_exact_chunks(fh, state_size, state_file))
-                            writer.add_attachment(META_ATTACHMENT,
-                                                  [json.dumps(meta, indent=1, sort_keys=True).encode()])
-                            for b in backends:
-                                fh = open_input(b["mem_path"])
-                                try:
-                                    writer.add_region(b["id"], 0, read_exact_chunks(fh, b["size"], b["mem_path"]),
-                                                      update)
-                                finally:
-                                    fh.close()
-                        else:
-                            _save_stream(writer, state_file, meta, update)
-                        summary = writer.close()
-                    except BaseException:
-                        writer.abort()
-                        raise
-            except BaseException:
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                if resume and was_running:
-                    _quietly(qmp, "cont")  # the error that stopped the save is the one to report
-                raise
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            if resume and was_running:
                 qmp.execute("cont")
+            except QemuError as exc:
+                raise QemuError(f"{output}: saved, but the guest was not resumed: {exc}") from None
         after = (qmp.execute("query-status") or {}).get("status")
     summary.update(output=output, mode=meta["mode"], memory_backends=[b["id"] for b in backends],
                    ram_blocks=[b["region"] for b in meta.get("blocks", [])],
                    device_state_bytes=meta["device_state_bytes"],
                    migrate_s=round(migrate_s, 3), runstate_before=before.get("status"), runstate_after=after)
     return summary
+
+
+def _write_snapshot(out, backends: list[dict], state_file: str, meta: dict, level: int, frame_size: int,
+                    jobs: int | None, progress: bool | None) -> dict:
+    """The .vms of a stopped, migrated guest: file mode's backends and device state, or
+    stream mode's whole migration stream (its RAM blocks as regions)."""
+    from ..format.writer import SnapshotWriter
+    from ..progress import progress_bar
+    from ..sources.base import read_exact_chunks
+    from ..sources.raw import open_input
+
+    total = sum(b["size"] for b in backends) if backends else None
+    with progress_bar(total, "save", progress) as update:
+        writer = SnapshotWriter(out, level=level, frame_size=frame_size, jobs=jobs,
+                                source=f"qemu:{', '.join(b['id'] for b in backends)}", attachments=True)
+        try:
+            if backends:
+                state_size = meta["device_state_bytes"]
+                with open(state_file, "rb") as fh:
+                    writer.add_attachment(STATE_ATTACHMENT, read_exact_chunks(fh, state_size, state_file))
+                writer.add_attachment(META_ATTACHMENT, [json.dumps(meta, indent=1, sort_keys=True).encode()])
+                for b in backends:
+                    fh = open_input(b["mem_path"])
+                    try:
+                        writer.add_region(b["id"], 0, read_exact_chunks(fh, b["size"], b["mem_path"]), update)
+                    finally:
+                        fh.close()
+            else:
+                _save_stream(writer, state_file, meta, update)
+            return writer.close()
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def _save_stream(writer, stream: str, meta: dict, update) -> None:
