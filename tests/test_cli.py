@@ -354,6 +354,8 @@ def test_a_message_of_several_lines_is_printed_as_one(monkeypatch):
     (["restore", "SNAP", "-o", "-"], ">&-", 6, "standard output is closed"),
     (["cat", "SNAP", "--offset", "0", "--length", "9"], ">&-", 6, "standard output is closed"),
     (["info", "SNAP"], ">&-", 6, "stdout: standard output is closed"),  # an AttributeError traceback once
+    (["--help"], ">&-", 6, "stdout: standard output is closed"),  # exit 0, nothing said
+    (["qemu", "save", "-h"], ">&-", 6, "stdout: standard output is closed"),
     (["nosuchcommand"], "2>&-", 2, None),  # no stderr to say it on: the code still tells
     (["info", "no-such.vms"], "2>/dev/full", 3, None),
 ])
