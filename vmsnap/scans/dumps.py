@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 from ..errors import InputError, UsageError
+from ..sources.base import ZERO_CHUNK, is_zero_chunk, next_data
 from .base import Period, ScanSeries, Segment
 
 DEFAULT_PAGE_SIZE = 4096
@@ -30,9 +31,32 @@ def _next_or_none(it):
 
 
 def _blocks(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into pieces of exactly `size` bytes (the last may be shorter)."""
+    """Re-cut a stream of chunks into pieces of exactly `size` bytes (the last may be shorter).
+
+    A piece made only of zero chunks (a reader's zero runs, never read) is a zero chunk
+    itself, so that the comparison can skip it: a .vms of a sparse 1 TiB guest took
+    minutes comparing zeros with zeros."""
+    zero_block = memoryview(ZERO_CHUNK)[:size] if size <= len(ZERO_CHUNK) else None
     buf = bytearray()
+    zeros = 0  # zero bytes begun as a piece of its own (buf is empty meanwhile)
     for chunk in chunks:
+        if zero_block is not None and is_zero_chunk(chunk):
+            rest = len(chunk)
+            if buf:  # a piece begun with data ends with some of these zeros
+                take = min(rest, size - len(buf))
+                buf += chunk[:take]
+                rest -= take
+                if len(buf) == size:
+                    yield bytes(buf)
+                    buf.clear()
+            zeros += rest  # buf is empty whenever rest is left
+            while zeros >= size:
+                yield zero_block
+                zeros -= size
+            continue
+        if zeros:  # the piece begun with zeros goes on with data
+            buf += bytes(zeros)
+            zeros = 0
         if not buf and len(chunk) == size:
             yield chunk  # the common case: no copy
             continue
@@ -40,6 +64,8 @@ def _blocks(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
         while len(buf) >= size:
             yield bytes(buf[:size])
             del buf[:size]
+    if zeros:
+        buf += bytes(zeros)
     if buf:
         yield bytes(buf)
 
@@ -71,6 +97,29 @@ class _Comparer:
         if n % ps:
             out[full] = bytes(a[full * ps :]) != bytes(b[full * ps :])
         return out
+
+
+def _compare_block(matrix, first_page: int, maps: list, off: int, n: int, compare) -> None:
+    """Fill matrix[:, first_page:] for bytes [off, off+n) of mapped dumps (None: a hole there).
+    Its views of the maps end with it, so the maps can then be advised or closed."""
+    import numpy as np
+
+    views = [None if m is None else np.frombuffer(m, dtype=np.uint8, count=n, offset=off) for m in maps]
+    zeros = None
+    for i in range(len(views) - 1):
+        a, b = views[i], views[i + 1]
+        if a is None and b is None:
+            continue  # the same zeros: unchanged
+        if a is None or b is None:
+            zeros = np.zeros(n, np.uint8) if zeros is None else zeros
+        matrix[i, first_page:first_page + -(-n // compare.ps)] = compare(zeros if a is None else a,
+                                                                        zeros if b is None else b)
+
+
+def _unchanged(nbytes: int, page_size: int):
+    import numpy as np
+
+    return np.zeros(-(-nbytes // page_size), dtype=bool)
 
 
 class DumpScans(ScanSeries):
@@ -166,7 +215,8 @@ class DumpScans(ScanSeries):
                             f"region {ref.name!r} ends early; the other dumps go on"
                         )
                     n = lens.pop()
-                    parts.append(np.stack([compare(bufs[i], bufs[i + 1]) for i in range(len(bufs) - 1)]))
+                    parts.append(np.stack([_unchanged(n, ps) if is_zero_chunk(bufs[i]) and is_zero_chunk(bufs[i + 1])
+                                           else compare(bufs[i], bufs[i + 1]) for i in range(len(bufs) - 1)]))
                     offset += n
                     self.bytes_read += n * len(bufs)
                     if self.progress is not None:
@@ -219,7 +269,8 @@ class DumpScans(ScanSeries):
                     if hasattr(m, "madvise"):
                         m.madvise(mmap.MADV_SEQUENTIAL)
             ps = self.page_size
-            parts = []
+            matrix = np.zeros((len(fds) - 1, -(-size // ps)), dtype=bool)
+            data_at = [-1] * len(fds)  # each dump's next data offset (SEEK_DATA), as last asked; -1: not yet
             for off in range(0, size, block):
                 n = min(block, size - off)
                 # A dump cut under us would fault (SIGBUS) on its first missing page: check
@@ -229,10 +280,17 @@ class DumpScans(ScanSeries):
                     if now < size:
                         raise InputError(f"{src.path}: offset {now}: truncated while being read, "
                                          f"{size - now} bytes missing")
-                views = [np.frombuffer(m, dtype=np.uint8, count=n, offset=off) for m in maps]
-                parts.append(np.stack([compare(views[i], views[i + 1]) for i in range(len(views) - 1)]))
-                del views  # release the buffers before the maps close
-                self.bytes_read += n * len(maps)
+                # A block that is a hole in two dumps is the same zeros in both: not read (reading
+                # a hole through the map fills the page cache with zeros: 14 GiB for 3 x 64 GiB).
+                for k, fd in enumerate(fds):
+                    if data_at[k] < off:
+                        data_at[k] = next_data(fd, off)
+                hole = [at >= off + n for at in data_at]
+                _compare_block(matrix, off // ps, [None if h else m for h, m in zip(hole, maps)], off, n, compare)
+                for h, m in zip(hole, maps):
+                    if not h and hasattr(m, "madvise"):
+                        m.madvise(mmap.MADV_DONTNEED, off, n)  # compared: out of this process, still cached
+                self.bytes_read += n * hole.count(False)
                 if self.progress is not None:
                     self.progress(n * len(maps))
         finally:
@@ -242,9 +300,8 @@ class DumpScans(ScanSeries):
                 os.close(fd)
         if not size:
             raise InputError(f"{self.inputs[0]}: the dumps are empty")
-        pages = -(-size // ps)
-        self._segments = [Segment(sources[0].region_name, 0, 0, pages)]
-        self._matrix = np.concatenate(parts, axis=1)
+        self._segments = [Segment(sources[0].region_name, 0, 0, matrix.shape[1])]
+        self._matrix = matrix
         self.read_path = "mmap"
         return True
 
