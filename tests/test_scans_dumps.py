@@ -217,3 +217,19 @@ def test_holes_of_sparse_dumps_are_not_read(tmp_path, dump_path):
     np.testing.assert_array_equal(got, expected)
     if dump_path == "mmap":
         assert s.bytes_read == 3 * block  # block 5 of d0 and d1, block 9 of d1: where there is data
+
+
+def test_the_page_count_is_known_before_the_dumps_are_compared(tmp_path):
+    # hotcold's memory check asked for it before its progress bar existed, and that compared
+    # every dump: the whole run went by with no bar and the check came after it.
+    from vmsnap import api
+
+    acc, _ = classic_workload(n_pages=50, periods=2)
+    paths = write_dumps(tmp_path, acc)
+    snap = str(tmp_path / "d0.vms")
+    api.save(paths[0], snap)
+    for inputs in (paths, [snap] + paths[1:]):
+        with open_scans(inputs) as s:
+            assert s.n_pages == 50 and s.bytes_read == 0
+            assert sum(p.accessed.sum() for p in s.periods()) == acc.sum()
+            assert s.n_pages == 50

@@ -308,8 +308,29 @@ class DumpScans(ScanSeries):
     @property
     def n_pages(self) -> int:
         if self._matrix is None:
+            known = self._pages_before_compare()
+            if known is not None:
+                return known
             self._compute()
         return self._matrix.shape[1]
+
+    def _pages_before_compare(self) -> int | None:
+        """The page count from the first dump's regions, when its reader knows their sizes
+        up front (a raw file, a .vms): what the comparison will find, without comparing."""
+        from ..sources import open_source
+
+        try:
+            src = open_source(self.inputs[0], self.source_format)
+        except Exception:  # the comparison opens it again and reports the problem
+            return None
+        try:
+            if src.format_name == "raw" and src.size_hint is not None:
+                return -(-src.size_hint // self.page_size)
+            if src.format_name == "vms":
+                return sum(-(-r.size // self.page_size) for r in src._snap.regions)
+            return None
+        finally:
+            src.close()
 
     @property
     def n_periods(self) -> int:
