@@ -350,8 +350,10 @@ def analyze() -> None:
               help="Which record (target) of a damo record file to use.")
 @click.option("--damon-min-accesses", default=1, show_default=True, type=int,
               help="nr_accesses (samples) a DAMON region needs to count as accessed.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout (stderr when a file goes to stdout).")
-@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per period on stdout (stderr when a file goes to stdout).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the JSON summary on stdout (stderr when a file goes to stdout).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print one CSV row per period on stdout (stderr when a file goes to stdout).")
 @click.option("-o", "--out", "levels_out", metavar="FILE", help="Write the per-page levels file.")
 @click.option("--heatmap", metavar="PNG", help="Write an address x time heatmap (needs matplotlib).")
 @click.option("--heatmap-bins", default=256, show_default=True, type=click.IntRange(1, 65536),
@@ -417,8 +419,10 @@ def hotcold_cmd(scans, fmt, page_size, n_levels, demote_after, promote_by, damon
 @click.option("--sizes", default=None, help="Report these cache sizes instead: pages, or bytes with K/M/G.")
 @click.option("--target-miss-ratio", type=float, default=None,
               help="Report the memory needed for this miss ratio.")
-@click.option("--json", "as_json", is_flag=True, help="JSON on stdout (stderr with --plot -; schema in the man page).")
-@click.option("--csv", "as_csv", is_flag=True, help="CSV on stdout (stderr with --plot -): one row per curve and cache size.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON on stdout (stderr with --plot -; schema in the man page).")
+@click.option("--csv", "as_csv", is_flag=True,
+              help="CSV on stdout (stderr with --plot -): one row per curve and cache size.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
               help="Write a PNG plot of the curves (needs the 'plot' extra).")
 @_quiet_option(what="No progress counter (the report is still printed).")

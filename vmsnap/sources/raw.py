@@ -68,6 +68,6 @@ def _regular_file_size(fh: BinaryIO) -> int | None:
         fd = fh.fileno()
         at = os.lseek(fd, 0, os.SEEK_CUR)
         size = os.lseek(fd, 0, os.SEEK_END)
-        os.lseek(fd, at, os.SEEK_SET)  # back where it was, not to 0: bytes already read (stdin's sniffed head) stay read
+        os.lseek(fd, at, os.SEEK_SET)  # where it was, not 0: bytes read already (stdin's sniffed head) stay read
         return size - fh.tell()
     return None
