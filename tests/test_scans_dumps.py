@@ -233,3 +233,29 @@ def test_the_page_count_is_known_before_the_dumps_are_compared(tmp_path):
             assert s.n_pages == 50 and s.bytes_read == 0
             assert sum(p.accessed.sum() for p in s.periods()) == acc.sum()
             assert s.n_pages == 50
+
+
+def test_dumps_of_different_sizes_are_a_layout_error_before_any_memory_check(tmp_path):
+    # The page count came from the first dump alone: an 8 TiB first dump beside a 10 MiB one
+    # was "needs 30720 MiB of state" (exit 1), not the mismatch (exit 3).
+    big, small = tmp_path / "big.raw", tmp_path / "small.raw"
+    with open(big, "wb") as fh:
+        fh.truncate(8 << 40)
+    with open(small, "wb") as fh:
+        fh.truncate(10 << 20)
+    with open_scans([str(big), str(small)]) as s:
+        with pytest.raises(InputError, match="does not match"):
+            s.n_pages
+
+
+def test_a_dump_that_grows_after_its_page_count_was_told_is_an_input_error(tmp_path, monkeypatch):
+    # The analysis sizes its state by n_pages before the comparison runs.
+    acc, _ = classic_workload(n_pages=50, periods=2)
+    paths = write_dumps(tmp_path, acc)
+    with open_scans(paths) as s:
+        assert s.n_pages == 50
+        for p in paths:
+            with open(p, "ab") as fh:
+                fh.write(bytes(PS))
+        with pytest.raises(InputError, match="changed size while being analysed .50 pages, then 51."):
+            list(s.periods())

@@ -143,6 +143,7 @@ class DumpScans(ScanSeries):
         self.progress = progress
         self._matrix = None  # (n_periods, n_pages) bool, filled by _compute
         self._formats: list[str] = []  # each input's source format, known once opened
+        self._told_pages: int | None = None  # n_pages as answered before the comparison (0: unknown)
         self._segments: list[Segment] = []
         self.bytes_read = 0
         self.read_path = "read"  # "mmap" when the raw-file fast path ran
@@ -158,6 +159,10 @@ class DumpScans(ScanSeries):
         return total
 
     def _compute(self) -> None:
+        self._compare_all()
+        self._check_told_pages()
+
+    def _compare_all(self) -> None:
         import numpy as np
 
         from ..sources import open_source
@@ -308,29 +313,44 @@ class DumpScans(ScanSeries):
     @property
     def n_pages(self) -> int:
         if self._matrix is None:
-            known = self._pages_before_compare()
-            if known is not None:
-                return known
+            if self._told_pages is None:
+                self._told_pages = self._pages_before_compare()
+            if self._told_pages:
+                return self._told_pages
             self._compute()
         return self._matrix.shape[1]
 
-    def _pages_before_compare(self) -> int | None:
-        """The page count from the first dump's regions, when its reader knows their sizes
-        up front (a raw file, a .vms): what the comparison will find, without comparing."""
+    def _pages_before_compare(self) -> int:
+        """The page count of the dumps' regions when every reader knows them up front (raw
+        files, .vms) and they agree: what the comparison will find, without comparing; 0
+        when it cannot be told (the comparison then finds it, or reports the mismatch)."""
         from ..sources import open_source
 
-        try:
-            src = open_source(self.inputs[0], self.source_format)
-        except Exception:  # the comparison opens it again and reports the problem
-            return None
-        try:
-            if src.format_name == "raw" and src.size_hint is not None:
-                return -(-src.size_hint // self.page_size)
-            if src.format_name == "vms":
-                return sum(-(-r.size // self.page_size) for r in src._snap.regions)
-            return None
-        finally:
-            src.close()
+        layouts = set()
+        for path in self.inputs:
+            try:
+                src = open_source(path, self.source_format)
+            except Exception:  # the comparison opens it again and reports the problem
+                return 0
+            try:
+                if src.format_name == "raw" and src.size_hint is not None:
+                    layouts.add(((src.region_name, 0, src.size_hint),))
+                elif src.format_name == "vms":
+                    layouts.add(tuple((r.name, r.base, r.size) for r in src._snap.regions))
+                else:
+                    return 0
+            finally:
+                src.close()
+        if len(layouts) != 1:
+            return 0
+        return sum(-(-size // self.page_size) for _, _, size in layouts.pop())
+
+    def _check_told_pages(self) -> None:
+        """The dumps must not have changed size since their page count was told (the
+        analysis sized its state by it)."""
+        if self._told_pages and self._matrix.shape[1] != self._told_pages:
+            raise InputError(f"{self.inputs[0]}: changed size while being analysed "
+                             f"({self._told_pages} pages, then {self._matrix.shape[1]})")
 
     @property
     def n_periods(self) -> int:
