@@ -195,10 +195,10 @@ def save(qmp_socket: str, output: str, *, mode: str = "auto", resume: bool = Fal
             raise QemuError("a migration is already running on this guest")
         before = qmp.execute("query-status") or {}
         was_running = bool(before.get("running"))
-        # The output file is made before the guest is touched: a name that cannot be created
-        # must not leave the guest stopped after a migration (QEMU migrates it only once).
         resume_after = resume and was_running
         try:
+            # The output file is made before the guest is touched: a name that cannot be created
+            # must not leave the guest stopped after a migration (QEMU migrates it only once).
             with atomic_output(output) as out:
                 tmpdir = tempfile.mkdtemp(prefix="vmsnap-qemu-")
                 state_file = os.path.join(tmpdir, "device-state")
