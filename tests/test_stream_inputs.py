@@ -1,6 +1,7 @@
 """Inputs that can be read only once (a FIFO, a character device): the bytes read to
 detect the format are not lost, and the input is opened once."""
 
+import json
 import os
 import threading
 
@@ -119,9 +120,41 @@ def test_stdin_is_detected_like_a_fifo(tmp_path, how):
     assert p.returncode == 0, p.stderr
     with api.open_snapshot(str(tmp_path / "from-elf.vms")) as snap:
         assert snap.source.startswith("elf:") and snap.read(0, len(image)) == image
-    p = vmsnap("analyze sharing -", "s.vms")
-    assert (p.returncode, p.stderr) == (3, "vmsnap: error: -: a .vms snapshot cannot be read from stdin "
-                                           "(its index is at the end): name the file\n")
+    p = vmsnap("analyze sharing --json -", "s.vms")
+    if how == "pipe":  # its index is at its end
+        assert (p.returncode, p.stderr) == (3, "vmsnap: error: a snapshot cannot be read from a pipe on stdin "
+                                               "(its index is at the end): name the file, or redirect it with <\n")
+    else:  # a file redirected in is read in place, as the file
+        named = subprocess.run([sys.executable, "-m", "vmsnap.cli", "analyze", "sharing", "--json", "s.vms"],
+                               cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0 and json.loads(p.stdout)["fleet"] == json.loads(named.stdout)["fleet"]
+        assert json.loads(p.stdout)["dumps"][0]["pages"] == json.loads(named.stdout)["dumps"][0]["pages"] == 36
+
+
+def test_a_snapshot_redirected_to_stdin_is_read_in_place(tmp_path):
+    # It was refused like a pipe; a file redirected in can be read where it is.
+    import subprocess
+    import sys
+
+    image = build_image([("random", i) for i in range(30)] + [("zero",)] * 5, tail=b"tail")
+    (tmp_path / "in.raw").write_bytes(image)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+
+    def vmsnap(*args, stdin=None):
+        with open(tmp_path / "s.vms", "rb") if stdin else open(os.devnull, "rb") as fh:
+            return subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], stdin=fh, cwd=tmp_path,
+                                  capture_output=True)
+
+    for command in (["info", "--json"], ["verify", "--json"], ["cat", "--offset", "4090", "--length", "9"]):
+        by_name, redirected = vmsnap(*command, "s.vms"), vmsnap(*command, "-", stdin=True)
+        assert redirected.returncode == 0, redirected.stderr
+        out = redirected.stdout.replace(b'"file": "-"', b'"file": "s.vms"')
+        assert out == by_name.stdout and out, command
+    assert vmsnap("restore", "-", "-o", "out.raw", "-q", stdin=True).returncode == 0
+    assert (tmp_path / "out.raw").read_bytes() == image
+    # Not over itself: the output would replace the snapshot being read.
+    p = vmsnap("restore", "-", "-o", "s.vms", stdin=True)
+    assert p.returncode == 2 and b"is the standard input" in p.stderr
 
 
 def test_a_block_device_on_stdin_is_read_from_where_its_head_was_sniffed(tmp_path, monkeypatch):

@@ -30,6 +30,16 @@ def stdout_binary() -> BinaryIO:
     return sys.stdout.buffer
 
 
+def stdin_in_place(what: str) -> BinaryIO:
+    """Standard input as a file of its own, for a reader that seeks (`what` keeps its index
+    at its end): only when it is redirected from a regular file (`< x.vms`), not a pipe."""
+    fh = stdin_binary()
+    if not is_regular_file(fh):
+        raise InputError(f"{what} cannot be read from a pipe on stdin (its index is at the end): "
+                         "name the file, or redirect it with <")
+    return os.fdopen(os.dup(fh.fileno()), "rb")  # positioned reads: where stdin stands does not matter
+
+
 def is_stream(path: str) -> bool:
     """'-', or a FIFO, socket or character device: what is read from it is gone."""
     if path == "-":

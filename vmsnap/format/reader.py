@@ -28,6 +28,7 @@ from .. import pages as P
 from ..atomic import os_error_message, pwrite_all, temporary_file_error
 from ..errors import (FormatError, InputError, IntegrityError, OutputError, UnsupportedVersionError,
                       open_for_reading)
+from ..streams import stdin_in_place
 from . import structs as S
 from .digests import BlockHasher, block_size_for, region_digest
 
@@ -91,9 +92,7 @@ class Snapshot:
 
     def __init__(self, path: str):
         self.path = path
-        if path == "-":
-            raise InputError("a snapshot cannot be read from stdin (its index is at the end): give its file name")
-        self._fh = open_for_reading(path)
+        self._fh = stdin_in_place("a snapshot") if path == "-" else open_for_reading(path)
         self._index_map: mmap.mmap | None = None  # the index body, when decoded into a file
         self._mapped: list[mmap.mmap] = []  # what _drop_mapped_pages unmaps: that, and plans' arrays
         try:

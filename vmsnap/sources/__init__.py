@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 from ..errors import UsageError
 from ..streams import is_stream
@@ -57,21 +58,26 @@ def _peek(path: str, n: int = 64) -> bytes:
 def _open_stream(path: str, fmt: str) -> Source:
     """Open a FIFO or device once: the bytes read to name its format are read again by its reader."""
     from ..errors import InputError
-    from ..streams import sniff
+    from ..streams import is_regular_file, sniff
     from .raw import open_input
 
     fh = open_input(path)
     try:
         if fmt == "auto":
             try:
-                head, fh = sniff(fh, 64)
+                if is_regular_file(fh):  # stdin redirected from a file: look without moving it
+                    head = os.pread(fh.fileno(), 64, fh.tell())
+                else:
+                    head, fh = sniff(fh, 64)
             except OSError as exc:
                 raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
             fmt = detect_format(head)
-        if fmt == "vms":
-            where = "cannot be read from stdin" if path == "-" else "must be a regular file"
-            raise InputError(f"{path}: a .vms snapshot {where} (its index is at the end): name the file")
         module, cls = FORMATS[fmt]
+        if fmt == "vms":
+            if path != "-":
+                raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end): "
+                                 "name the file")
+            return getattr(importlib.import_module(module), cls)(path)  # reads stdin in place, or refuses a pipe
         source = getattr(importlib.import_module(module), cls)(path, fh=fh)
     except BaseException:
         fh.close()
