@@ -18,10 +18,15 @@ from vmsnap.scans import open_scans
 from vmsnap.scans.damon import write_damo_json
 from vmsnap.scans.series import SeriesWriter
 
-params_st = st.builds(
-    lambda L, n, k: hc.HotColdParams(L, n, k if k is None else min(k, L)),
-    st.integers(2, 8), st.integers(1, 5), st.one_of(st.none(), st.integers(1, 8)),
-)
+def _params(demote_after):
+    return st.builds(
+        lambda L, n, k: hc.HotColdParams(L, n, k if k is None else min(k, L)),
+        st.one_of(st.integers(2, 8), st.integers(240, 250)),  # 250 + promote_by must not wrap the uint8 level
+        demote_after, st.one_of(st.none(), st.integers(1, 8), st.integers(200, 250)))
+
+
+params_st = _params(st.one_of(st.integers(1, 5), st.just(65535)))  # 65535: the uint16 idle count's top
+short_demotion_params_st = _params(st.integers(1, 5))  # for tests that idle a page through k windows
 matrix_st = st.integers(1, 12).flatmap(
     lambda p: st.integers(1, 40).flatmap(lambda n: arrays(bool, (p, n)))
 )
@@ -45,6 +50,22 @@ def test_matches_scalar_reference(acc, params):
 
 
 @settings(max_examples=100, deadline=None)
+@given(acc=matrix_st, params=params_st, chunk=st.integers(1, 9))
+def test_matches_scalar_reference_chunk_by_chunk(acc, params, chunk):
+    # A period is applied a chunk of pages at a time; pages on both sides of a chunk's edge.
+    from unittest import mock
+
+    p = params.checked()
+    with mock.patch.object(hc.LevelMachine, "CHUNK", chunk):
+        m = hc.LevelMachine(acc.shape[1], p)
+        for row in acc:
+            m.step(row)
+        counts = m.counts().tolist()
+    np.testing.assert_array_equal(m.level, expected_levels(acc, p.levels, p.demote_after, p.promote_by))
+    assert counts == np.bincount(m.level, minlength=p.levels + 1).tolist()
+
+
+@settings(max_examples=100, deadline=None)
 @given(periods=st.integers(1, 30), params=params_st)
 def test_page_accessed_every_period_is_hottest(periods, params):
     p = params.checked()
@@ -58,7 +79,7 @@ def test_page_accessed_every_period_is_hottest(periods, params):
 
 
 @settings(max_examples=150, deadline=None)
-@given(acc=matrix_st, params=params_st, k=st.integers(0, 6))
+@given(acc=matrix_st, params=short_demotion_params_st, k=st.integers(0, 6))
 def test_idle_for_k_demotion_windows_bounds_level(acc, params, k):
     """After its last access a page idle for k*demote_after scans is at level <= max(1, L - k)."""
     p = params.checked()
@@ -177,6 +198,38 @@ def test_summary_and_csv_agree(tmp_path):
         assert int(f[3]) == row["wss_bytes"] and int(f[1]) == row["timestamp_ns"]
         assert [int(x) for x in f[4:]] == list(row["classes"].values())
     assert "hot" in hc.text_report(res)
+
+
+@pytest.mark.parametrize("fmt", ["series", "idle"])
+def test_peak_memory_is_the_state_and_one_period(tmp_path, fmt):
+    # Masked updates and a whole-array bincount held 12-14 bytes a page at a period's peak
+    # (1.6 GiB for 128M pages); the state is 3 bytes and a period's flags 1 and 1/8.
+    import tracemalloc
+
+    from vmsnap.scans.idle import write_idle_bitmap
+
+    n = 1 << 21
+    rng = np.random.default_rng(3)
+    rows = [rng.random(n) < 0.3 for _ in range(4)]
+    if fmt == "series":
+        paths = [str(tmp_path / "s.vmscan")]
+        with SeriesWriter(paths[0], PS, n) as w:
+            for row in rows:
+                w.add(row)
+    else:
+        paths = [str(tmp_path / f"idle{i}") for i in range(4)]
+        for path, row in zip(paths, rows):
+            write_idle_bitmap(path, row)
+    with open_scans(paths, fmt) as series:
+        tracemalloc.start()
+        try:
+            res = hc.analyze(series)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert res.accessed == [int(r.sum()) for r in rows]
+    assert peak < 5 * n, peak / n  # "about 5 bytes a page", vmsnap-analyze-hotcold(1)
+    assert peak < hc.STATE_BYTES_PER_PAGE * n  # the up-front memory check counts no less
 
 
 def test_heatmap_is_fraction_accessed_per_bin(tmp_path):

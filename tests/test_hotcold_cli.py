@@ -201,7 +201,7 @@ def test_a_damon_region_spanning_an_address_space_is_refused_up_front(tmp_path):
     write_damo_json(str(path), [(0, 10, [(0, 1 << 60, 3)]), (10, 20, [(0, 1 << 60, 0)])])
     r = run(path, "-q")
     assert r.exit_code == 1 and r.output.count("\n") == 1
-    assert f"{2**48} pages to classify need {2**48 * 14 >> 20} MiB of state (14 bytes a page)" in r.output
+    assert f"{2**48} pages to classify need {2**48 * 5 >> 20} MiB of state (5 bytes a page)" in r.output
     assert "more than this machine's" in r.output
 
 

@@ -72,7 +72,14 @@ def level_names(levels: int) -> list[str]:
 
 
 class LevelMachine:
-    """The per-page state machine, vectorised over all pages of a series."""
+    """The per-page state machine, vectorised over all pages of a series.
+
+    Each period is applied a chunk of pages at a time with branch-free uint8/uint16
+    arithmetic into small scratch arrays: its memory is the state (3 bytes a page)
+    and a chunk, and masked assignments (`lv[acc] = ...`) were 17x slower.
+    """
+
+    CHUNK = 1 << 16  # pages: the scratch arrays stay in the CPU's cache
 
     def __init__(self, n_pages: int, params: HotColdParams):
         import numpy as np
@@ -80,29 +87,49 @@ class LevelMachine:
         self.p = params.checked()
         self.level = np.zeros(n_pages, dtype=np.uint8)
         self.idle = np.zeros(n_pages, dtype=np.uint16)
+        c = min(self.CHUNK, max(1, n_pages))
+        self._promoted, self._due, self._drop, self._quiet = (np.empty(c, dtype=np.uint8), np.empty(c, dtype=bool),
+                                                              np.empty(c, dtype=bool), np.empty(c, dtype=bool))
 
     def step(self, accessed) -> None:
         import numpy as np
 
-        L, k, n = self.p.levels, self.p.promote_by, self.p.demote_after
         acc = np.asarray(accessed, dtype=bool)
         if acc.shape != self.level.shape:
             raise FormatError(f"a period covers {acc.size} pages, the series {self.level.size}")
-        lv, idle = self.level, self.idle
-        if k >= L:
-            lv[acc] = L
-        else:
-            lv[acc] = np.minimum(lv[acc].astype(np.uint16) + k, L).astype(np.uint8)
+        for start in range(0, acc.size, self.CHUNK):
+            end = start + self.CHUNK
+            self._step_chunk(self.level[start:end], self.idle[start:end], acc[start:end])
+
+    def _step_chunk(self, lv, idle, acc) -> None:
+        import numpy as np
+
+        L, k, n = self.p.levels, self.p.promote_by, self.p.demote_after
+        m = lv.size
+        promoted, due, drop, quiet = self._promoted[:m], self._due[:m], self._drop[:m], self._quiet[:m]
+        np.minimum(lv, L - k, out=promoted)
+        promoted += k  # min(L, level + k), never above 250: no uint8 overflow
+        np.logical_not(acc, out=quiet)
         idle += 1
-        idle[acc] = 0
-        due = idle >= n
-        lv[due & (lv > 1)] -= 1
-        idle[due] = 0
+        idle *= quiet  # accessed: idle 0, so an accessed page is never due below
+        np.greater_equal(idle, n, out=due)
+        np.greater(lv, 1, out=drop)
+        drop &= due
+        lv -= drop.view(np.uint8)
+        np.logical_not(due, out=due)
+        idle *= due  # due: idle 0
+        promoted -= lv  # accessed: level = promoted, as level + acc * (promoted - level) mod 256
+        promoted *= acc
+        lv += promoted
 
     def counts(self):
         import numpy as np
 
-        return np.bincount(self.level, minlength=self.p.levels + 1)
+        # A chunk at a time: bincount widens its input to 8 bytes a page.
+        total = np.zeros(self.p.levels + 1, dtype=np.int64)
+        for start in range(0, self.level.size, self.CHUNK):
+            total += np.bincount(self.level[start:start + self.CHUNK], minlength=self.p.levels + 1)
+        return total
 
 
 @dataclass
@@ -155,6 +182,7 @@ def analyze(series: ScanSeries, params: HotColdParams = HotColdParams(),
             cols.append(np.add.reduceat(acc, edges, dtype=np.int64))
         if on_period is not None:
             on_period(period.index)
+        del period, acc  # the next period's bitmap is unpacked before the loop would drop this one
     if not res.accessed:
         raise FormatError(f"{', '.join(series.inputs)}: the series holds no scan periods")
     res.levels = machine.level
@@ -407,10 +435,11 @@ def _save(fig, plt, path, atomic_output) -> None:
 
 # ---------------------------------------------------------------- one call for the CLI
 
-# Peak bytes a page: the level (1) and idle scans (2) kept, and one period's accessed flags and
-# temporary masks (measured: 13.6 bytes a page over 64M pages of idle bitmaps). Dumps also keep
-# their access matrix: one byte a page per period.
-STATE_BYTES_PER_PAGE = 14
+# Peak bytes a page: the level (1) and idle scans (2) kept, one period's accessed flags (1) and
+# its packed bitmap (1/8). Measured with the interpreter: 4.0 bytes a page over 64M pages of idle
+# bitmaps, 4.4 over 128M pages of a scan series. Dumps also keep their access matrix: one byte a
+# page per period.
+STATE_BYTES_PER_PAGE = 5
 
 
 def _check_memory(series: ScanSeries, paths: Sequence[str]) -> None:

@@ -209,6 +209,7 @@ class DamonScans(ScanSeries):
                     d = self._dense(a)
                     acc[d : d + (b - a)] = True
             yield Period(i, end_time, acc)
+            del acc  # one period in memory at a time: the next is made before the loop would drop it
 
 
 def write_damo_json(path: str, snapshots, target_id: int = 0, compressed: bool = False) -> None:

@@ -101,8 +101,11 @@ class IdleBitmapScans(ScanSeries):
                     f"{f}: offset {min(len(data), nbytes)}: size changed while reading "
                     f"(expected {nbytes} bytes)"
                 )
-            idle = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-            yield Period(i, mtime, idle == 0)
+            accessed = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little").view(bool)
+            del data
+            np.logical_not(accessed, out=accessed)  # a set idle bit: not accessed
+            yield Period(i, mtime, accessed)
+            del accessed  # one period in memory at a time: the next is made before the loop would drop it
 
 
 def write_idle_bitmap(path: str, accessed) -> None:

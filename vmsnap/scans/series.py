@@ -185,6 +185,7 @@ class SeriesScans(ScanSeries):
             running.append(digest)
             ts = None if ph.timestamp_ns == S.UNKNOWN_TIME else ph.timestamp_ns
             yield Period(index, ts, accessed)
+            del accessed, bitmap  # one period in memory at a time: the next is read before the loop would drop it
             index += 1
             offset += S.period_size(self._n_pages)
 
