@@ -25,6 +25,8 @@ ORDER = [
     ("sharing.md", "Sharing analysis (issue 4)", "bench/bench_sharing.py"),
     ("mrc.md", "Miss-ratio curves vs libCacheSim (issue 5)", "bench/bench_mrc.py"),
     ("hotcold.md", "Hot/cold classes (issue 5)", "bench/bench_hotcold.py"),
+    ("hotcold-state.md", "Hot/cold state machine on long scan series (issue 5)",
+     "bench/hotcold_state.py --runs 3 --checkout DIR"),
 ]
 
 
