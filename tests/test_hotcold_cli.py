@@ -205,6 +205,17 @@ def test_a_damon_region_spanning_an_address_space_is_refused_up_front(tmp_path):
     assert "more than this machine's" in r.output
 
 
+def test_the_memory_check_counts_the_dumps_access_matrix(dumps, monkeypatch):
+    # 25 pages, 5 periods: 5 bytes a page of state and 5 of the dumps' matrix. A machine of
+    # 9 bytes a page holds the state alone, not both.
+    paths, _, _ = dumps
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 25 * 9 if name == "SC_PHYS_PAGES" else
+                        1 if name == "SC_PAGE_SIZE" else real(name))
+    r = run(*paths, "-q")
+    assert r.exit_code == 1 and "25 pages to classify need 0 MiB of state (10 bytes a page)" in r.output, r.output
+
+
 def test_a_file_on_stdout_keeps_it_and_the_report_goes_to_stderr(dumps, tmp_path):
     # `-o - --json` once wrote the levels file and then the JSON into the same stdout.
     import subprocess

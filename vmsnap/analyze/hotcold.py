@@ -437,8 +437,8 @@ def _save(fig, plt, path, atomic_output) -> None:
 
 # Peak bytes a page: the level (1) and idle scans (2) kept, one period's accessed flags (1) and
 # its packed bitmap (1/8). Measured with the interpreter: 4.0 bytes a page over 64M pages of idle
-# bitmaps, 4.4 over 128M pages of a scan series. Dumps also keep their access matrix: one byte a
-# page per period.
+# bitmaps, 4.4 over 128M pages of a scan series. A reader may hold more (held_bytes_per_page):
+# dumps keep their access matrix, one byte a page per period.
 STATE_BYTES_PER_PAGE = 5
 
 
@@ -447,7 +447,7 @@ def _check_memory(series: ScanSeries, paths: Sequence[str]) -> None:
     spanning an address space, a forged page count), instead of "out of memory" later."""
     import os
 
-    per_page = STATE_BYTES_PER_PAGE + (series.n_periods if series.format_name == "dumps" else 0)
+    per_page = STATE_BYTES_PER_PAGE + series.held_bytes_per_page
     need = series.n_pages * per_page
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -57,6 +57,12 @@ class ScanSeries(abc.ABC):
         """Number of periods, when known before iterating (progress bars)."""
         return None
 
+    @property
+    def held_bytes_per_page(self) -> int:
+        """Bytes a page that the reader itself keeps while the periods are read (the
+        memory check adds them to the analysis's own state)."""
+        return 0
+
     @abc.abstractmethod
     def periods(self) -> Iterator[Period]:
         """Yield the periods in time order."""

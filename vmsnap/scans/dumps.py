@@ -357,6 +357,10 @@ class DumpScans(ScanSeries):
         return len(self.inputs) - 1
 
     @property
+    def held_bytes_per_page(self) -> int:
+        return self.n_periods  # the access matrix: a byte a page per period
+
+    @property
     def segments(self) -> list[Segment]:
         if self._matrix is None:
             self._compute()
