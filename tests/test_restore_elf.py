@@ -154,3 +154,22 @@ def _digest(chunks):
         h.update(c)
     return h.hexdigest()
 
+
+
+def test_a_region_past_the_largest_file_offset_is_refused_flat_and_restored_otherwise(tmp_path):
+    # A core with a segment at 2**63 saved fine, and its flat restore was an OverflowError
+    # traceback from the writer thread.
+    from source_builders import build_elf
+
+    data = os.urandom(4096)
+    (tmp_path / "high.core").write_bytes(build_elf([(1 << 63, data, None)])[0])
+    snap = str(tmp_path / "high.vms")
+    api.save(str(tmp_path / "high.core"), snap)
+    result = CliRunner().invoke(main, ["restore", snap, "-o", str(tmp_path / "flat.raw")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "ends past the largest offset a file can have" in result.output
+    assert not (tmp_path / "flat.raw").exists()
+    api.restore(snap, str(tmp_path / "one.raw"), region="load0")
+    assert (tmp_path / "one.raw").read_bytes() == data
+    api.restore(snap, str(tmp_path / "all.elf"), format="elf")
+    assert read_elf(str(tmp_path / "all.elf")) == [(1 << 63, 4096, data)]

@@ -132,6 +132,7 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
             placement = {r.name: (r.base if region is None else 0) for r in regions}
             _check_overlap(regions, path)
             total = max((placement[r.name] + r.size for r in regions), default=0)
+            _check_fits_a_file(regions, placement, path)
         with progress_bar(sum(r.size for r in regions), "restore", progress) as update:
             with atomic_output(output, source=path) as out:
                 positioned = output != "-" and is_regular_file(out)
@@ -149,6 +150,17 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
         return {"file": path, "output": output, "format": format, "bytes": total,
                 "regions": [r.name for r in regions], "sparse": sink.sparse,
                 "image_digest": snap.image_digest.hex()}
+
+
+MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: no file, pipe position or pwrite reaches past it
+
+
+def _check_fits_a_file(regions: list[RegionInfo], placement: dict[str, int], path: str) -> None:
+    """A flat image whose region lies past the largest file offset cannot be written."""
+    for r in regions:
+        if placement[r.name] + r.size > MAX_FILE_OFFSET:
+            raise UsageError(f"{path}: region {r.name!r} at {r.base:#x} ends past the largest offset a file can "
+                             "have; restore it with --region, or the whole image with --format elf")
 
 
 def _check_overlap(regions: list[RegionInfo], path: str) -> None:
