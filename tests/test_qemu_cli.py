@@ -313,6 +313,21 @@ def test_stream_mode_round_trip(tmp_path, qmp_dir):
         assert data[:src.ram_setup_end_offset] == original[:src.ram_setup_end_offset]
     streamed = CliRunner().invoke(main, ["qemu", "device-state", str(snap)])
     assert streamed.exit_code == 0 and streamed.stdout_bytes == data
+    # From stdin there is no name to put the stream beside: it was written to ./-.mig.
+    import subprocess
+    import sys
+
+    def from_stdin(*args):
+        with open(snap, "rb") as fh:
+            return subprocess.run([sys.executable, "-m", "vmsnap.cli", "qemu", "restore", "-", *args], stdin=fh,
+                                  cwd=tmp_path, capture_output=True, text=True)
+
+    p = from_stdin()
+    assert p.returncode == UsageError.exit_code and "give --state-path" in p.stderr, p.stderr
+    assert not (tmp_path / "-.mig").exists()
+    p = from_stdin("--state-path", "in.mig")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "in.mig").read_bytes() == data
 
 
 @pytest.mark.parametrize("size", ["2K", "0", "2G"])

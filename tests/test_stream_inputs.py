@@ -122,8 +122,9 @@ def test_stdin_is_detected_like_a_fifo(tmp_path, how):
         assert snap.source.startswith("elf:") and snap.read(0, len(image)) == image
     p = vmsnap("analyze sharing --json -", "s.vms")
     if how == "pipe":  # its index is at its end
-        assert (p.returncode, p.stderr) == (3, "vmsnap: error: a snapshot cannot be read from a pipe on stdin "
-                                               "(its index is at the end): name the file, or redirect it with <\n")
+        assert (p.returncode, p.stderr) == (3, "vmsnap: error: standard input is not a regular file, and a "
+                                               "snapshot keeps its index at its end: name the file, or redirect "
+                                               "stdin from it with <\n")
     else:  # a file redirected in is read in place, as the file
         named = subprocess.run([sys.executable, "-m", "vmsnap.cli", "analyze", "sharing", "--json", "s.vms"],
                                cwd=tmp_path, capture_output=True, text=True)
@@ -180,3 +181,63 @@ def test_a_block_device_on_stdin_is_read_from_where_its_head_was_sniffed(tmp_pat
         source = raw.RawSource("-", fh=sniffed)
         assert source.size_hint == len(image) - PS
         assert regions_of(source) == [("ram", 0, image[PS:])]
+
+
+def _vmsnap_on_stdin(tmp_path, path, at, *args):
+    """`vmsnap ARGS` with stdin redirected from `path`, `at` bytes of it already read."""
+    import subprocess
+    import sys
+
+    with open(path, "rb") as fh:
+        fh.seek(at)
+        return subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], stdin=fh, cwd=tmp_path,
+                              capture_output=True, text=True)
+
+
+def _image(snap):
+    with api.open_snapshot(str(snap)) as s:
+        return {r.name: (r.base, s.read(0, r.size, r.name)) for r in s.regions}
+
+
+def test_stdin_is_read_from_where_it_stands_even_by_readers_that_seek(tmp_path):
+    # Stdin redirected from a file was handed to the ELF and LiME readers as a seekable file:
+    # they sought to offsets counted from the file's start, not from where stdin stood. The
+    # second of two LiME dumps was saved as the first, with exit 0.
+    from source_builders import build_elf, build_lime
+
+    a, _ = build_lime([(0, b"A" * 8 * 4096), (1 << 20, b"a" * 4 * 4096)])
+    b, _ = build_lime([(0, b"B" * 8 * 4096), (1 << 20, b"b" * 4 * 4096)])
+    (tmp_path / "ab.lime").write_bytes(a + b)
+    (tmp_path / "b.lime").write_bytes(b)
+    core, _, _ = build_elf([(0, os.urandom(8 * 4096), None), (1 << 20, os.urandom(4 * 4096), None)])
+    (tmp_path / "x.elf").write_bytes(b"#a line before it\n" + core)
+    (tmp_path / "core.elf").write_bytes(core)
+    for path, at, alone in (("ab.lime", len(a), "b.lime"), ("x.elf", 18, "core.elf"), ("core.elf", 0, "core.elf")):
+        p = _vmsnap_on_stdin(tmp_path, tmp_path / path, at, "save", "-", "-o", "in.vms", "-q")
+        assert p.returncode == 0, p.stderr
+        api.save(str(tmp_path / alone), str(tmp_path / "named.vms"))
+        assert _image(tmp_path / "in.vms") == _image(tmp_path / "named.vms"), path
+
+
+def test_a_snapshot_on_stdin_must_be_the_whole_file_and_readable(tmp_path):
+    image = build_image([("random", i) for i in range(8)])
+    (tmp_path / "in.raw").write_bytes(image)
+    api.save(str(tmp_path / "in.raw"), str(tmp_path / "s.vms"))
+    (tmp_path / "two.vms").write_bytes((tmp_path / "s.vms").read_bytes() * 2)
+    # The second snapshot of two: the index at the file's end would be read as the first's.
+    p = _vmsnap_on_stdin(tmp_path, tmp_path / "two.vms", (tmp_path / "s.vms").stat().st_size, "info", "-")
+    assert (p.returncode, p.stderr) == (3, "vmsnap: error: standard input is not at the start of its file, "
+                                           "where a snapshot must begin: name the file\n")
+    p = _vmsnap_on_stdin(tmp_path, tmp_path / "two.vms", 0, "verify", "-")
+    assert p.returncode == 90 and "trailer" in p.stderr  # read as the file: its end is not the first one's
+    # Stdin opened for writing only (`0>>s.vms`): a traceback (EBADF) before.
+    import subprocess
+    import sys
+
+    with open(tmp_path / "s.vms", "ab") as fh:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", "info", "-"], stdin=fh, capture_output=True, text=True)
+    assert (p.returncode, p.stderr) == (3, "vmsnap: error: standard input is not open for reading\n")
+    p = _vmsnap_on_stdin(tmp_path, tmp_path / "s.vms", 0, "save", "-", "-o", "again.vms", "-q")
+    assert p.returncode == 0, p.stderr
+    with api.open_snapshot(str(tmp_path / "again.vms")) as snap:
+        assert snap.source == "vms:stdin" and snap.read(0, len(image)) == image

@@ -7,6 +7,7 @@ the bytes it read to the input's reader again.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import stat
@@ -20,7 +21,7 @@ def stdin_binary() -> BinaryIO:
     """Standard input for binary reads; a process started with it closed (`<&-`) has none."""
     if sys.stdin is None:
         raise InputError("standard input is closed")
-    return sys.stdin.buffer
+    return getattr(sys.stdin, "buffer", sys.stdin)  # a caller of the API may have replaced it
 
 
 def stdout_binary() -> BinaryIO:
@@ -32,12 +33,25 @@ def stdout_binary() -> BinaryIO:
 
 def stdin_in_place(what: str) -> BinaryIO:
     """Standard input as a file of its own, for a reader that seeks (`what` keeps its index
-    at its end): only when it is redirected from a regular file (`< x.vms`), not a pipe."""
+    at its end): only when it is redirected from a whole regular file (`< x.vms`)."""
     fh = stdin_binary()
     if not is_regular_file(fh):
-        raise InputError(f"{what} cannot be read from a pipe on stdin (its index is at the end): "
-                         "name the file, or redirect it with <")
-    return os.fdopen(os.dup(fh.fileno()), "rb")  # positioned reads: where stdin stands does not matter
+        raise InputError(f"standard input is not a regular file, and {what} keeps its index at its end: "
+                         "name the file, or redirect stdin from it with <")
+    if fcntl.fcntl(fh.fileno(), fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:  # `0>>x.vms`
+        raise InputError("standard input is not open for reading")
+    if not is_whole_file(fh):
+        raise InputError(f"standard input is not at the start of its file, where {what} must begin: name the file")
+    return os.fdopen(os.dup(fh.fileno()), "rb")  # positioned reads, from the file's start
+
+
+def is_whole_file(fh: BinaryIO) -> bool:
+    """Whether fh is a regular file read from its start (stdin redirected from a file,
+    nothing of it read yet): a reader may then seek in it as in the file."""
+    try:
+        return is_regular_file(fh) and os.lseek(fh.fileno(), 0, os.SEEK_CUR) == 0 and fh.tell() == 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def is_stream(path: str) -> bool:

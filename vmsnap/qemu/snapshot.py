@@ -433,6 +433,9 @@ def restore(snapshot: str, mem_paths=None, *, state_path: str | None = None, spa
             if mem_paths:
                 raise UsageError(f"{snapshot}: the guest was not file-backed, its RAM goes back through the "
                                  "migration stream: no --mem-path")
+            if not state_path and snapshot == "-":
+                raise UsageError("the snapshot comes from stdin: there is no name to put its migration stream "
+                                 "beside; give --state-path")
             state_path = state_path or (snapshot[:-4] if snapshot.endswith(".vms") else snapshot) + ".mig"
             with atomic_output(state_path, source=snapshot) as out:
                 written = write_stream(snap, meta, out)

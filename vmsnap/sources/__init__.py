@@ -56,28 +56,29 @@ def _peek(path: str, n: int = 64) -> bytes:
 
 
 def _open_stream(path: str, fmt: str) -> Source:
-    """Open a FIFO or device once: the bytes read to name its format are read again by its reader."""
+    """Open stdin, a FIFO or a device once: the bytes read to name its format are read again
+    by its reader. Stdin redirected from a whole file (`< x`) is read as that file."""
     from ..errors import InputError
-    from ..streams import is_regular_file, sniff
+    from ..streams import is_whole_file, sniff
     from .raw import open_input
 
     fh = open_input(path)
     try:
+        try:
+            if path == "-" and is_whole_file(fh):  # look without moving it; readers may seek in it
+                head = os.pread(fh.fileno(), 64, 0)
+            else:  # read from where it stands, as a stream, even when it is a file: no reader seeks in it
+                head, fh = sniff(fh, 64 if fmt == "auto" else 0)
+        except OSError as exc:
+            raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
         if fmt == "auto":
-            try:
-                if is_regular_file(fh):  # stdin redirected from a file: look without moving it
-                    head = os.pread(fh.fileno(), 64, fh.tell())
-                else:
-                    head, fh = sniff(fh, 64)
-            except OSError as exc:
-                raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
             fmt = detect_format(head)
         module, cls = FORMATS[fmt]
         if fmt == "vms":
             if path != "-":
                 raise InputError(f"{path}: a .vms snapshot must be a regular file (its index is at the end): "
                                  "name the file")
-            return getattr(importlib.import_module(module), cls)(path)  # reads stdin in place, or refuses a pipe
+            return getattr(importlib.import_module(module), cls)(path)  # reads stdin in place, or refuses
         source = getattr(importlib.import_module(module), cls)(path, fh=fh)
     except BaseException:
         fh.close()

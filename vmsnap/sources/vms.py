@@ -26,7 +26,7 @@ class VmsSource(Source):
         self.path = path
         self.jobs = max(1, jobs)
         self._snap = Snapshot(path)
-        super().__init__(f"vms:{os.path.basename(path)}")
+        super().__init__(f"vms:{'stdin' if path == '-' else os.path.basename(path)}")
 
     @property
     def page_size(self) -> int:
