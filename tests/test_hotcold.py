@@ -65,6 +65,17 @@ def test_matches_scalar_reference_chunk_by_chunk(acc, params, chunk):
     assert counts == np.bincount(m.level, minlength=p.levels + 1).tolist()
 
 
+def test_the_idle_count_reaches_demote_after_65535():
+    # Hypothesis's few periods never bring the idle count near its uint16 top.
+    m = hc.LevelMachine(3, hc.HotColdParams(levels=4, demote_after=65535))
+    m.level[:] = [4, 1, 2]
+    m.idle[:] = 65533
+    m.step(np.array([False, False, True]))
+    assert m.level.tolist() == [4, 1, 4] and m.idle.tolist() == [65534, 65534, 0]
+    m.step(np.zeros(3, dtype=bool))  # the 65535th idle scan costs a level, and the count starts again
+    assert m.level.tolist() == [3, 1, 4] and m.idle.tolist() == [0, 0, 1]
+
+
 @settings(max_examples=100, deadline=None)
 @given(periods=st.integers(1, 30), params=params_st)
 def test_page_accessed_every_period_is_hottest(periods, params):
@@ -200,8 +211,9 @@ def test_summary_and_csv_agree(tmp_path):
     assert "hot" in hc.text_report(res)
 
 
-@pytest.mark.parametrize("fmt", ["series", "idle"])
-def test_peak_memory_is_the_state_and_one_period(tmp_path, fmt):
+@pytest.mark.parametrize("fmt,extra", [("series", None), ("idle", None), ("series", "heatmap"),
+                                       ("idle", "save_series")])
+def test_peak_memory_is_the_state_and_one_period(tmp_path, fmt, extra):
     # Masked updates and a whole-array bincount held 12-14 bytes a page at a period's peak
     # (1.6 GiB for 128M pages); the state is 3 bytes and a period's flags 1 and 1/8.
     import tracemalloc
@@ -220,16 +232,28 @@ def test_peak_memory_is_the_state_and_one_period(tmp_path, fmt):
         paths = [str(tmp_path / f"idle{i}") for i in range(4)]
         for path, row in zip(paths, rows):
             write_idle_bitmap(path, row)
-    with open_scans(paths, fmt) as series:
-        tracemalloc.start()
-        try:
-            res = hc.analyze(series)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+    with open_scans(paths, fmt) as series:  # imports done outside the measure
+        series.n_pages
+    tracemalloc.start()
+    try:
+        if extra == "save_series":  # the periods pass through a writer first
+            res = hc.hotcold(paths, fmt, series_out=str(tmp_path / "copy.vmscan"), progress=False)
+        else:
+            with open_scans(paths, fmt) as series:
+                res = hc.analyze(series, heatmap_bins=256 if extra == "heatmap" else None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert res.accessed == [int(r.sum()) for r in rows]
     assert peak < 5 * n, peak / n  # "about 5 bytes a page", vmsnap-analyze-hotcold(1)
     assert peak < hc.STATE_BYTES_PER_PAGE * n  # the up-front memory check counts no less
+
+
+@settings(max_examples=200, deadline=None)
+@given(acc=arrays(bool, st.integers(1, 300)), bins=st.integers(1, 300), chunk=st.integers(1, 70))
+def test_accessed_per_bin_chunk_by_chunk_is_reduceat(acc, bins, chunk):
+    edges = (np.arange(min(bins, acc.size), dtype=np.int64) * acc.size) // min(bins, acc.size)
+    assert hc.accessed_per_bin(acc, edges, chunk).tolist() == np.add.reduceat(acc, edges, dtype=np.int64).tolist()
 
 
 def test_heatmap_is_fraction_accessed_per_bin(tmp_path):
