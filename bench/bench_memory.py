@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     name = "memory.md" if args.layout == "genimage" else f"memory-{args.layout}.md"
     args.md = args.md or os.path.join(ROOT, "bench", "results", name)
     rows = []
+    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)  # gitignored: absent in a fresh clone
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "bench", "out")) as tmp:
         snap = os.path.join(tmp, "s.vms")
         for size in sizes:

@@ -44,14 +44,14 @@ def make_inputs(workdir: str) -> dict[str, list[str]]:
             f"idle-page bitmaps, {IDLE_PAGES >> 20}M pages": ["--format", "idle", *idle]}
 
 
-def timed(args: list[str], cwd: str) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of `vmsnap analyze hotcold ARGS --json` run from `cwd`."""
+def timed(args: list[str], cwd: str) -> tuple[float, int, str]:
+    """(wall seconds, peak RSS in KiB, the JSON) of `vmsnap analyze hotcold ARGS --json` run from `cwd`."""
     cmd = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "vmsnap.cli", "analyze", "hotcold", *args, "--json"]
-    done = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"bench: {' '.join(cmd)} failed: {done.stderr.strip()[-400:]}")
     wall, rss = done.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss)
+    return float(wall), int(rss), done.stdout
 
 
 def main(argv=None) -> int:
@@ -72,18 +72,22 @@ def main(argv=None) -> int:
              + ", ".join(f"{k} = commit {c}" for k, c in commits.items())
              + f". Medians of {args.runs} alternating runs, whole CLI in a new process; peak RSS from GNU time.", "",
              "| input | code | wall s, median (min-max) | peak RSS MiB | bytes a page |", "|---|---|---|---|---|"]
+    os.makedirs(os.path.join(ROOT, "bench", "out"), exist_ok=True)  # gitignored: absent in a fresh clone
+    same_json = True
     with tempfile.TemporaryDirectory(dir=os.path.join(ROOT, "bench", "out")) as workdir:
         inputs = make_inputs(workdir)
         for name, hc_args in inputs.items():
             pages = SERIES_PAGES if "series" in name else IDLE_PAGES
-            runs: dict[str, list[tuple[float, int]]] = {k: [] for k in checkouts}
+            runs: dict[str, list[tuple[float, int, str]]] = {k: [] for k in checkouts}
             for _ in range(args.runs):
                 for k, d in checkouts.items():
                     runs[k].append(timed(hc_args, d))
+            same_json &= len({out for k in checkouts for _, _, out in runs[k]}) == 1
             for k in checkouts:
-                walls, rss = [w for w, _ in runs[k]], max(r for _, r in runs[k])
+                walls, rss = [w for w, _, _ in runs[k]], max(r for _, r, _ in runs[k])
                 lines.append(f"| {name} | {k} ({commits[k]}) | {statistics.median(walls):.2f} "
                              f"({min(walls):.2f}-{max(walls):.2f}) | {rss >> 10} | {rss * 1024 / pages:.1f} |")
+    lines += ["", f"Every run printed the same JSON: {'yes' if same_json else 'NO'}."]
     publish("\n".join(lines) + "\n", args.md)
     return 0
 
