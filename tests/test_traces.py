@@ -161,6 +161,11 @@ def test_csv_errors(tmp_path):
     q.write_text("1,2\n3\n")
     with pytest.raises(FormatError, match="line 2: only 1 fields"):
         pages_of(q, column=2)
+    # A field over the csv module's 128 KiB limit was its own error, a traceback.
+    r = tmp_path / "big.csv"
+    r.write_text("1,2\n3," + "9" * 200_000 + "\n")
+    with pytest.raises(FormatError, match="line 2: field larger than field limit"):
+        pages_of(r, column=1)
 
 
 # ---------------------------------------------------------------- binary formats

@@ -48,7 +48,7 @@ def read(
         vals = []
         tvals = []
         line_no = first_line
-        for row in reader:
+        for row in _rows(reader, name, first_line):
             cur = line_no
             line_no = first_line + reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
@@ -84,6 +84,14 @@ def read(
             yield out, np.array(tvals, dtype=np.int64)
         else:
             yield out
+
+
+def _rows(reader, name: str, first_line: int) -> Iterator[list[str]]:
+    """The reader's rows; its own errors (a field over csv's 128 KiB limit) as one line."""
+    try:
+        yield from reader
+    except _csv.Error as exc:
+        raise FormatError(f"{name}: line {first_line + reader.line_num - 1}: {exc}") from None
 
 
 def _index(column) -> int | None:
