@@ -66,6 +66,18 @@ def test_pn_xnum_count_from_section_header(tmp_path):
     assert [d for _, d in got] == [d for _, d, _ in segs]
 
 
+@pytest.mark.parametrize("shoff", [1 << 40, 1 << 63, (1 << 64) - 1])
+def test_a_section_header_offset_past_the_file_is_truncation(tmp_path, shoff):
+    # Past off_t (2**63) the seek itself failed: a ValueError traceback (found by fuzzing).
+    import struct
+
+    data = bytearray(build_elf([(0, b"x" * 17, None)], xnum=True)[0])
+    struct.pack_into("<Q", data, 0x28, shoff)  # e_shoff
+    with pytest.raises(InputError, match=f"truncated at offset {shoff}: section header 0"):
+        with ElfSource(write(tmp_path, bytes(data))) as src:
+            read_all(src)
+
+
 def test_pipe_reads_segments_in_file_order():
     segs = [(0x1000, b"one" * 1000, None), (0x5000, b"two" * 5, None)]
     data, _, _ = build_elf(segs, gap=b"..")

@@ -129,22 +129,25 @@ class Cursor:
                     f"{self.name}: {what} at offset {offset} is behind the read position "
                     f"{self.offset}; this input must be a seekable file, not a pipe"
                 )
-            self._seek(offset)
+            self._seek(offset, what)
             return
         ahead = offset - self.offset
         if ahead <= len(self._buf) - self._pos:
             self._pos += ahead
             return
         if self.seekable:
-            self._seek(offset)
+            self._seek(offset, what)
             return
         while self.offset < offset:
             step = min(self.chunk, offset - self.offset)
             self.read(step, what)
 
-    def _seek(self, offset: int) -> None:
+    def _seek(self, offset: int, what: str) -> None:
         try:
             self.fh.seek(offset)
+        except (OverflowError, ValueError):  # past off_t: no file holds it, as a forged header may claim
+            raise InputError(f"{self.name}: truncated at offset {offset}: {what} lies past the largest file "
+                             "offset") from None
         except OSError as exc:
             raise InputError(f"{self.name}: cannot seek to {offset}: {exc}") from exc
         self._buf = b""
