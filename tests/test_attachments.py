@@ -106,6 +106,27 @@ def test_corrupted_attachment_frame_is_an_integrity_error(tmp_path):
         api.verify(str(path))
 
 
+def test_a_snapshot_saved_again_keeps_its_attachments_and_refuses_damaged_ones(tmp_path):
+    # `vmsnap save g.vms -o g2.vms` dropped them: a QEMU snapshot saved again at another
+    # level lost its device state, silently.
+    path = tmp_path / "a.vms"
+    write(path, names=("device-state", "meta"))
+    summary = api.save(str(path), str(tmp_path / "again.vms"), level=9)
+    assert summary["attachments"] == 2
+    with Snapshot(str(tmp_path / "again.vms")) as snap:
+        assert list(snap.attachments) == ["device-state", "meta"]
+        assert all(b"".join(snap.read_attachment(n)) == STATE for n in snap.attachments)
+        assert snap.read(0, len(DATA)) == DATA
+    with Snapshot(str(path)) as snap:
+        off = int(snap.attachment("meta").frames["offset"][1])
+    blob = bytearray(path.read_bytes())
+    blob[off + 20] ^= 0x40
+    path.write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="frame at offset .* failed its digest"):
+        api.save(str(path), str(tmp_path / "copy.vms"))
+    assert not (tmp_path / "copy.vms").exists()
+
+
 def test_attachment_needs_the_option_and_unique_names(tmp_path):
     with open(tmp_path / "x.vms", "wb") as out:
         w = SnapshotWriter(out)

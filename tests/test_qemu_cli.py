@@ -328,6 +328,10 @@ def test_stream_mode_round_trip(tmp_path, qmp_dir):
     p = from_stdin("--state-path", "in.mig")
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "in.mig").read_bytes() == data
+    # Saved again (another level), it is still a QEMU snapshot: it lost its device state once.
+    assert run("save", str(snap), "-o", str(tmp_path / "again.vms"), "--level", "9").exit_code == 0
+    assert run("qemu", "restore", str(tmp_path / "again.vms")).exit_code == 0
+    assert (tmp_path / "again.mig").read_bytes() == data
 
 
 @pytest.mark.parametrize("size", ["2K", "0", "2G"])

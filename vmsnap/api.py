@@ -32,12 +32,16 @@ def save(input: str, output: str, *, format: str = "auto", page_size: int | str 
     slice_window = parse_size(slice_window, "slice_window")
 
     with open_source(input, format) as source:
+        attachments = source.attachments()  # a .vms saved again keeps its QEMU device state
         with progress_bar(source.size_hint, "save", progress) as update:
             with atomic_output(output, source=input) as out:
                 writer = SnapshotWriter(out, page_size=page_size, level=level, frame_size=frame_size,
                                         jobs=jobs, slice_window=slice_window, long_matching=long_matching,
-                                        source=description if description is not None else source.description)
+                                        source=description if description is not None else source.description,
+                                        attachments=bool(attachments))
                 try:
+                    for name in attachments:
+                        writer.add_attachment(name, source.read_attachment(name))
                     for region, chunks in source.regions():
                         writer.add_region(region.name, region.base, chunks, update)
                     summary = writer.close()

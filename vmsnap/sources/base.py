@@ -40,6 +40,14 @@ class Source(abc.ABC):
     def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
         """Yield (region, chunks) pairs; consume each chunk iterator before the next pair."""
 
+    def attachments(self) -> list[str]:
+        """Names of the named byte streams that travel with the memory (a .vms's QEMU
+        device state): a snapshot saved from this source keeps them."""
+        return []
+
+    def read_attachment(self, name: str) -> Iterator[bytes]:
+        raise KeyError(name)
+
     @property
     def size_hint(self) -> int | None:
         """Total bytes the regions will yield, if known (for progress bars)."""

@@ -32,6 +32,12 @@ class VmsSource(Source):
     def page_size(self) -> int:
         return self._snap.page_size
 
+    def attachments(self) -> list[str]:
+        return list(self._snap.attachments)
+
+    def read_attachment(self, name: str) -> Iterator[bytes]:
+        return self._snap.read_attachment(name)  # checked against its digest as it is read
+
     @property
     def size_hint(self) -> int:
         return sum(r.size for r in self._snap.regions)
