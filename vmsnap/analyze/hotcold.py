@@ -458,20 +458,33 @@ STATE_BYTES_PER_PAGE = 5
 
 
 def _check_memory(series: ScanSeries, paths: Sequence[str]) -> None:
-    """Say at once when the per-page state cannot fit this machine's memory (a DAMON region
-    spanning an address space, a forged page count), instead of "out of memory" later."""
-    import os
-
+    """Say at once when the per-page state cannot fit the memory this machine has free (a
+    DAMON region spanning an address space, a forged page count), instead of "out of memory"
+    or the kernel's OOM killer later."""
     per_page = STATE_BYTES_PER_PAGE + series.held_bytes_per_page
     need = series.n_pages * per_page
-    try:
-        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
-        return
-    if need > memory:
+    memory = available_memory()
+    if memory is not None and need > memory:
         raise VmsnapError(f"{paths[0]}: {series.n_pages} pages to classify need {need >> 20} MiB of state "
-                          f"({per_page} bytes a page), more than this machine's {memory >> 20} MiB")
+                          f"({per_page} bytes a page), more than the {memory >> 20} MiB this machine has available")
 
+
+def available_memory() -> int | None:
+    """Bytes that can be had without swapping (MemAvailable: free memory and the page cache
+    that can be dropped), or the machine's total where the kernel does not say."""
+    import os
+
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
 
 
 def hotcold(paths: Sequence[str], fmt: str = "auto", params: HotColdParams = HotColdParams(), *,
