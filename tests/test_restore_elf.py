@@ -173,3 +173,9 @@ def test_a_region_past_the_largest_file_offset_is_refused_flat_and_restored_othe
     assert (tmp_path / "one.raw").read_bytes() == data
     api.restore(snap, str(tmp_path / "all.elf"), format="elf")
     assert read_elf(str(tmp_path / "all.elf")) == [(1 << 63, 4096, data)]
+    # cat of a range no file can hold: a traceback from the writer thread, or a hang.
+    result = CliRunner().invoke(main, ["cat", snap, "--offset", "0", "--length", str((1 << 63) + 4096),
+                                       "-o", str(tmp_path / "part")])
+    assert result.exit_code == 2 and "past the largest offset a file can have" in result.output, result.output
+    assert not (tmp_path / "part").exists()
+    assert api.cat(snap, 1 << 63, 4096) == data

@@ -350,3 +350,27 @@ def test_close_turns_o_direct_off_again(tmp_path):
         fh.seek(10_000)
         fh.write(b"tail")  # an unaligned buffered write, as after any close()
     assert (tmp_path / "out.raw").read_bytes() == b"\x01" * 10_000 + b"tail"
+
+
+@pytest.mark.parametrize("raised", [OverflowError("cannot fit"), ValueError("cannot fit"), RuntimeError("odd")])
+def test_a_writer_thread_that_fails_otherwise_than_oserror_does_not_hang_the_writes(tmp_path, monkeypatch, raised):
+    # An OverflowError (an offset past 2**63, from cat) ended the writer thread holding its
+    # buffers: the next write waited for a free one forever.
+    from conftest import within
+
+    def fail(fd, data, offset):
+        raise raised
+
+    monkeypatch.setattr(output, "pwrite_all", fail)
+
+    def write_all():
+        with open(tmp_path / "out", "wb") as fh:
+            writer = output.ImageWriter(fh, positioned=True)
+            for i in range(4 * output.BUFFERS):
+                writer.write(i * output.BUFFER_BYTES, bytes(output.BUFFER_BYTES))
+            writer.close(4 * output.BUFFERS * output.BUFFER_BYTES)
+
+    with pytest.raises(OSError if isinstance(raised, (OverflowError, ValueError)) else RuntimeError) as caught:
+        within(30, write_all)
+    if isinstance(caught.value, OSError):
+        assert caught.value.errno == errno.EFBIG

@@ -73,6 +73,8 @@ def cat(path: str, offset: int | str, length: int | str, region: str | None = No
         # An extraction checks the blocks around the range, not only the frames it reads.
         if output is None:
             return snap.read(offset, length, region, check_blocks=True)
+        if output != "-" and length > MAX_FILE_OFFSET:  # a file cannot hold it: say so before writing
+            raise UsageError(f"--length {length} is past the largest offset a file can have")
         pieces = snap.iter_range(offset, length, region, check_blocks=True)
         first = next(pieces, None)  # range errors surface before the output is created
         with atomic_output(output, source=path) as out:

@@ -51,7 +51,7 @@ class ImageWriter:
     Otherwise a stream (pipe, terminal, stdout): offsets must be contiguous.
     inspect: sees every buffer before it is written, in the caller's thread; what it
     raises is raised by the write() or close() that submitted the buffer.
-    An OSError of the writer thread is raised by a later write() or by close().
+    What the writer thread raises is raised by a later write() or by close().
     """
 
     def __init__(self, out: BinaryIO, *, positioned: bool, inspect: Inspector | None = None):
@@ -69,7 +69,7 @@ class ImageWriter:
         self._view: memoryview | None = None
         self._start = 0  # file offset of the current buffer's first byte
         self._fill = 0
-        self._error: OSError | None = None
+        self._error: BaseException | None = None
         self._cancelled = False
         self._inspect = inspect
         # started by the first full buffer: a writer dropped before then leaves no thread behind
@@ -102,7 +102,10 @@ class ImageWriter:
         if self._inspect is not None:
             self._inspect.finish(size)
         if self._positioned:
-            os.ftruncate(self._fd, size)
+            try:
+                os.ftruncate(self._fd, size)
+            except (OverflowError, ValueError):
+                raise _too_large() from None
             if self._direct:  # the caller's file object reads and writes as usual again
                 self._direct = _set_direct(self._fd, False)
 
@@ -166,7 +169,11 @@ class ImageWriter:
                     self._put(memoryview(buffer)[:length], start)
                 except OSError as exc:
                     self._error = exc
-            self._free.put(buffer)
+                except (OverflowError, ValueError):  # an offset no file can have (past 2**63)
+                    self._error = _too_large()
+                except BaseException as exc:  # raised by the caller's next write or close, never lost
+                    self._error = exc
+            self._free.put(buffer)  # always: a writer that stops returning buffers hangs write()
 
     def _put(self, data: memoryview, offset: int) -> None:
         if not self._positioned:
@@ -184,6 +191,10 @@ class ImageWriter:
             # the file system took O_DIRECT at open but not this write: buffered from now on
             self._direct = _set_direct(self._fd, False)
             pwrite_all(self._fd, data, offset)
+
+
+def _too_large() -> OSError:
+    return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
 
 
 def _set_direct(fd: int, on: bool) -> bool:
