@@ -334,6 +334,31 @@ def test_stream_mode_round_trip(tmp_path, qmp_dir):
     assert (tmp_path / "again.mig").read_bytes() == data
 
 
+def test_a_stream_snapshot_saved_again_with_smaller_pages_still_restores(tmp_path, qmp_dir, monkeypatch):
+    # With 1 KiB pages a run of zeros can end inside a 4 KiB QEMU page: qemu restore said
+    # "not a whole number of pages" (or wrote part of a stream to stdout first).
+    import sys
+
+    from vmsnap.sources.qemu_migration import QemuMigrationSource
+
+    page = os.urandom(1024) + bytes(3072)
+    monkeypatch.setattr(sys.modules[__name__], "MEM", (page + os.urandom(4096) + bytes(4096) + bytes(1024) +
+                                                        os.urandom(3072)) * 4)
+    fake = FakeQemu(os.path.join(qmp_dir, "q.sock"), "/nonexistent", backend="memory-backend-ram", share=False)
+    snap = tmp_path / "g.vms"
+    result = run("qemu", "save", "--qmp", fake.path, "-o", str(snap))
+    fake.close()
+    assert result.exit_code == 0, result.output
+    for size in ("512", "1K", "2K"):
+        again = tmp_path / f"again-{size}.vms"
+        assert run("save", str(snap), "-o", str(again), "--page-size", size).exit_code == 0
+        result = run("qemu", "restore", str(again), "--state-path", str(tmp_path / f"{size}.mig"))
+        assert result.exit_code == 0, result.output
+        with QemuMigrationSource(str(tmp_path / f"{size}.mig")) as src:
+            ram = {r.name: b"".join(bytes(c) for c in chunks) for r, chunks in src.regions()}
+        assert ram == {"pc.ram": MEM, "pc.bios": BIOS}, size
+
+
 @pytest.mark.parametrize("size", ["2K", "0", "2G"])
 def test_a_bad_frame_size_is_refused_before_the_guest_is_touched(guest, tmp_path, size):
     # It was checked after the migration had stopped the guest; 0 became the default.

@@ -342,20 +342,33 @@ def write_stream(snap, meta: dict, out) -> int:
         name = region.name.encode()
         return (addr | flag).to_bytes(8, "big") + bytes([len(name)]) + name
 
+    def page(region, data) -> None:
+        put(header(state["addr"], MQ.RAM_SAVE_FLAG_PAGE, region))
+        put(data)
+        state["addr"] += ps
+
     def sink(region, piece) -> None:
+        # Pieces follow the snapshot's pages, which may be smaller than QEMU's (a .vms saved
+        # again with --page-size 1K): a run of zeros may end or begin inside a QEMU page.
         if isinstance(piece, int):
             if state["pending"]:
-                raise FormatError(f"{snap.path}: region {region.name} is not a whole number of pages")
+                k = min(piece, ps - len(state["pending"]))
+                state["pending"] += bytes(k)
+                piece -= k
+                if len(state["pending"]) < ps:
+                    return
+                page(region, bytes(state["pending"]))
+                state["pending"] = bytearray()
             n, addr = piece // ps, state["addr"]
-            if n == 0:
-                return
-            put(header(addr, MQ.RAM_SAVE_FLAG_ZERO, region) + b"\0")
-            if n > 1:
-                recs = np.zeros(n - 1, dtype=zero_rec)
-                recs["word"] = (np.arange(1, n, dtype=np.uint64) * ps + addr) | (
-                    MQ.RAM_SAVE_FLAG_ZERO | MQ.RAM_SAVE_FLAG_CONTINUE)
-                put(recs.tobytes())
-            state["addr"] = addr + n * ps
+            if n:
+                put(header(addr, MQ.RAM_SAVE_FLAG_ZERO, region) + b"\0")
+                if n > 1:
+                    recs = np.zeros(n - 1, dtype=zero_rec)
+                    recs["word"] = (np.arange(1, n, dtype=np.uint64) * ps + addr) | (
+                        MQ.RAM_SAVE_FLAG_ZERO | MQ.RAM_SAVE_FLAG_CONTINUE)
+                    put(recs.tobytes())
+                state["addr"] = addr + n * ps
+            state["pending"] += bytes(piece - n * ps)
             return
         data = memoryview(piece).cast("B")
         if state["pending"]:
@@ -364,9 +377,7 @@ def write_stream(snap, meta: dict, out) -> int:
             state["pending"] = bytearray()
         full = len(data) // ps * ps
         for off in range(0, full, ps):
-            put(header(state["addr"], MQ.RAM_SAVE_FLAG_PAGE, region))
-            put(data[off:off + ps])
-            state["addr"] += ps
+            page(region, data[off:off + ps])
         if full < len(data):
             state["pending"] += data[full:]
 
