@@ -95,6 +95,19 @@ def test_blocks_are_regions_with_documented_bases(tmp_path):
     assert src.unsent_pages == {"pc.ram": 1, "pc.bios": 1, "/rom@etc/acpi/rsdp": 0}
 
 
+def test_blocks_laid_out_past_the_largest_file_offset_are_a_format_error(tmp_path, monkeypatch):
+    # 2**19 + 1 blocks of 16 TiB (a 7 MB forged stream) reached an OverflowError in pwritev;
+    # the same layout, with the limit brought down to 2 MiB + 1 page here.
+    from vmsnap.sources import qemu_migration
+
+    monkeypatch.setattr(qemu_migration, "MAX_FILE_OFFSET", (2 << 20) + PS)
+    b, _ = simple_stream(BLOCKS + [("last", 2 * PS)], [("page", "last", 0, page(1))])
+    with pytest.raises(FormatError, match="RAM block 'last' ends past the largest file offset"):
+        read_blocks(write(tmp_path, b.bytes()))
+    b, _ = simple_stream(BLOCKS, [("page", "/rom@etc/acpi/rsdp", 0, page(1))])  # ends at 2 MiB + 1 page
+    assert read_blocks(write(tmp_path, b.bytes()))[0]["/rom@etc/acpi/rsdp"][2] == page(1)
+
+
 def test_later_copies_win_and_deltas_apply_over_previous_content(tmp_path):
     p1, p2 = page(10), page(11)
     edited = bytearray(p2)

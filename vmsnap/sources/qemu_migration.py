@@ -58,6 +58,7 @@ RUN_MAX_PARTS = 1024  # IOV_MAX on Linux
 ZERO_RUN_MIN = 16  # consecutive zero-page records worth one numpy check
 ZERO_RUN_MAX = 1 << 16
 MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not a guest
+MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: the blocks share one temporary file
 
 # received[] states per page
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
@@ -646,6 +647,8 @@ class QemuMigrationSource(Source):
                     f"or exceeds the 0x{remaining:x} bytes left of the MEM_SIZE total",
                 )
             base = 0 if not self.blocks else -(-end // BLOCK_ALIGN) * BLOCK_ALIGN
+            if base + length > MAX_FILE_OFFSET:  # the blocks are laid out in one temporary file
+                raise self._err(boff, f"RAM block {name!r} ends past the largest file offset: too many blocks")
             block = RamBlock(name, length, base, PageStates(length // self.page_size))
             self.blocks.append(block)
             self._by_name[name] = block
