@@ -241,3 +241,27 @@ def test_a_snapshot_on_stdin_must_be_the_whole_file_and_readable(tmp_path):
     assert p.returncode == 0, p.stderr
     with api.open_snapshot(str(tmp_path / "again.vms")) as snap:
         assert snap.source == "vms:stdin" and snap.read(0, len(image)) == image
+
+
+def test_the_api_leaves_stdin_open_and_refuses_a_text_stdin(tmp_path, monkeypatch):
+    # save('-') closed sys.stdin.buffer (a second call: "read of closed file"); a text
+    # stream in sys.stdin was a TypeError from deep inside.
+    import io
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("not bytes"))
+    with pytest.raises(InputError, match="text stream"):
+        api.save("-", str(tmp_path / "t.vms"))
+    image = build_image([("random", 1), ("zero",)])
+    script = ("import sys, vmsnap; vmsnap.save('-', 'a.vms'); print(sys.stdin.buffer.closed); "
+              "print(vmsnap.save('-', 'b.vms')['bytes_in'])")
+    for how in ("pipe", "file"):
+        (tmp_path / "in.raw").write_bytes(image)
+        with open(tmp_path / "in.raw", "rb") as fh:
+            p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                               **({"input": image.decode("latin-1")} if how == "pipe" else {"stdin": fh}))
+        assert p.returncode == 0, p.stderr
+        closed, second = p.stdout.split()
+        assert closed == "False", how
+        assert int(second) == 0  # stdin was read to its end by the first: an empty image, not an error

@@ -21,7 +21,10 @@ def stdin_binary() -> BinaryIO:
     """Standard input for binary reads; a process started with it closed (`<&-`) has none."""
     if sys.stdin is None:
         raise InputError("standard input is closed")
-    return getattr(sys.stdin, "buffer", sys.stdin)  # a caller of the API may have replaced it
+    fh = getattr(sys.stdin, "buffer", sys.stdin)  # a caller of the API may have replaced it
+    if not isinstance(fh, (io.RawIOBase, io.BufferedIOBase)) and not hasattr(fh, "readinto"):
+        raise InputError("standard input is a text stream: vmsnap reads bytes")
+    return fh
 
 
 def stdout_binary() -> BinaryIO:
@@ -73,18 +76,18 @@ def is_regular_file(fh: BinaryIO) -> bool:
         return False
 
 
-def sniff(fh: BinaryIO, n: int) -> tuple[bytes, io.BufferedReader]:
+def sniff(fh: BinaryIO, n: int, close_inner: bool = True) -> tuple[bytes, io.BufferedReader]:
     """(the first n bytes of fh, fewer only at its end; a reader that gives them again,
-    then the rest of fh). Closing the reader closes fh."""
+    then the rest of fh). Closing the reader closes fh, unless close_inner is false."""
     head = b""
     while len(head) < n and (more := fh.read(n - len(head))):  # a pipe may give them in pieces
         head += more
-    return head, io.BufferedReader(_Replay(head, fh), buffer_size=1 << 20)
+    return head, io.BufferedReader(_Replay(head, fh, close_inner), buffer_size=1 << 20)
 
 
 class _Replay(io.RawIOBase):
-    def __init__(self, head: bytes, fh: BinaryIO):
-        self._head, self._fh = memoryview(head), fh
+    def __init__(self, head: bytes, fh: BinaryIO, close_inner: bool = True):
+        self._head, self._fh, self._close_inner = memoryview(head), fh, close_inner
 
     def readable(self) -> bool:
         return True
@@ -104,5 +107,6 @@ class _Replay(io.RawIOBase):
         return self._fh.tell() - len(self._head)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._close_inner:
+            self._fh.close()
         super().close()

@@ -62,13 +62,13 @@ def _open_stream(path: str, fmt: str) -> Source:
     from ..streams import is_whole_file, sniff
     from .raw import open_input
 
-    fh = open_input(path)
+    fh = given = open_input(path)
     try:
         try:
             if path == "-" and is_whole_file(fh):  # look without moving it; readers may seek in it
                 head = os.pread(fh.fileno(), 64, 0)
             else:  # read from where it stands, as a stream, even when it is a file: no reader seeks in it
-                head, fh = sniff(fh, 64 if fmt == "auto" else 0)
+                head, fh = sniff(fh, 64 if fmt == "auto" else 0, close_inner=path != "-")
         except OSError as exc:
             raise InputError(f"{path}: read failed: {exc.strerror or exc}") from None
         if fmt == "auto":
@@ -81,9 +81,10 @@ def _open_stream(path: str, fmt: str) -> Source:
             return getattr(importlib.import_module(module), cls)(path)  # reads stdin in place, or refuses
         source = getattr(importlib.import_module(module), cls)(path, fh=fh)
     except BaseException:
-        fh.close()
+        if fh is not given or path != "-":  # stdin itself stays open for the API's caller
+            fh.close()
         raise
-    source._own = True  # every reader that takes a file object closes it when it owns it
+    source._own = path != "-"  # every reader that takes a file object closes it when it owns it; not stdin
     return source
 
 
