@@ -83,5 +83,5 @@ def test_a_damaged_snapshot_is_an_integrity_error_and_saves_nothing(tmp_path):
 def test_stdin_cannot_be_a_snapshot():
     from vmsnap.sources.vms import VmsSource
 
-    with pytest.raises(InputError, match="stdin"):
+    with pytest.raises(InputError, match="standard input"):
         VmsSource("-")
