@@ -48,11 +48,14 @@ class BlockHasher:
         self._region = blake3()  # over every digest taken
         self._h = blake3()  # partial blocks come in small pieces: threads would cost more than they save
         self._fill = 0  # bytes in the current, unfinished block
+        self._zeros = 0  # of them, zeros at its end not fed to _h yet
         self._zero_digest = zero_block_digest(block_size)
 
     def update(self, data) -> None:
         mv = memoryview(data).cast("B")
         pos, n = 0, len(mv)
+        if n:
+            self._feed_zeros()
         while pos < n:
             take = min(self.block_size - self._fill, n - pos)
             if self._fill == 0 and take == self.block_size:
@@ -66,7 +69,12 @@ class BlockHasher:
             pos += take
 
     def update_zero(self, n: int) -> None:
-        """Account for n zero bytes without hashing whole zero blocks."""
+        """Account for n zero bytes without hashing whole zero blocks.
+
+        Zeros are counted, not hashed, until data follows them in their block or the block
+        ends: a block of zeros that arrives in pieces (zero runs that do not start on a
+        block boundary, as after a 4 KiB page of data) still gets the constant digest.
+        """
         while n > 0:
             take = min(self.block_size - self._fill, n)
             if self._fill == 0 and take == self.block_size:
@@ -74,8 +82,8 @@ class BlockHasher:
                 self._pending.append(self._zero_digest * full)
                 n -= full * self.block_size
                 continue
-            self._h.update(memoryview(_zeros(self.block_size))[:take])
             self._fill += take
+            self._zeros += take
             if self._fill == self.block_size:
                 self._finish_block()
             n -= take
@@ -90,16 +98,27 @@ class BlockHasher:
     def finish(self) -> None:
         """Close the last, shorter block (its digest is for the next take())."""
         if self._fill:
+            self._feed_zeros()
             self._finish_block()
 
     def region_digest(self) -> bytes:
         """region_digest() of every digest taken so far."""
         return self._region.digest()
 
+    def _feed_zeros(self) -> None:
+        while self._zeros:
+            take = min(self._zeros, self.block_size)
+            self._h.update(memoryview(_zeros(self.block_size))[:take])
+            self._zeros -= take
+
     def _finish_block(self) -> None:
-        self._pending.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
-        self._h = blake3()
-        self._fill = 0
+        if self._zeros == self._fill == self.block_size:  # only zeros, counted: _h is still fresh
+            self._pending.append(self._zero_digest)
+        else:
+            self._feed_zeros()
+            self._pending.append(self._h.digest(length=BLOCK_DIGEST_SIZE))
+            self._h = blake3()
+        self._fill = self._zeros = 0
 
 
 def region_digest(block_digests) -> bytes:
