@@ -78,6 +78,16 @@ def test_a_section_header_offset_past_the_file_is_truncation(tmp_path, shoff):
             read_all(src)
 
 
+def test_a_segment_that_wraps_past_the_64_bit_address_space_is_a_format_error(tmp_path):
+    # It was saved, and cat past 2**64 returned its bytes.
+    data = build_elf([((1 << 64) - 4096, b"x" * 8192, None)])[0]
+    with pytest.raises(FormatError, match="wraps past the 64-bit address space"):
+        with ElfSource(write(tmp_path, data)) as src:
+            read_all(src)
+    with ElfSource(write(tmp_path, build_elf([((1 << 64) - 4096, b"x" * 4096, None)])[0])) as src:
+        assert read_all(src)[0][1] == b"x" * 4096  # up to the last address: fine
+
+
 def test_pipe_reads_segments_in_file_order():
     segs = [(0x1000, b"one" * 1000, None), (0x5000, b"two" * 5, None)]
     data, _, _ = build_elf(segs, gap=b"..")

@@ -113,6 +113,11 @@ class ElfSource(Source):
                     f"{name}: program header {i} at offset {off}: p_filesz {ph.p_filesz} "
                     f"exceeds p_memsz {ph.p_memsz}"
                 )
+            if ph.p_paddr + ph.p_filesz > 1 << 64:  # guest-physical addresses are 64-bit
+                raise FormatError(
+                    f"{name}: program header {i} at offset {off}: p_paddr {ph.p_paddr:#x} + p_filesz "
+                    f"{ph.p_filesz} wraps past the 64-bit address space"
+                )
             if self._size is not None and ph.p_offset + ph.p_filesz > self._size:
                 raise InputError(
                     f"{name}: truncated: PT_LOAD {loads} (program header {i} at offset {off}) "
