@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from blake3 import blake3
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmsnap import pages as P
@@ -371,6 +371,7 @@ def test_multi_region_vms_counts_each_region_with_its_own_tail(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(pieces=st.lists(st.one_of(st.binary(max_size=9000), st.integers(0, 20000)), max_size=8),
        batch=st.sampled_from([1024, 4096, 8192]))
+@example(pieces=[4096, 3072, b"x" * 1024, 2048, 5 << 22], batch=4096)  # whole-page zero chunks in a row
 def test_page_batches_cut_any_chunking_into_whole_pages(pieces, batch):
     ps = 1024
     chunks, want = [], b""
@@ -393,6 +394,8 @@ def test_page_batches_cut_any_chunking_into_whole_pages(pieces, batch):
             got += bytes(b)
     assert got == want
     assert all(not isinstance(b, int) for b in list(page_batches(iter([want]), ps, batch)))
+    # consecutive zero chunks are one run: a 64 GiB hole was 16,384 batches, each a thread handoff
+    assert not any(isinstance(a, int) and isinstance(b, int) for a, b in zip(out, out[1:]))
 
 
 def test_zero_runs_of_a_vms_are_counted_without_reading(monkeypatch, tmp_path, genimages):

@@ -169,6 +169,7 @@ def page_batches(chunks: Iterable, page_size: int, batch_bytes: int = 4 << 20) -
     batch_bytes = max(page_size, batch_bytes - batch_bytes % page_size)
     buf = None
     fill = 0
+    zeros = 0  # zero pages of consecutive zero chunks, yielded as one run when data follows
     for chunk in chunks:
         mv = memoryview(chunk).cast("B")
         pos, n = 0, len(mv)
@@ -183,8 +184,11 @@ def page_batches(chunks: Iterable, page_size: int, batch_bytes: int = 4 << 20) -
                 if fill:
                     yield memoryview(buf)[:fill]
                     buf, fill = None, 0
-                yield whole
+                zeros += whole
                 pos += whole * page_size
+        if zeros and pos < n:
+            yield zeros
+            zeros = 0
         if fill == 0:
             while n - pos >= batch_bytes:  # aligned fast path: views of the chunk, no copy
                 yield mv[pos:pos + batch_bytes]
@@ -199,5 +203,7 @@ def page_batches(chunks: Iterable, page_size: int, batch_bytes: int = 4 << 20) -
             if fill == batch_bytes:
                 yield memoryview(buf)
                 buf, fill = None, 0
+    if zeros:
+        yield zeros
     if fill:
         yield memoryview(buf)[:fill]
