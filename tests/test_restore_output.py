@@ -366,11 +366,16 @@ def test_a_writer_thread_that_fails_otherwise_than_oserror_does_not_hang_the_wri
     def write_all():
         with open(tmp_path / "out", "wb") as fh:
             writer = output.ImageWriter(fh, positioned=True)
-            for i in range(4 * output.BUFFERS):
-                writer.write(i * output.BUFFER_BYTES, bytes(output.BUFFER_BYTES))
-            writer.close(4 * output.BUFFERS * output.BUFFER_BYTES)
+            try:
+                for i in range(4 * output.BUFFERS):
+                    writer.write(i * output.BUFFER_BYTES, bytes(output.BUFFER_BYTES))
+                writer.close(4 * output.BUFFERS * output.BUFFER_BYTES)
+            except BaseException:
+                writer.abandon()  # as its callers do: the thread ends
+                raise
 
     with pytest.raises(OSError if isinstance(raised, (OverflowError, ValueError)) else RuntimeError) as caught:
         within(30, write_all)
     if isinstance(caught.value, OSError):
         assert caught.value.errno == errno.EFBIG
+    assert not [t for t in threading.enumerate() if t.name == "vmsnap-writer"]
