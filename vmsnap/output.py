@@ -104,7 +104,7 @@ class ImageWriter:
         if self._positioned:
             try:
                 os.ftruncate(self._fd, size)
-            except (OverflowError, ValueError):
+            except OverflowError:  # a size past 2**63
                 raise _too_large() from None
             if self._direct:  # the caller's file object reads and writes as usual again
                 self._direct = _set_direct(self._fd, False)
@@ -169,7 +169,7 @@ class ImageWriter:
                     self._put(memoryview(buffer)[:length], start)
                 except OSError as exc:
                     self._error = exc
-                except (OverflowError, ValueError):  # an offset no file can have (past 2**63)
+                except OverflowError:  # an offset no file can have (past 2**63)
                     self._error = _too_large()
                 except BaseException as exc:  # raised by the caller's next write or close, never lost
                     self._error = exc
