@@ -265,3 +265,31 @@ def test_the_api_leaves_stdin_open_and_refuses_a_text_stdin(tmp_path, monkeypatc
         closed, second = p.stdout.split()
         assert closed == "False", how
         assert int(second) == 0  # stdin was read to its end by the first: an empty image, not an error
+
+
+def test_a_truncated_core_on_a_partly_read_stdin_is_measured_from_where_stdin_stood(tmp_path):
+    # Its size was the whole file's: "needs bytes up to offset 32952, the file has 32870",
+    # when 18 bytes of the file were before the core.
+    from source_builders import build_elf
+
+    core = build_elf([(0, os.urandom(8 * 4096), None)])[0]
+    (tmp_path / "pre.elf").write_bytes(b"#a line before it\n" + core[:-100])
+    p = _vmsnap_on_stdin(tmp_path, tmp_path / "pre.elf", 18, "save", "-", "-o", "t.vms")
+    assert p.returncode == 3 and p.stderr.count("\n") == 1, p.stderr
+    assert "needs 100 more bytes" in p.stderr and "the file has" not in p.stderr
+    (tmp_path / "cut.elf").write_bytes(core[:-100])
+    p = _vmsnap_on_stdin(tmp_path, tmp_path / "cut.elf", 0, "save", "-", "-o", "t.vms")
+    assert p.returncode == 3 and f"the file has {len(core) - 100}" in p.stderr, p.stderr  # read as the file
+
+
+def test_stdin_past_the_end_of_its_file_is_an_empty_image_of_size_zero(tmp_path):
+    # Its size was negative (the file's size less a position beyond it).
+    import subprocess
+    import sys
+
+    (tmp_path / "in.raw").write_bytes(bytes(4096))
+    script = "from vmsnap.sources import open_source; s = open_source('-'); print(s.size_hint)"
+    with open(tmp_path / "in.raw", "rb") as fh:
+        fh.seek(10000)
+        p = subprocess.run([sys.executable, "-c", script], stdin=fh, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr

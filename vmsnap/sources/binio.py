@@ -127,7 +127,8 @@ class Cursor:
             if not self.seekable:
                 raise InputError(
                     f"{self.name}: {what} at offset {offset} is behind the read position "
-                    f"{self.offset}; this input must be a seekable file, not a pipe"
+                    f"{self.offset}; this input must be a seekable file read from its start, not a pipe "
+                    "or a stdin that was partly read"
                 )
             self._seek(offset, what)
             return
@@ -201,10 +202,13 @@ class Cursor:
 
 
 def file_size(fh: BinaryIO) -> int | None:
-    """Size of a regular file, else None (pipes, terminals, sockets)."""
+    """Size of a regular file, else None (pipes, terminals, sockets, and a file read as a
+    stream from where stdin stood: its offsets do not count from the file's start)."""
     import stat
 
     try:
+        if not fh.seekable():
+            return None
         st = os.fstat(fh.fileno())
     except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
         return None

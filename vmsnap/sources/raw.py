@@ -63,7 +63,7 @@ def _regular_file_size(fh: BinaryIO) -> int | None:
     import stat
 
     if stat.S_ISREG(st.st_mode):
-        return st.st_size - fh.tell()
+        return max(0, st.st_size - fh.tell())  # stdin may stand past the end of its file
     if stat.S_ISBLK(st.st_mode):
         fd = fh.fileno()
         at = os.lseek(fd, 0, os.SEEK_CUR)
