@@ -9,7 +9,7 @@ from .format.defaults import DEFAULT_FRAME_SIZE, DEFAULT_LEVEL, DEFAULT_SLICE_WI
 from .output import ImageWriter
 from .progress import progress_bar
 from .sizes import parse_size
-from .streams import is_regular_file
+from .streams import MAX_FILE_OFFSET, is_regular_file
 from .sources import open_source
 
 _ZEROS = bytes(1 << 20)
@@ -156,9 +156,6 @@ def restore(path: str, output: str, *, region: str | None = None, format: str = 
         return {"file": path, "output": output, "format": format, "bytes": total,
                 "regions": [r.name for r in regions], "sparse": sink.sparse,
                 "image_digest": snap.image_digest.hex()}
-
-
-MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: no file, pipe position or pwrite reaches past it
 
 
 def _check_fits_a_file(regions: list[RegionInfo], placement: dict[str, int], path: str) -> None:

@@ -17,6 +17,9 @@ from typing import BinaryIO
 from .errors import InputError, OutputError
 
 
+MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: no file position, pwrite offset or file size reaches past it
+
+
 def stdin_binary() -> BinaryIO:
     """Standard input for binary reads; a process started with it closed (`<&-`) has none."""
     if sys.stdin is None:

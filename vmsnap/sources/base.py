@@ -27,6 +27,11 @@ class Region:
     size: int | None  # bytes; None when the reader cannot know before reading (a pipe)
 
 
+def input_name(path: str) -> str:
+    """How a source names its input in a snapshot's description: the file's name, or stdin."""
+    return "stdin" if path == "-" else os.path.basename(path)
+
+
 class Source(abc.ABC):
     """An opened input. Use as a context manager; iterate regions exactly once."""
 

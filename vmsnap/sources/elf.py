@@ -18,13 +18,12 @@ through section header 0.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from ..errors import FormatError, InputError
 from . import elf_structs as E
-from .base import Region, Source
+from .base import Region, Source, input_name
 from .binio import Cursor, check_magic, file_size, parse_struct, read_struct
 from .raw import open_input
 
@@ -53,8 +52,7 @@ class ElfSource(Source):
             self.close()
             raise
         self._started = False
-        name = "stdin" if path == "-" else os.path.basename(path)
-        super().__init__(f"elf:{name}")
+        super().__init__(f"elf:{input_name(path)}")
 
     def _parse_headers(self) -> tuple[list[Segment], list[tuple[int, int]]]:
         cur = self._cur

@@ -7,13 +7,12 @@ data), so a damaged or truncated dump fails before any region is yielded and
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from ..errors import FormatError, InputError
 from . import lime_structs as L
-from .base import Region, Source
+from .base import Region, Source, input_name
 from .binio import Cursor, check_magic, file_size, parse_struct
 from .raw import open_input
 
@@ -46,8 +45,7 @@ class LimeSource(Source):
         except BaseException:
             self.close()
             raise
-        name = "stdin" if path == "-" else os.path.basename(path)
-        super().__init__(f"lime:{name}")
+        super().__init__(f"lime:{input_name(path)}")
 
     def _header(self, index: int) -> Range:
         cur = self._cur

@@ -47,8 +47,9 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from ..errors import FormatError, OutputError
+from ..streams import MAX_FILE_OFFSET
 from . import qemu_migration_structs as Q
-from .base import READ_CHUNK, Region, Source, next_data, zero_chunks
+from .base import READ_CHUNK, Region, Source, input_name, next_data, zero_chunks
 from .binio import Cursor, check_magic, parse_struct, read_struct
 from .raw import open_input
 
@@ -58,7 +59,6 @@ RUN_MAX_PARTS = 1024  # IOV_MAX on Linux
 ZERO_RUN_MIN = 16  # consecutive zero-page records worth one numpy check
 ZERO_RUN_MAX = 1 << 16
 MAX_BLOCK_BYTES = 1 << 44  # 16 TiB: a longer RAM block is a corrupt length, not a guest
-MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: the blocks share one temporary file
 
 # received[] states per page
 _UNSENT, _ZERO_IN_FILE, _DATA_IN_FILE = 0, 1, 2
@@ -268,8 +268,7 @@ class QemuMigrationSource(Source):
         except BaseException:
             self.close()
             raise
-        name = "stdin" if path == "-" else os.path.basename(path)
-        super().__init__(f"qemu:{name}")
+        super().__init__(f"qemu:{input_name(path)}")
 
     # ------------------------------------------------------------ errors
 

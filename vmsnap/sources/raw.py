@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import open_for_reading
 from ..streams import is_regular_file, stdin_binary
-from .base import Region, Source, read_exact_chunks, sparse_file_chunks
+from .base import Region, Source, input_name, read_exact_chunks, sparse_file_chunks
 
 
 class RawSource(Source):
@@ -26,8 +26,7 @@ class RawSource(Source):
         self._fh = fh
         self._size = _regular_file_size(fh)
         self._regular = is_regular_file(fh)
-        name = "stdin" if path == "-" else os.path.basename(path)
-        super().__init__(f"raw:{name}")
+        super().__init__(f"raw:{input_name(path)}")
 
     @property
     def size_hint(self) -> int | None:

@@ -8,11 +8,10 @@ streams by; zero records are yielded as views of a shared zero buffer
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from .base import Region, Source, zero_chunks
+from .base import Region, Source, input_name, zero_chunks
 
 MAGIC = b"\x89VMSNAP\n"
 
@@ -26,7 +25,7 @@ class VmsSource(Source):
         self.path = path
         self.jobs = max(1, jobs)
         self._snap = Snapshot(path)
-        super().__init__(f"vms:{'stdin' if path == '-' else os.path.basename(path)}")
+        super().__init__(f"vms:{input_name(path)}")
 
     @property
     def page_size(self) -> int:
