@@ -99,27 +99,30 @@ class _Comparer:
         return out
 
 
+def _compare_pairs(out, bufs: list, n: int, compare) -> None:
+    """out[i] = which pages of one block differ between dumps i and i+1, from each dump's n bytes
+    of it; None for a dump whose block is zeros known without reading it (a reader's zero run, a
+    hole of a mapped file). Both paths use it: out is a zeroed slice of the mapped path's matrix,
+    or the generic path's rows of this block (its page count is not known up front)."""
+    import numpy as np
+
+    zeros = None
+    for i in range(len(bufs) - 1):
+        a, b = bufs[i], bufs[i + 1]
+        if a is None and b is None:
+            continue  # the same zeros: unchanged, out[i] stays False
+        if (a is None or b is None) and zeros is None:  # a view of the shared zeros, no allocation, where it fits
+            zeros = memoryview(ZERO_CHUNK)[:n] if n <= len(ZERO_CHUNK) else np.zeros(n, np.uint8)
+        out[i] = compare(zeros if a is None else a, zeros if b is None else b)
+
+
 def _compare_block(matrix, first_page: int, maps: list, off: int, n: int, compare) -> None:
     """Fill matrix[:, first_page:] for bytes [off, off+n) of mapped dumps (None: a hole there).
     Its views of the maps end with it, so the maps can then be advised or closed."""
     import numpy as np
 
     views = [None if m is None else np.frombuffer(m, dtype=np.uint8, count=n, offset=off) for m in maps]
-    zeros = None
-    for i in range(len(views) - 1):
-        a, b = views[i], views[i + 1]
-        if a is None and b is None:
-            continue  # the same zeros: unchanged
-        if a is None or b is None:
-            zeros = np.zeros(n, np.uint8) if zeros is None else zeros
-        matrix[i, first_page:first_page + -(-n // compare.ps)] = compare(zeros if a is None else a,
-                                                                        zeros if b is None else b)
-
-
-def _unchanged(nbytes: int, page_size: int):
-    import numpy as np
-
-    return np.zeros(-(-nbytes // page_size), dtype=bool)
+    _compare_pairs(matrix[:, first_page:first_page + -(-n // compare.ps)], views, n, compare)
 
 
 class DumpScans(ScanSeries):
@@ -220,8 +223,9 @@ class DumpScans(ScanSeries):
                             f"region {ref.name!r} ends early; the other dumps go on"
                         )
                     n = lens.pop()
-                    parts.append(np.stack([_unchanged(n, ps) if is_zero_chunk(bufs[i]) and is_zero_chunk(bufs[i + 1])
-                                           else compare(bufs[i], bufs[i + 1]) for i in range(len(bufs) - 1)]))
+                    rows = np.zeros((len(bufs) - 1, -(-n // ps)), dtype=bool)
+                    _compare_pairs(rows, [None if is_zero_chunk(b) else b for b in bufs], n, compare)
+                    parts.append(rows)
                     offset += n
                     self.bytes_read += n * len(bufs)
                     if self.progress is not None:
