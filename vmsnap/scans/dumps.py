@@ -340,7 +340,7 @@ class DumpScans(ScanSeries):
                 if src.format_name == "raw" and src.size_hint is not None:
                     layouts.add(((src.region_name, 0, src.size_hint),))
                 elif src.format_name == "vms":
-                    layouts.add(tuple((r.name, r.base, r.size) for r in src._snap.regions))
+                    layouts.add(tuple((r.name, r.base, r.size) for r in src.layout))
                 else:
                     return 0
             finally:

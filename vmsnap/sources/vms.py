@@ -41,6 +41,11 @@ class VmsSource(Source):
     def size_hint(self) -> int:
         return sum(r.size for r in self._snap.regions)
 
+    @property
+    def layout(self) -> list[Region]:
+        """The regions, without their bytes: known from the index once the file is open."""
+        return [Region(r.name, r.base, r.size) for r in self._snap.regions]
+
     def regions(self) -> Iterator[tuple[Region, Iterator[bytes]]]:
         from ..format.reader import CanonicalPages, _Prefetcher
 
