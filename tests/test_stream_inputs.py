@@ -293,3 +293,41 @@ def test_stdin_past_the_end_of_its_file_is_an_empty_image_of_size_zero(tmp_path)
         fh.seek(10000)
         p = subprocess.run([sys.executable, "-c", script], stdin=fh, capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "0", p.stderr
+
+
+TERMINAL = "vmsnap: error: standard input is a terminal: redirect a file into it (<) or pipe one to it\n"
+
+
+@pytest.mark.parametrize("args", [("save", "-", "-o", "out.vms"), ("info", "-"), ("restore", "-", "-o", "out.raw"),
+                                  ("analyze", "sharing", "-"), ("analyze", "mrc", "-")])
+def test_a_terminal_on_stdin_is_refused_not_read(tmp_path, args):
+    # `vmsnap save -` typed at a prompt waited for bytes, and took ^D two or three times to end.
+    import subprocess
+    import sys
+
+    main, terminal = os.openpty()
+    os.write(main, b"typed\n\x04\x04\x04")  # a line and ^D: a read of the terminal would end, not wait
+    try:
+        p = subprocess.run([sys.executable, "-m", "vmsnap.cli", *args], stdin=terminal, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(main)
+    assert (p.returncode, p.stderr, p.stdout) == (3, TERMINAL, "")
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_api_refuses_a_terminal_in_sys_stdin(tmp_path, monkeypatch):
+    import sys
+
+    main, terminal = os.openpty()
+    with open(terminal, "rb", buffering=0) as tty, open(terminal, "r", closefd=False) as text_tty:
+        try:
+            for stdin in (tty, text_tty):  # a binary or a text file object on the terminal
+                os.write(main, b"typed\n\x04\x04\x04")  # a line and ^D: a read of the terminal would end, not wait
+                monkeypatch.setattr(sys, "stdin", stdin)
+                with pytest.raises(InputError, match="^standard input is a terminal"):
+                    api.save("-", str(tmp_path / "t.vms"))
+        finally:
+            os.close(main)
+    assert os.listdir(tmp_path) == []

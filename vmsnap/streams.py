@@ -26,8 +26,18 @@ def stdin_binary() -> BinaryIO:
         raise InputError("standard input is closed")
     fh = getattr(sys.stdin, "buffer", sys.stdin)  # a caller of the API may have replaced it
     if not isinstance(fh, (io.RawIOBase, io.BufferedIOBase)) and not hasattr(fh, "readinto"):
-        raise InputError("standard input is a text stream: vmsnap reads bytes")
+        raise InputError("standard input is a terminal" if _is_terminal(fh) else
+                         "standard input is a text stream: vmsnap reads bytes")
+    if _is_terminal(fh):  # bytes typed at a prompt are no image, snapshot or trace; the read would just wait
+        raise InputError("standard input is a terminal: redirect a file into it (<) or pipe one to it")
     return fh
+
+
+def _is_terminal(fh) -> bool:
+    try:
+        return os.isatty(fh.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
 
 
 def stdout_binary() -> BinaryIO:
