@@ -138,8 +138,9 @@ def _arrays_untraced(test_one_input: Callable[[bytes], None]) -> Callable[[bytes
     """test_one_input with _trace_cmp_but_arrays in place: instrumented code looks
     atheris._trace_cmp up at each comparison, and atheris.Fuzz() sets it as it starts."""
     def run(data: bytes) -> None:
-        if atheris._trace_cmp is not _trace_cmp_but_arrays:
-            _native_cmp[:] = [atheris._trace_cmp]
+        native = getattr(atheris, "_trace_cmp", None)  # a private name: an atheris without it runs as it is
+        if native is not None and native is not _trace_cmp_but_arrays:
+            _native_cmp[:] = [native]
             atheris._trace_cmp = _trace_cmp_but_arrays
         test_one_input(data)
 
