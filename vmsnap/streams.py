@@ -25,11 +25,10 @@ def stdin_binary() -> BinaryIO:
     if sys.stdin is None:
         raise InputError("standard input is closed")
     fh = getattr(sys.stdin, "buffer", sys.stdin)  # a caller of the API may have replaced it
-    if not isinstance(fh, (io.RawIOBase, io.BufferedIOBase)) and not hasattr(fh, "readinto"):
-        raise InputError("standard input is a terminal" if _is_terminal(fh) else
-                         "standard input is a text stream: vmsnap reads bytes")
     if _is_terminal(fh):  # bytes typed at a prompt are no image, snapshot or trace; the read would just wait
         raise InputError("standard input is a terminal: redirect a file into it (<) or pipe one to it")
+    if not isinstance(fh, (io.RawIOBase, io.BufferedIOBase)) and not hasattr(fh, "readinto"):
+        raise InputError("standard input is a text stream: vmsnap reads bytes")
     return fh
 
 
